@@ -1,0 +1,157 @@
+//! `check-config`'s report: the pipeline (streams → windows → joins →
+//! outputs) and the memory bound its config implies.
+
+use std::fmt::Write as _;
+
+use crate::engine::Engine;
+use crate::pipeline::*;
+use crate::units::{format_bytes, format_duration_ms as d};
+use crate::window::{ring_size, WindowOp};
+
+fn field(f: &FieldRef) -> String {
+    match f {
+        FieldRef::Capture { name, .. } => format!("{{{name}}}"),
+        FieldRef::Payload(n) => format!("$.{n}"),
+        FieldRef::Constant => "(one key)".into(),
+    }
+}
+
+/// A human-readable description of the pipeline.
+pub fn describe(p: &Pipeline) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "gateway `{}`, source {}", p.gateway.id, p.source.url);
+    if let Some(u) = &p.upstream {
+        let _ = writeln!(
+            o,
+            "upstream {} (prefix `{}`, spool {})",
+            u.url,
+            u.topic_prefix,
+            format_bytes(u.spool)
+        );
+    }
+    let _ = writeln!(o, "\nstreams:");
+    for s in &p.streams {
+        let topics: Vec<&str> = s.topics.iter().map(|t| t.filter()).collect();
+        let _ = writeln!(
+            o,
+            "  {:<16} ← {}  key {}  device {}  {:?}/{:?}  clock {:?}  lateness {}{}  late {}  values [{}]",
+            s.name,
+            topics.join(", "),
+            field(&s.key),
+            field(&s.device),
+            s.format,
+            s.time_unit,
+            s.clock,
+            d(s.lateness_ms),
+            s.idle_timeout_ms.map_or(String::new(), |t| format!("  idle after {}", d(t))),
+            match &s.late {
+                LatePolicy::Drop => "drop".to_string(),
+                LatePolicy::Route(t) => format!("→ {}", t.text()),
+            },
+            s.values.join(", "),
+        );
+    }
+    if !p.windows.is_empty() {
+        let _ = writeln!(o, "\nwindows:");
+    }
+    for w in &p.windows {
+        let kind = match w.kind {
+            WindowKind::Fixed {
+                size_ms,
+                slide_ms,
+                offset_ms,
+            } if size_ms == slide_ms => {
+                format!("tumbling {} offset {}", d(size_ms), d(offset_ms))
+            }
+            WindowKind::Fixed {
+                size_ms,
+                slide_ms,
+                offset_ms,
+            } => {
+                format!(
+                    "hopping {} every {} offset {}",
+                    d(size_ms),
+                    d(slide_ms),
+                    d(offset_ms)
+                )
+            }
+            WindowKind::Session { gap_ms } => format!("session gap {}", d(gap_ms)),
+        };
+        let aggs: Vec<String> = w
+            .aggregates
+            .iter()
+            .map(|a| {
+                format!(
+                    "{}={}({})",
+                    a.name,
+                    a.func.name(),
+                    a.field_name.as_deref().unwrap_or("")
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            o,
+            "  {:<16} ← {}{}  {}  [{}]  → {}",
+            w.name,
+            p.input_name(w.input),
+            if matches!(w.input, Input::Window(_)) {
+                " (rollup)"
+            } else {
+                ""
+            },
+            kind,
+            aggs.join(", "),
+            w.topic.as_ref().map_or("(internal)", |t| t.text()),
+        );
+    }
+    if !p.joins.is_empty() {
+        let _ = writeln!(o, "\njoins:");
+    }
+    for j in &p.joins {
+        let cond = match j.strategy {
+            Strategy::Tolerance { lower_ms, upper_ms } => {
+                format!("{} <= right.ts - left.ts <= {}", d(lower_ms), d(upper_ms))
+            }
+            Strategy::Asof { tolerance_ms } => format!(
+                "latest right with ts <= left.ts, within {}",
+                d(tolerance_ms)
+            ),
+            Strategy::Bucket => "same bucket".into(),
+            Strategy::Overlap { condition } => format!("{condition:?}"),
+            Strategy::Session { tolerance_ms } => {
+                format!("sessions intersect (± {})", d(tolerance_ms))
+            }
+        };
+        let _ = writeln!(
+            o,
+            "  {:<16} ← {} ⋈ {}  {} {:?}: {}  max_matches {}  → {}",
+            j.name,
+            p.input_name(j.left),
+            p.input_name(j.right),
+            j.strategy.name(),
+            j.kind,
+            cond,
+            j.max_matches,
+            j.topic.text(),
+        );
+    }
+    let _ = writeln!(o, "\nmemory bound (engine state, allocated once at start):");
+    for w in &p.windows {
+        let ring = ring_size(w.kind, w.input_lateness_ms);
+        let _ = writeln!(
+            o,
+            "  window {:<16} {} keys × {} open windows × {} aggregates = {}",
+            w.name,
+            w.max_keys,
+            ring,
+            w.aggregates.len(),
+            format_bytes(WindowOp::memory_bytes(w) as u64)
+        );
+    }
+    let _ = writeln!(
+        o,
+        "  total {}",
+        format_bytes(Engine::memory_bytes(p) as u64)
+    );
+    o
+}

@@ -1,0 +1,377 @@
+//! The engine: pure, no IO, no clock reads. It is handed messages (or decoded
+//! events) with the gateway's receive time, runs them through the pipeline
+//! (stream watermarks and late policy → windows → rollups), and hands every
+//! result to a [`Sink`]. All state is allocated in [`Engine::new`].
+
+use crate::decode::{DecodeError, Decoder};
+use crate::event::{Event, Key, Values, MAX_VALUES};
+use crate::pipeline::{Clock, Input, LatePolicy, Pipeline};
+use crate::watermark::{Watermark, NO_WM};
+use crate::window::{WindowCounters, WindowOp, WindowRecord};
+
+/// A late event routed by `late = "route"` (SPEC §9).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LateRecord {
+    pub stream: u16,
+    pub key: Key,
+    pub ts: i64,
+    pub recv_ms: i64,
+    pub watermark: i64,
+    pub values: Values,
+}
+
+/// Something the engine emits.
+#[derive(Clone, Copy, Debug)]
+pub enum Output<'a> {
+    Window(&'a WindowRecord),
+    Late(&'a LateRecord),
+}
+
+/// Receives the engine's results. `pipeline` resolves names.
+pub trait Sink {
+    fn emit(&mut self, pipeline: &Pipeline, out: Output<'_>);
+}
+
+impl<F: FnMut(&Pipeline, Output<'_>)> Sink for F {
+    fn emit(&mut self, pipeline: &Pipeline, out: Output<'_>) {
+        self(pipeline, out)
+    }
+}
+
+/// Why an engine could not be built from a pipeline.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0} is not supported by this build of the engine yet")]
+    Unsupported(String),
+}
+
+/// Counters of one stream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StreamCounters {
+    /// Messages whose topic matched the stream.
+    pub received: u64,
+    /// Messages decoded into an event.
+    pub decoded: u64,
+    pub on_time: u64,
+    pub late_dropped: u64,
+    pub late_routed: u64,
+    /// Skipped messages by [`DecodeError`] (indexed by [`DecodeError::index`]).
+    pub decode_errors: [u64; DecodeError::ALL.len()],
+    pub missing_value: u64,
+    pub non_numeric_value: u64,
+    /// Device timestamps more than `max_future` ahead, clamped to receive time.
+    pub clamped_future: u64,
+}
+
+struct StreamState {
+    wm: Watermark,
+    last_spoke: i64,
+    counters: StreamCounters,
+    windows: Vec<usize>,
+}
+
+/// Engine-wide counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GlobalCounters {
+    /// Messages no stream's topics matched.
+    pub unrouted: u64,
+}
+
+struct State {
+    streams: Vec<StreamState>,
+    decoders: Vec<Decoder>,
+    windows: Vec<WindowOp>,
+    /// Per window: windows that roll it up.
+    rollups: Vec<Vec<usize>>,
+    /// Per window: the watermark of its input when that input is a window.
+    rollup_wm: Vec<Watermark>,
+    now: i64,
+    started: bool,
+    seq: u64,
+    scratch: Event,
+    global: GlobalCounters,
+}
+
+pub struct Engine {
+    p: Pipeline,
+    st: State,
+}
+
+impl Engine {
+    /// Builds the engine and allocates all of its state. `hash_seed` keys the
+    /// key tables' hash (a random one protects a live gateway against
+    /// crafted colliding keys; results do not depend on it).
+    pub fn new(p: Pipeline, hash_seed: u64) -> Result<Engine, EngineError> {
+        if let Some(s) = p.streams.iter().find(|s| s.clock == Clock::Corrected) {
+            return Err(EngineError::Unsupported(format!(
+                "stream `{}`: clock = \"corrected\"",
+                s.name
+            )));
+        }
+        if let Some(j) = p.joins.first() {
+            return Err(EngineError::Unsupported(format!(
+                "join `{}` (joins)",
+                j.name
+            )));
+        }
+        let mut streams: Vec<StreamState> = p
+            .streams
+            .iter()
+            .map(|s| StreamState {
+                wm: Watermark::new(s.lateness_ms),
+                last_spoke: 0,
+                counters: StreamCounters::default(),
+                windows: Vec::new(),
+            })
+            .collect();
+        let mut rollups = vec![Vec::new(); p.windows.len()];
+        for (i, w) in p.windows.iter().enumerate() {
+            match w.input {
+                Input::Stream(s) => streams[s].windows.push(i),
+                Input::Window(src) => rollups[src].push(i),
+            }
+        }
+        let st = State {
+            decoders: p.streams.iter().map(Decoder::new).collect(),
+            windows: p
+                .windows
+                .iter()
+                .enumerate()
+                .map(|(i, w)| WindowOp::new(i, w, hash_seed))
+                .collect(),
+            rollup_wm: p.windows.iter().map(|_| Watermark::new(0)).collect(),
+            rollups,
+            streams,
+            now: NO_WM,
+            started: false,
+            seq: 0,
+            scratch: Event {
+                stream: 0,
+                key: Key::empty(),
+                device: Key::empty(),
+                ts: 0,
+                recv_ms: 0,
+                values: Values::ABSENT,
+            },
+            global: GlobalCounters::default(),
+        };
+        Ok(Engine { p, st })
+    }
+
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.p
+    }
+
+    /// Bytes of state the engine allocated (fixed for its lifetime).
+    pub fn memory_bytes(p: &Pipeline) -> usize {
+        p.windows.iter().map(WindowOp::memory_bytes).sum::<usize>()
+            + p.streams.len() * core::mem::size_of::<StreamCounters>()
+    }
+
+    /// The gateway clock: the largest receive time seen.
+    pub fn now(&self) -> i64 {
+        self.st.now
+    }
+
+    pub fn stream_counters(&self, s: usize) -> &StreamCounters {
+        &self.st.streams[s].counters
+    }
+
+    pub fn stream_watermark(&self, s: usize) -> Option<i64> {
+        let w = self.st.streams[s].wm.current();
+        (w != NO_WM).then_some(w)
+    }
+
+    pub fn window_counters(&self, w: usize) -> &WindowCounters {
+        &self.st.windows[w].counters
+    }
+
+    pub fn window_occupancy(&self, w: usize) -> (usize, usize) {
+        (
+            self.st.windows[w].live_keys(),
+            self.st.windows[w].open_windows(),
+        )
+    }
+
+    pub fn global_counters(&self) -> &GlobalCounters {
+        &self.st.global
+    }
+
+    /// Advances the gateway clock (it never runs backwards).
+    pub fn tick(&mut self, now_ms: i64) {
+        self.st.set_now(now_ms);
+    }
+
+    /// One MQTT message received at `recv_ms`: routed to every stream whose
+    /// topics match, decoded, and processed.
+    pub fn ingest(&mut self, recv_ms: i64, topic: &str, payload: &[u8], sink: &mut impl Sink) {
+        let Engine { p, st } = self;
+        st.set_now(recv_ms);
+        let mut routed = false;
+        for (s, def) in p.streams.iter().enumerate() {
+            let Some((pattern, caps)) = def
+                .topics
+                .iter()
+                .enumerate()
+                .find_map(|(i, t)| t.matches(topic).map(|c| (i, c)))
+            else {
+                continue;
+            };
+            routed = true;
+            st.streams[s].counters.received += 1;
+            if payload.len() > p.source.max_payload {
+                st.streams[s].counters.decode_errors[DecodeError::TooLarge.index()] += 1;
+                continue;
+            }
+            let mut ev = core::mem::replace(
+                &mut st.scratch,
+                Event {
+                    stream: 0,
+                    key: Key::empty(),
+                    device: Key::empty(),
+                    ts: 0,
+                    recv_ms: 0,
+                    values: Values::ABSENT,
+                },
+            );
+            match st.decoders[s].decode(topic, pattern, &caps, payload, &mut ev) {
+                Ok(notes) => {
+                    let c = &mut st.streams[s].counters;
+                    c.missing_value += u64::from(notes.missing_values);
+                    c.non_numeric_value += u64::from(notes.non_numeric_values);
+                    ev.stream = s as u16;
+                    ev.recv_ms = recv_ms;
+                    st.process(p, &mut ev, sink);
+                }
+                Err(e) => st.streams[s].counters.decode_errors[e.index()] += 1,
+            }
+            st.scratch = ev;
+        }
+        if !routed {
+            st.global.unrouted += 1;
+        }
+    }
+
+    /// One decoded event (its `ts` is the device's timestamp; the stream's
+    /// clock mode is applied here). Advances the gateway clock to `recv_ms`.
+    pub fn process(&mut self, ev: &mut Event, sink: &mut impl Sink) {
+        let Engine { p, st } = self;
+        st.set_now(ev.recv_ms);
+        st.streams[ev.stream as usize].counters.received += 1;
+        st.process(p, ev, sink);
+    }
+
+    /// End of input: every watermark passes all data, every open window closes.
+    pub fn flush(&mut self, sink: &mut impl Sink) {
+        let Engine { p, st } = self;
+        for s in &mut st.streams {
+            s.wm.close();
+        }
+        for w in 0..st.windows.len() {
+            let wm = match p.windows[w].input {
+                Input::Stream(s) => st.streams[s].wm.current(),
+                Input::Window(_) => {
+                    st.rollup_wm[w].close();
+                    st.rollup_wm[w].current()
+                }
+            };
+            st.advance_window(p, w, wm, sink);
+        }
+    }
+}
+
+impl State {
+    fn set_now(&mut self, t: i64) {
+        if !self.started {
+            self.started = true;
+            for s in &mut self.streams {
+                s.last_spoke = t;
+            }
+        }
+        if t > self.now {
+            self.now = t;
+        }
+    }
+
+    fn process(&mut self, p: &Pipeline, ev: &mut Event, sink: &mut impl Sink) {
+        let s = ev.stream as usize;
+        let def = &p.streams[s];
+        match def.clock {
+            Clock::Receive => ev.ts = self.now,
+            Clock::Device => {
+                if ev.ts > ev.recv_ms.saturating_add(def.max_future_ms) {
+                    ev.ts = ev.recv_ms;
+                    self.streams[s].counters.clamped_future += 1;
+                }
+            }
+            Clock::Corrected => unreachable!("refused in Engine::new"),
+        }
+        let st = &mut self.streams[s];
+        st.counters.decoded += 1;
+        st.last_spoke = self.now;
+        if !st.wm.observe(ev.ts) {
+            match &def.late {
+                LatePolicy::Drop => st.counters.late_dropped += 1,
+                LatePolicy::Route(_) => {
+                    st.counters.late_routed += 1;
+                    let rec = LateRecord {
+                        stream: ev.stream,
+                        key: ev.key.clone(),
+                        ts: ev.ts,
+                        recv_ms: ev.recv_ms,
+                        watermark: st.wm.current(),
+                        values: ev.values,
+                    };
+                    sink.emit(p, Output::Late(&rec));
+                }
+            }
+            return;
+        }
+        st.counters.on_time += 1;
+        let wm = st.wm.current();
+        self.seq += 1;
+        for i in 0..self.streams[s].windows.len() {
+            let w = self.streams[s].windows[i];
+            self.advance_window(p, w, wm, sink);
+            self.windows[w].insert(&ev.key, ev.ts, &ev.values, self.seq);
+        }
+    }
+
+    /// Closes what `wm` closes in window `w`, emitting each record and feeding
+    /// it to the windows that roll `w` up.
+    fn advance_window(&mut self, p: &Pipeline, w: usize, wm: i64, sink: &mut impl Sink) {
+        let n = self.windows[w].advance(wm);
+        if n == 0 {
+            return;
+        }
+        for i in 0..n {
+            let rec = self.windows[w].record(i, self.now);
+            if p.windows[w].topic.is_some() {
+                sink.emit(p, Output::Window(&rec));
+            }
+            for r in 0..self.rollups[w].len() {
+                let up = self.rollups[w][r];
+                self.rollup_input(p, up, &rec, sink);
+            }
+        }
+        self.windows[w].release();
+    }
+
+    /// A closed window of `rec.window` as an event of the rollup `up`: event
+    /// time = its start; values = its aggregates, then `count`.
+    fn rollup_input(&mut self, p: &Pipeline, up: usize, rec: &WindowRecord, sink: &mut impl Sink) {
+        if !self.rollup_wm[up].observe(rec.start) {
+            self.windows[up].counters.late += 1;
+            return;
+        }
+        let naggs = p.windows[rec.window as usize].aggregates.len();
+        let mut values = rec.values;
+        if naggs < MAX_VALUES {
+            values.0[naggs] = rec.count as f64;
+        }
+        let wm = self.rollup_wm[up].current();
+        self.advance_window(p, up, wm, sink);
+        self.seq += 1;
+        self.windows[up].insert(&rec.key, rec.start, &values, self.seq);
+    }
+}

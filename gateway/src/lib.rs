@@ -1,0 +1,21 @@
+//! edgejoin: an edge stream-join gateway. The engine ([`engine`] and the
+//! modules it uses) is pure: it takes messages and the gateway's receive
+//! time and returns results and counters. The IO shell (the `edgejoin`
+//! binary) reads configs and recordings and writes results.
+
+pub mod aggregate;
+pub mod config;
+pub mod decode;
+pub mod describe;
+pub mod engine;
+pub mod event;
+pub mod json;
+pub mod keytable;
+pub mod output;
+pub mod pipeline;
+pub mod replay;
+pub mod stats;
+pub mod topic;
+pub mod units;
+pub mod watermark;
+pub mod window;

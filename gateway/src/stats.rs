@@ -1,0 +1,60 @@
+//! The engine's counters by name, as one JSON object (for `replay --stats`
+//! and, later, the metrics topic).
+
+use serde_json::{json, Map, Value};
+
+use crate::decode::DecodeError;
+use crate::engine::Engine;
+
+/// All counters of the engine, keyed by stream and window name.
+pub fn snapshot(e: &Engine) -> Value {
+    let p = e.pipeline();
+    let mut streams = Map::new();
+    for (i, s) in p.streams.iter().enumerate() {
+        let c = e.stream_counters(i);
+        let mut errors = Map::new();
+        for d in DecodeError::ALL {
+            let n = c.decode_errors[d.index()];
+            if n > 0 {
+                errors.insert(d.name().into(), n.into());
+            }
+        }
+        streams.insert(
+            s.name.clone(),
+            json!({
+                "received": c.received,
+                "decoded": c.decoded,
+                "on_time": c.on_time,
+                "late_dropped": c.late_dropped,
+                "late_routed": c.late_routed,
+                "decode_errors": errors,
+                "missing_value": c.missing_value,
+                "non_numeric_value": c.non_numeric_value,
+                "clamped_future": c.clamped_future,
+                "watermark": e.stream_watermark(i),
+            }),
+        );
+    }
+    let mut windows = Map::new();
+    for (i, w) in p.windows.iter().enumerate() {
+        let c = e.window_counters(i);
+        let (keys, open) = e.window_occupancy(i);
+        windows.insert(
+            w.name.clone(),
+            json!({
+                "emitted": c.emitted,
+                "key_evictions": c.key_evictions,
+                "evicted_windows": c.evicted_windows,
+                "capacity_evictions": c.capacity_evictions,
+                "late": c.late,
+                "live_keys": keys,
+                "open_windows": open,
+            }),
+        );
+    }
+    json!({
+        "unrouted": e.global_counters().unrouted,
+        "streams": streams,
+        "windows": windows,
+    })
+}
