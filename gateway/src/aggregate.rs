@@ -17,12 +17,7 @@ pub struct AggState {
 }
 
 impl AggState {
-    pub const EMPTY: AggState = AggState {
-        n: 0,
-        a: 0.0,
-        b: 0.0,
-        t: i64::MIN,
-    };
+    pub const EMPTY: AggState = AggState { n: 0, a: 0.0, b: 0.0, t: i64::MIN };
 
     /// Adds one value `v` (present) with event time `ts` and arrival `seq`.
     #[inline]
@@ -83,11 +78,7 @@ impl AggState {
             }
             AggFunc::Min | AggFunc::Max => {
                 if o.n > 0 {
-                    let better = if f == AggFunc::Min {
-                        o.a < self.a
-                    } else {
-                        o.a > self.a
-                    };
+                    let better = if f == AggFunc::Min { o.a < self.a } else { o.a > self.a };
                     if self.n == 0 || better {
                         self.a = o.a;
                     }
@@ -131,9 +122,7 @@ impl AggState {
             AggFunc::Min | AggFunc::Max => (self.n > 0).then_some(self.a),
             AggFunc::Mean => (self.n > 0).then(|| self.a / self.n as f64),
             AggFunc::First | AggFunc::Last => (self.t != i64::MIN).then_some(self.a),
-            AggFunc::Stddev => {
-                (self.n >= 2).then(|| (self.b.max(0.0) / (self.n - 1) as f64).sqrt())
-            }
+            AggFunc::Stddev => (self.n >= 2).then(|| (self.b.max(0.0) / (self.n - 1) as f64).sqrt()),
         }
     }
 }
@@ -152,22 +141,12 @@ mod tests {
 
     #[test]
     fn values() {
-        let xs = [
-            (2.0, 5),
-            (4.0, 1),
-            (4.0, 9),
-            (5.0, 9),
-            (5.0, 3),
-            (7.0, 2),
-            (9.0, 1),
-        ];
+        let xs = [(2.0, 5), (4.0, 1), (4.0, 9), (5.0, 9), (5.0, 3), (7.0, 2), (9.0, 1)];
         assert_eq!(fold(AggFunc::Count, &xs).value(AggFunc::Count), Some(7.0));
         assert_eq!(fold(AggFunc::Sum, &xs).value(AggFunc::Sum), Some(36.0));
         assert_eq!(fold(AggFunc::Min, &xs).value(AggFunc::Min), Some(2.0));
         assert_eq!(fold(AggFunc::Max, &xs).value(AggFunc::Max), Some(9.0));
-        assert!(
-            (fold(AggFunc::Mean, &xs).value(AggFunc::Mean).unwrap() - 36.0 / 7.0).abs() < 1e-12
-        );
+        assert!((fold(AggFunc::Mean, &xs).value(AggFunc::Mean).unwrap() - 36.0 / 7.0).abs() < 1e-12);
         // ties by arrival: first keeps the earlier arrival at t=1 (4.0); last the later at t=9 (5.0)
         assert_eq!(fold(AggFunc::First, &xs).value(AggFunc::First), Some(4.0));
         assert_eq!(fold(AggFunc::Last, &xs).value(AggFunc::Last), Some(5.0));
@@ -181,15 +160,7 @@ mod tests {
 
     #[test]
     fn merge_equals_fold() {
-        let xs = [
-            (2.0, 5),
-            (4.0, 1),
-            (4.0, 9),
-            (5.0, 9),
-            (5.0, 3),
-            (7.0, 2),
-            (9.0, 1),
-        ];
+        let xs = [(2.0, 5), (4.0, 1), (4.0, 9), (5.0, 9), (5.0, 3), (7.0, 2), (9.0, 1)];
         for f in [
             AggFunc::Count,
             AggFunc::Sum,

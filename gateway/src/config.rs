@@ -30,12 +30,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     #[error("{path}:{line}:{column}: {reason}")]
-    Invalid {
-        path: PathBuf,
-        line: usize,
-        column: usize,
-        reason: String,
-    },
+    Invalid { path: PathBuf, line: usize, column: usize, reason: String },
 }
 
 impl ConfigError {
@@ -167,12 +162,7 @@ struct Checker<'a> {
 impl Checker<'_> {
     fn err(&self, span: Range<usize>, reason: impl Into<String>) -> ConfigError {
         let (line, column) = line_col(self.text, span.start);
-        ConfigError::Invalid {
-            path: self.path.to_path_buf(),
-            line,
-            column,
-            reason: reason.into(),
-        }
+        ConfigError::Invalid { path: self.path.to_path_buf(), line, column, reason: reason.into() }
     }
 
     fn duration(&self, s: &S<String>, what: &str) -> Result<i64, ConfigError> {
@@ -201,10 +191,8 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 
 /// Reads and checks a config file.
 pub fn load(path: &Path) -> Result<Pipeline, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
     parse(path, &text)
 }
 
@@ -249,65 +237,45 @@ fn build(ck: &Checker<'_>, raw: RawConfig) -> Result<Pipeline, ConfigError> {
 
     let gateway = match &raw.gateway {
         Some(g) => {
-            let id =
-                g.id.as_ref()
-                    .map(|s| s.get_ref().clone())
-                    .unwrap_or_else(|| "edgejoin".into());
+            let id = g.id.as_ref().map(|s| s.get_ref().clone()).unwrap_or_else(|| "edgejoin".into());
             if let Some(s) = &g.id {
                 if id.is_empty() || id.contains(['/', '+', '#']) {
-                    return Err(ck.err(s.span(), "gateway id must be non-empty, without `/`, `+` or `#` (it names the MQTT client)"));
+                    return Err(ck.err(
+                        s.span(),
+                        "gateway id must be non-empty, without `/`, `+` or `#` (it names the MQTT client)",
+                    ));
                 }
             }
             Gateway {
                 id,
-                state_dir: g
-                    .state_dir
-                    .clone()
-                    .unwrap_or_else(|| "/var/lib/edgejoin".into())
-                    .into(),
+                state_dir: g.state_dir.clone().unwrap_or_else(|| "/var/lib/edgejoin".into()).into(),
             }
         }
-        None => Gateway {
-            id: "edgejoin".into(),
-            state_dir: "/var/lib/edgejoin".into(),
-        },
+        None => Gateway { id: "edgejoin".into(), state_dir: "/var/lib/edgejoin".into() },
     };
     let source = match &raw.source {
         Some(s) => Source {
-            url: s
-                .url
-                .clone()
-                .unwrap_or_else(|| "mqtt://127.0.0.1:1883".into()),
+            url: s.url.clone().unwrap_or_else(|| "mqtt://127.0.0.1:1883".into()),
             max_payload: match &s.max_payload {
                 Some(m) => {
-                    let v = parse_size(m.get_ref())
-                        .map_err(|e| ck.err(m.span(), format!("max_payload: {e}")))?;
+                    let v =
+                        parse_size(m.get_ref()).map_err(|e| ck.err(m.span(), format!("max_payload: {e}")))?;
                     if !(16..=256 << 20).contains(&v) {
-                        return Err(
-                            ck.err(m.span(), "max_payload must be between 16 B and 256 MiB")
-                        );
+                        return Err(ck.err(m.span(), "max_payload must be between 16 B and 256 MiB"));
                     }
                     v as usize
                 }
                 None => 64 << 10,
             },
         },
-        None => Source {
-            url: "mqtt://127.0.0.1:1883".into(),
-            max_payload: 64 << 10,
-        },
+        None => Source { url: "mqtt://127.0.0.1:1883".into(), max_payload: 64 << 10 },
     };
     let upstream = match &raw.upstream {
         Some(u) => Some(Upstream {
             url: u.url.clone(),
-            topic_prefix: u
-                .topic_prefix
-                .clone()
-                .unwrap_or_else(|| format!("gw/{}", gateway.id)),
+            topic_prefix: u.topic_prefix.clone().unwrap_or_else(|| format!("gw/{}", gateway.id)),
             spool: match &u.spool {
-                Some(s) => {
-                    parse_size(s.get_ref()).map_err(|e| ck.err(s.span(), format!("spool: {e}")))?
-                }
+                Some(s) => parse_size(s.get_ref()).map_err(|e| ck.err(s.span(), format!("spool: {e}")))?,
                 None => 64 << 20,
             },
         }),
@@ -318,45 +286,24 @@ fn build(ck: &Checker<'_>, raw: RawConfig) -> Result<Pipeline, ConfigError> {
     for s in &raw.stream {
         streams.push(build_stream(ck, s.get_ref())?);
     }
-    let stream_index: HashMap<&str, usize> = streams
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.name.as_str(), i))
-        .collect();
+    let stream_index: HashMap<&str, usize> =
+        streams.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
 
     let windows = build_windows(ck, &raw, &streams, &stream_index)?;
-    let window_index: HashMap<&str, usize> = windows
-        .iter()
-        .enumerate()
-        .map(|(i, w)| (w.name.as_str(), i))
-        .collect();
+    let window_index: HashMap<&str, usize> =
+        windows.iter().enumerate().map(|(i, w)| (w.name.as_str(), i)).collect();
 
     let mut joins = Vec::with_capacity(raw.join.len());
     for j in &raw.join {
-        joins.push(build_join(
-            ck,
-            j.get_ref(),
-            &windows,
-            &stream_index,
-            &window_index,
-        )?);
+        joins.push(build_join(ck, j.get_ref(), &windows, &stream_index, &window_index)?);
     }
 
-    let mut p = Pipeline {
-        gateway,
-        source,
-        upstream,
-        streams,
-        windows,
-        joins,
-    };
+    let mut p = Pipeline { gateway, source, upstream, streams, windows, joins };
     // a window nothing reads and without a topic is still shown (else it would be useless)
     let consumed: Vec<bool> = (0..p.windows.len())
         .map(|w| {
             p.windows.iter().any(|x| x.input == Input::Window(w))
-                || p.joins
-                    .iter()
-                    .any(|j| j.left == Input::Window(w) || j.right == Input::Window(w))
+                || p.joins.iter().any(|j| j.left == Input::Window(w) || j.right == Input::Window(w))
         })
         .collect();
     for (w, c) in p.windows.iter_mut().zip(consumed) {
@@ -387,33 +334,27 @@ fn field_ref(
                 None => {
                     return Err(ck.err(
                         spec.span(),
-                        format!(
-                            "{what} = \"{text}\": topic `{}` has no capture `{{{name}}}`",
-                            t.text()
-                        ),
+                        format!("{what} = \"{text}\": topic `{}` has no capture `{{{name}}}`", t.text()),
                     ))
                 }
             }
         }
-        return Ok(Some(FieldRef::Capture {
-            name: name.to_string(),
-            index_per_topic,
-        }));
+        return Ok(Some(FieldRef::Capture { name: name.to_string(), index_per_topic }));
     }
     if let Some(field) = text.strip_prefix("$.") {
         if field.is_empty() || field.contains(['.', '[', ']']) {
             return Err(ck.err(
                 spec.span(),
-                format!(
-                    "{what} = \"{text}\": only a top-level payload field (`$.name`) is supported"
-                ),
+                format!("{what} = \"{text}\": only a top-level payload field (`$.name`) is supported"),
             ));
         }
         match format {
             Format::Number => {
                 return Err(ck.err(
                     spec.span(),
-                    format!("{what} = \"{text}\": a `number` payload has no fields; take it from a topic capture"),
+                    format!(
+                        "{what} = \"{text}\": a `number` payload has no fields; take it from a topic capture"
+                    ),
                 ))
             }
             Format::Postcard if field != "key" && field != "device" => {
@@ -436,44 +377,32 @@ fn build_stream(ck: &Checker<'_>, s: &RawStream) -> Result<StreamDef, ConfigErro
     let name = s.name.get_ref().clone();
     let ctx = |what: &str| format!("stream `{name}`: {what}");
     if s.topics.get_ref().is_empty() {
-        return Err(ck.err(
-            s.topics.span(),
-            ctx("`topics` needs at least one topic pattern"),
-        ));
+        return Err(ck.err(s.topics.span(), ctx("`topics` needs at least one topic pattern")));
     }
     let mut topics = Vec::new();
     for t in s.topics.get_ref() {
         topics.push(TopicPattern::parse(t.get_ref()).map_err(|e| ck.err(t.span(), ctx(&e)))?);
     }
     let format = s.format.as_ref().map_or(Format::Json, |f| *f.get_ref());
-    let key =
-        field_ref(ck, s.key.as_ref(), &topics, format, &ctx("key"))?.unwrap_or(FieldRef::Constant);
-    let device = field_ref(ck, s.device.as_ref(), &topics, format, &ctx("device"))?
-        .unwrap_or_else(|| key.clone());
+    let key = field_ref(ck, s.key.as_ref(), &topics, format, &ctx("key"))?.unwrap_or(FieldRef::Constant);
+    let device =
+        field_ref(ck, s.device.as_ref(), &topics, format, &ctx("device"))?.unwrap_or_else(|| key.clone());
     let time_unit = s.time_unit.as_ref().map_or(TimeUnit::Ms, |t| *t.get_ref());
     let clock = s.clock.as_ref().map_or(Clock::Device, |c| *c.get_ref());
     if format == Format::Number {
         if let Some(c) = &s.clock {
             if *c.get_ref() != Clock::Receive {
-                return Err(ck.err(
-                    c.span(),
-                    ctx("a `number` payload carries no timestamp: use clock = \"receive\""),
-                ));
+                return Err(
+                    ck.err(c.span(), ctx("a `number` payload carries no timestamp: use clock = \"receive\""))
+                );
             }
         }
     }
     if format == Format::Postcard && time_unit == TimeUnit::Rfc3339 {
         let t = s.time_unit.as_ref().expect("set when rfc3339");
-        return Err(ck.err(
-            t.span(),
-            ctx("a postcard payload's `ts` is an integer: pick s, ms, us or ns"),
-        ));
+        return Err(ck.err(t.span(), ctx("a postcard payload's `ts` is an integer: pick s, ms, us or ns")));
     }
-    let clock = if format == Format::Number {
-        Clock::Receive
-    } else {
-        clock
-    };
+    let clock = if format == Format::Number { Clock::Receive } else { clock };
     let lateness_ms = match &s.lateness {
         Some(l) => nonneg(ck, l, &ctx("lateness"))?,
         None => 0,
@@ -484,9 +413,7 @@ fn build_stream(ck: &Checker<'_>, s: &RawStream) -> Result<StreamDef, ConfigErro
             if v <= 0 {
                 return Err(ck.err(
                     l.span(),
-                    ctx(
-                        "idle_timeout must be positive (omit it to never treat the stream as idle)",
-                    ),
+                    ctx("idle_timeout must be positive (omit it to never treat the stream as idle)"),
                 ));
             }
             Some(v)
@@ -507,26 +434,14 @@ fn build_stream(ck: &Checker<'_>, s: &RawStream) -> Result<StreamDef, ConfigErro
     };
     let late = match &s.late {
         Some(l) if *l.get_ref() == RawLate::Route => {
-            let text = s
-                .late_topic
-                .as_ref()
-                .map_or("late/{stream}/{key}", |t| t.get_ref().as_str());
-            let tpl = TopicTemplate::parse(text, &[Var::Stream, Var::Key, Var::Gateway]).map_err(
-                |e| {
-                    ck.err(
-                        s.late_topic.as_ref().map_or(l.span(), |t| t.span()),
-                        ctx(&e),
-                    )
-                },
-            )?;
+            let text = s.late_topic.as_ref().map_or("late/{stream}/{key}", |t| t.get_ref().as_str());
+            let tpl = TopicTemplate::parse(text, &[Var::Stream, Var::Key, Var::Gateway])
+                .map_err(|e| ck.err(s.late_topic.as_ref().map_or(l.span(), |t| t.span()), ctx(&e)))?;
             LatePolicy::Route(tpl)
         }
         _ => {
             if let Some(t) = &s.late_topic {
-                return Err(ck.err(
-                    t.span(),
-                    ctx("late_topic is only used with late = \"route\""),
-                ));
+                return Err(ck.err(t.span(), ctx("late_topic is only used with late = \"route\"")));
             }
             LatePolicy::Drop
         }
@@ -536,10 +451,7 @@ fn build_stream(ck: &Checker<'_>, s: &RawStream) -> Result<StreamDef, ConfigErro
             if v.get_ref().len() > MAX_VALUES {
                 return Err(ck.err(
                     v.span(),
-                    ctx(&format!(
-                        "{} values listed; at most {MAX_VALUES} per event",
-                        v.get_ref().len()
-                    )),
+                    ctx(&format!("{} values listed; at most {MAX_VALUES} per event", v.get_ref().len())),
                 ));
             }
             let mut out: Vec<String> = Vec::new();
@@ -560,15 +472,9 @@ fn build_stream(ck: &Checker<'_>, s: &RawStream) -> Result<StreamDef, ConfigErro
     };
     if format == Format::Number && values.len() != 1 {
         let sp = s.values.as_ref().expect("checked").span();
-        return Err(ck.err(
-            sp,
-            ctx("a `number` payload is one value: list exactly one name"),
-        ));
+        return Err(ck.err(sp, ctx("a `number` payload is one value: list exactly one name")));
     }
-    let time_field = s
-        .time_field
-        .as_ref()
-        .map_or("ts".to_string(), |t| t.get_ref().clone());
+    let time_field = s.time_field.as_ref().map_or("ts".to_string(), |t| t.get_ref().clone());
     Ok(StreamDef {
         name,
         topics,
@@ -610,12 +516,8 @@ fn build_windows(
     streams: &[StreamDef],
     stream_index: &HashMap<&str, usize>,
 ) -> Result<Vec<WindowDef>, ConfigError> {
-    let raw_index: HashMap<&str, usize> = raw
-        .window
-        .iter()
-        .enumerate()
-        .map(|(i, w)| (w.get_ref().name.get_ref().as_str(), i))
-        .collect();
+    let raw_index: HashMap<&str, usize> =
+        raw.window.iter().enumerate().map(|(i, w)| (w.get_ref().name.get_ref().as_str(), i)).collect();
     // dependency order (inputs first), refusing cycles
     let n = raw.window.len();
     let mut order = Vec::with_capacity(n);
@@ -634,9 +536,7 @@ fn build_windows(
                 state[w] = 1;
                 if let Some(d) = dep {
                     if d == w {
-                        return Err(
-                            ck.err(rw.input.span(), format!("window `{input}` reads itself"))
-                        );
+                        return Err(ck.err(rw.input.span(), format!("window `{input}` reads itself")));
                     }
                     if state[d] == 1 {
                         let cycle: Vec<&str> = path
@@ -644,10 +544,9 @@ fn build_windows(
                             .skip_while(|&&x| x != d)
                             .map(|&x| raw.window[x].get_ref().name.get_ref().as_str())
                             .collect();
-                        return Err(ck.err(
-                            rw.input.span(),
-                            format!("rollup cycle: {} → {input}", cycle.join(" → ")),
-                        ));
+                        return Err(
+                            ck.err(rw.input.span(), format!("rollup cycle: {} → {input}", cycle.join(" → ")))
+                        );
                     }
                     if state[d] == 0 {
                         path.push(d);
@@ -670,34 +569,22 @@ fn build_windows(
         let input_name = rw.input.get_ref();
         let (input, fields, max_keys_default, input_lateness_ms) =
             if let Some(&s) = stream_index.get(input_name.as_str()) {
-                (
-                    Input::Stream(s),
-                    streams[s].values.clone(),
-                    streams[s].max_keys,
-                    streams[s].lateness_ms,
-                )
+                (Input::Stream(s), streams[s].values.clone(), streams[s].max_keys, streams[s].lateness_ms)
             } else if let Some(&i) = new_index.get(input_name.as_str()) {
                 (Input::Window(i), out[i].output_fields(), out[i].max_keys, 0)
             } else {
                 return Err(ck.err(
                     rw.input.span(),
-                    ctx(&format!(
-                        "input `{input_name}` is neither a stream nor a window"
-                    )),
+                    ctx(&format!("input `{input_name}` is neither a stream nor a window")),
                 ));
             };
         let kind = match (&rw.size, &rw.gap) {
             (Some(_), Some(g)) => {
-                return Err(ck.err(
-                    g.span(),
-                    ctx("set either `size` (tumbling/hopping) or `gap` (session), not both"),
-                ))
+                return Err(ck
+                    .err(g.span(), ctx("set either `size` (tumbling/hopping) or `gap` (session), not both")))
             }
             (None, None) => {
-                return Err(ck.err(
-                    rw.name.span(),
-                    ctx("needs `size` (tumbling/hopping) or `gap` (session)"),
-                ))
+                return Err(ck.err(rw.name.span(), ctx("needs `size` (tumbling/hopping) or `gap` (session)")))
             }
             (Some(size), None) => {
                 let size_ms = positive(ck, size, &ctx("size"))?;
@@ -709,24 +596,17 @@ fn build_windows(
                     Some(o) => ck.duration(o, &ctx("offset"))?,
                     None => 0,
                 };
-                WindowKind::Fixed {
-                    size_ms,
-                    slide_ms,
-                    offset_ms: offset_ms.rem_euclid(slide_ms),
-                }
+                WindowKind::Fixed { size_ms, slide_ms, offset_ms: offset_ms.rem_euclid(slide_ms) }
             }
             (None, Some(gap)) => {
                 for (f, v) in [("slide", &rw.slide), ("offset", &rw.offset)] {
                     if let Some(v) = v {
-                        return Err(ck.err(
-                            v.span(),
-                            ctx(&format!("`{f}` does not apply to a session window")),
-                        ));
+                        return Err(
+                            ck.err(v.span(), ctx(&format!("`{f}` does not apply to a session window")))
+                        );
                     }
                 }
-                WindowKind::Session {
-                    gap_ms: positive(ck, gap, &ctx("gap"))?,
-                }
+                WindowKind::Session { gap_ms: positive(ck, gap, &ctx("gap"))? }
             }
         };
         let mut aggregates = Vec::new();
@@ -735,10 +615,7 @@ fn build_windows(
                 if a.get_ref().len() > MAX_VALUES {
                     return Err(ck.err(
                         a.span(),
-                        ctx(&format!(
-                            "{} aggregates; at most {MAX_VALUES}",
-                            a.get_ref().len()
-                        )),
+                        ctx(&format!("{} aggregates; at most {MAX_VALUES}", a.get_ref().len())),
                     ));
                 }
                 for (agg_name, spec) in a.get_ref() {
@@ -753,13 +630,13 @@ fn build_windows(
             }),
         }
         if aggregates.iter().any(|a| a.name == "count")
-            && raw
-                .window
-                .iter()
-                .any(|x| x.get_ref().input.get_ref() == &name)
+            && raw.window.iter().any(|x| x.get_ref().input.get_ref() == &name)
         {
             let sp = rw.aggregates.as_ref().map_or(rw.name.span(), |a| a.span());
-            return Err(ck.err(sp, ctx("an aggregate named `count` would clash with the `count` a rollup of this window reads")));
+            return Err(ck.err(
+                sp,
+                ctx("an aggregate named `count` would clash with the `count` a rollup of this window reads"),
+            ));
         }
         let max_keys = match &rw.max_keys {
             Some(m) => ck.count(m, &ctx("max_keys"), MAX_KEYS)?,
@@ -773,15 +650,7 @@ fn build_windows(
             None => None,
         };
         new_index.insert(name.clone(), out.len());
-        out.push(WindowDef {
-            name,
-            input,
-            kind,
-            aggregates,
-            topic,
-            max_keys,
-            input_lateness_ms,
-        });
+        out.push(WindowDef { name, input, kind, aggregates, topic, max_keys, input_lateness_ms });
     }
     // a rolled-up window carries its aggregates plus `count` as values
     for (i, w) in out.iter().enumerate() {
@@ -845,23 +714,18 @@ fn parse_agg(
                 return Err(ck.err(
                     spec.span(),
                     ctx(&format!(
-                    "aggregate `{name}` reads `{arg}`, which the input does not carry (it has: {})",
-                    if fields.is_empty() {
-                        "no values; list them in the stream's `values`".to_string()
-                    } else {
-                        fields.join(", ")
-                    }
-                )),
+                        "aggregate `{name}` reads `{arg}`, which the input does not carry (it has: {})",
+                        if fields.is_empty() {
+                            "no values; list them in the stream's `values`".to_string()
+                        } else {
+                            fields.join(", ")
+                        }
+                    )),
                 ))
             }
         }
     };
-    Ok(AggDef {
-        name: name.to_string(),
-        func,
-        field,
-        field_name: field.map(|_| arg.to_string()),
-    })
+    Ok(AggDef { name: name.to_string(), func, field, field_name: field.map(|_| arg.to_string()) })
 }
 
 fn build_join(
@@ -894,7 +758,10 @@ fn build_join(
                 Some(&w) => Ok(Input::Window(w)),
                 None if stream_index.contains_key(n) => Err(ck.err(
                     side.span(),
-                    ctx(&format!("{which} `{n}` is a stream; a {} join reads windows: define a [[window]] over it", strategy_name(strat))),
+                    ctx(&format!(
+                        "{which} `{n}` is a stream; a {} join reads windows: define a [[window]] over it",
+                        strategy_name(strat)
+                    )),
                 )),
                 None => Err(ck.err(side.span(), ctx(&format!("{which} `{n}` is not a window")))),
             }
@@ -906,27 +773,17 @@ fn build_join(
         match field {
             Some(f) if !allowed => Err(ck.err(
                 f.span(),
-                ctx(&format!(
-                    "`{fname}` does not apply to strategy = \"{}\"",
-                    strategy_name(strat)
-                )),
+                ctx(&format!("`{fname}` does not apply to strategy = \"{}\"", strategy_name(strat))),
             )),
             _ => Ok(()),
         }
     };
     only(&j.lower, "lower", strat == RawStrategy::Tolerance)?;
     only(&j.upper, "upper", strat == RawStrategy::Tolerance)?;
-    only(
-        &j.tolerance,
-        "tolerance",
-        matches!(strat, RawStrategy::Asof | RawStrategy::Session),
-    )?;
+    only(&j.tolerance, "tolerance", matches!(strat, RawStrategy::Asof | RawStrategy::Session))?;
     if let Some(c) = &j.condition {
         if strat != RawStrategy::Overlap {
-            return Err(ck.err(
-                c.span(),
-                ctx("`condition` applies only to strategy = \"overlap\""),
-            ));
+            return Err(ck.err(c.span(), ctx("`condition` applies only to strategy = \"overlap\"")));
         }
     }
     let win = |i: Input| match i {
@@ -960,14 +817,9 @@ fn build_join(
         }
         RawStrategy::Asof => {
             let t = j.tolerance.as_ref().ok_or_else(|| {
-                ck.err(
-                    j.name.span(),
-                    ctx("an asof join needs `tolerance` (how old the right event may be)"),
-                )
+                ck.err(j.name.span(), ctx("an asof join needs `tolerance` (how old the right event may be)"))
             })?;
-            Strategy::Asof {
-                tolerance_ms: nonneg(ck, t, &ctx("tolerance"))?,
-            }
+            Strategy::Asof { tolerance_ms: nonneg(ck, t, &ctx("tolerance"))? }
         }
         RawStrategy::Bucket => {
             let (l, r) = (win(left), win(right));
@@ -1001,18 +853,12 @@ fn build_join(
                 if matches!(win(i).kind, WindowKind::Session { .. }) {
                     return Err(ck.err(
                         side.span(),
-                        ctx(&format!(
-                            "`{}` is a session window; use strategy = \"session\"",
-                            win(i).name
-                        )),
+                        ctx(&format!("`{}` is a session window; use strategy = \"session\"", win(i).name)),
                     ));
                 }
             }
             Strategy::Overlap {
-                condition: j
-                    .condition
-                    .as_ref()
-                    .map_or(OverlapCondition::ContainedStart, |c| *c.get_ref()),
+                condition: j.condition.as_ref().map_or(OverlapCondition::ContainedStart, |c| *c.get_ref()),
             }
         }
         RawStrategy::Session => {
@@ -1020,10 +866,7 @@ fn build_join(
                 if !matches!(win(i).kind, WindowKind::Session { .. }) {
                     return Err(ck.err(
                         side.span(),
-                        ctx(&format!(
-                            "`{}` is not a session window (it has no `gap`)",
-                            win(i).name
-                        )),
+                        ctx(&format!("`{}` is not a session window (it has no `gap`)", win(i).name)),
                     ));
                 }
             }
@@ -1042,8 +885,7 @@ fn build_join(
     let topic = match &j.topic {
         Some(t) => TopicTemplate::parse(t.get_ref(), &[Var::Join, Var::Key, Var::Gateway])
             .map_err(|e| ck.err(t.span(), ctx(&e)))?,
-        None => TopicTemplate::parse("results/{join}/{key}", &[Var::Join, Var::Key])
-            .expect("valid default"),
+        None => TopicTemplate::parse("results/{join}/{key}", &[Var::Join, Var::Key]).expect("valid default"),
     };
     Ok(JoinDef {
         name,
@@ -1063,5 +905,150 @@ fn strategy_name(s: RawStrategy) -> &'static str {
         RawStrategy::Bucket => "bucket",
         RawStrategy::Overlap => "overlap",
         RawStrategy::Session => "session",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[gateway]
+id = "t"
+
+[[stream]]
+name = "a"
+topics = ["s/{dev}/a"]
+key = "{dev}"
+values = ["v"]
+"#;
+
+    fn err(extra: &str) -> (usize, String) {
+        let text = format!("{BASE}{extra}");
+        match parse(Path::new("gw.toml"), &text) {
+            Ok(_) => panic!("accepted:\n{text}"),
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(msg.starts_with("gw.toml:"), "{msg}");
+                (e.line(), msg)
+            }
+        }
+    }
+
+    /// The 1-based line of the first occurrence of `needle` in BASE + extra.
+    fn line_of(extra: &str, needle: &str) -> usize {
+        let text = format!("{BASE}{extra}");
+        text[..text.find(needle).expect("needle")].matches('\n').count() + 1
+    }
+
+    #[test]
+    fn base_is_valid() {
+        let p = parse(Path::new("gw.toml"), BASE).unwrap();
+        assert_eq!(p.streams[0].values, ["v"]);
+        assert_eq!(p.streams[0].capacity.get(), 1024);
+    }
+
+    #[test]
+    fn unknown_field() {
+        let extra = "\n[[window]]\nname = \"w\"\ninput = \"a\"\nsize = \"1m\"\nsizee = \"2m\"\n";
+        let (line, msg) = err(extra);
+        assert_eq!(line, line_of(extra, "sizee"));
+        assert!(msg.contains("unknown field `sizee`"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_name() {
+        let extra = "\n[[window]]\nname = \"w\"\ninput = \"nope\"\nsize = \"1m\"\n";
+        let (line, msg) = err(extra);
+        assert_eq!(line, line_of(extra, "\"nope\""));
+        assert!(msg.contains("input `nope` is neither a stream nor a window"), "{msg}");
+    }
+
+    #[test]
+    fn duplicate_name() {
+        let extra = "\n[[window]]\nname = \"a\"\ninput = \"a\"\nsize = \"1m\"\n";
+        let (line, msg) = err(extra);
+        assert_eq!(line, line_of(extra, "name = \"a\"\ninput"));
+        assert!(msg.contains("duplicate name `a`: a stream already has it"), "{msg}");
+    }
+
+    #[test]
+    fn rollup_cycle() {
+        let extra = "\n[[window]]\nname = \"x\"\ninput = \"y\"\nsize = \"1m\"\n\n[[window]]\nname = \"y\"\ninput = \"x\"\nsize = \"5m\"\n";
+        let (line, msg) = err(extra);
+        assert!(msg.contains("rollup cycle: x → y → x") || msg.contains("rollup cycle: y → x → y"), "{msg}");
+        assert!(line == line_of(extra, "input = \"y\"") || line == line_of(extra, "input = \"x\""));
+    }
+
+    #[test]
+    fn bucket_join_of_unequal_windows() {
+        let extra = r#"
+[[stream]]
+name = "b"
+topics = ["s/{dev}/b"]
+key = "{dev}"
+
+[[window]]
+name = "a1"
+input = "a"
+size = "1m"
+
+[[window]]
+name = "b5"
+input = "b"
+size = "5m"
+
+[[join]]
+name = "j"
+strategy = "bucket"
+left = "a1"
+right = "b5"
+"#;
+        let (line, msg) = err(extra);
+        assert_eq!(line, line_of(extra, "right = \"b5\""));
+        assert!(msg.contains("a bucket join needs equal windows"), "{msg}");
+        assert!(msg.contains("use strategy = \"overlap\""), "{msg}");
+    }
+
+    #[test]
+    fn capacity_zero() {
+        let extra = "\n[[stream]]\nname = \"b\"\ntopics = [\"x\"]\ncapacity = 0\n";
+        let (line, msg) = err(extra);
+        assert_eq!(line, line_of(extra, "capacity = 0"));
+        assert!(msg.contains("stream `b`: capacity = 0: it must be at least 1"), "{msg}");
+    }
+
+    #[test]
+    fn too_many_values() {
+        let vals: Vec<String> = (0..17).map(|i| format!("\"v{i}\"")).collect();
+        let extra = format!("\n[[stream]]\nname = \"b\"\ntopics = [\"x\"]\nvalues = [{}]\n", vals.join(", "));
+        let (line, msg) = err(&extra);
+        assert_eq!(line, line_of(&extra, "values = [\"v0"));
+        assert!(msg.contains("17 values listed; at most 16 per event"), "{msg}");
+    }
+
+    #[test]
+    fn bad_duration() {
+        let extra = "\n[[window]]\nname = \"w\"\ninput = \"a\"\nsize = \"5 fortnights\"\n";
+        let (line, msg) = err(extra);
+        assert_eq!(line, line_of(extra, "5 fortnights"));
+        assert!(msg.contains("window `w`: size: `5 fortnights` is not a duration"), "{msg}");
+    }
+
+    #[test]
+    fn other_refusals() {
+        for (extra, want) in [
+            ("\n[[join]]\nname = \"j\"\nstrategy = \"tolerance\"\nleft = \"a\"\nright = \"a\"\nlower = \"1m\"\nupper = \"-1m\"\n", "is greater than upper"),
+            ("\n[[window]]\nname = \"w\"\ninput = \"a\"\nsize = \"1m\"\naggregates = { x = \"median(v)\" }\n", "aggregate `x = \"median(v)\"`"),
+            ("\n[[window]]\nname = \"w\"\ninput = \"a\"\nsize = \"1m\"\naggregates = { x = \"sum(nope)\" }\n", "reads `nope`, which the input does not carry"),
+            ("\n[[window]]\nname = \"w\"\ninput = \"a\"\nsize = \"1m\"\ngap = \"1m\"\n", "either `size`"),
+            ("\n[[stream]]\nname = \"b\"\ntopics = [\"x/{d}\"]\nkey = \"{dev}\"\n", "has no capture `{dev}`"),
+            ("\n[[stream]]\nname = \"b\"\ntopics = [\"x/#/y\"]\n", "`#` may only be the last level"),
+            ("\n[[stream]]\nname = \"b\"\ntopics = [\"x\"]\nclock = \"sundial\"\n", "unknown variant `sundial`"),
+            ("\n[[join]]\nname = \"j\"\nstrategy = \"bucket\"\nleft = \"a\"\nright = \"a\"\n", "is a stream; a bucket join reads windows"),
+        ] {
+            let (_, msg) = err(extra);
+            assert!(msg.contains(want), "{msg} lacks {want}");
+        }
     }
 }

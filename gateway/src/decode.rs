@@ -160,9 +160,7 @@ pub fn number_to_ms(text: &str, unit: TimeUnit) -> Result<i64, DecodeError> {
         if e > 20 {
             return Err(DecodeError::TimeOutOfRange);
         }
-        let q = mant
-            .checked_mul(10u128.pow(e as u32))
-            .ok_or(DecodeError::TimeOutOfRange)?;
+        let q = mant.checked_mul(10u128.pow(e as u32)).ok_or(DecodeError::TimeOutOfRange)?;
         (q, !dropped_nonzero)
     } else if e < -38 {
         (0, false)
@@ -206,14 +204,8 @@ pub fn rfc3339_to_ms(s: &[u8]) -> Result<i64, DecodeError> {
     if s.len() < 20 || !s[..4].iter().all(u8::is_ascii_digit) {
         return Err(bad);
     }
-    let year = s[..4]
-        .iter()
-        .fold(0i64, |a, &d| a * 10 + i64::from(d - b'0'));
-    if s[4] != b'-'
-        || s[7] != b'-'
-        || !matches!(s[10], b'T' | b't' | b' ')
-        || s[13] != b':'
-        || s[16] != b':'
+    let year = s[..4].iter().fold(0i64, |a, &d| a * 10 + i64::from(d - b'0'));
+    if s[4] != b'-' || s[7] != b'-' || !matches!(s[10], b'T' | b't' | b' ') || s[13] != b':' || s[16] != b':'
     {
         return Err(bad);
     }
@@ -226,11 +218,7 @@ pub fn rfc3339_to_ms(s: &[u8]) -> Result<i64, DecodeError> {
     );
     let month_days = [
         31,
-        if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) {
-            29
-        } else {
-            28
-        },
+        if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) { 29 } else { 28 },
         31,
         30,
         31,
@@ -242,13 +230,7 @@ pub fn rfc3339_to_ms(s: &[u8]) -> Result<i64, DecodeError> {
         30,
         31,
     ];
-    if !(1..=12).contains(&mo)
-        || d < 1
-        || d > month_days[(mo - 1) as usize]
-        || h > 23
-        || mi > 59
-        || se > 60
-    {
+    if !(1..=12).contains(&mo) || d < 1 || d > month_days[(mo - 1) as usize] || h > 23 || mi > 59 || se > 60 {
         return Err(bad);
     }
     let mut i = 19;
@@ -389,23 +371,13 @@ impl Decoder {
         match self.format {
             Format::Json => self.decode_json(topic, pattern, caps, payload, out, &mut notes)?,
             Format::Number => {
-                let text = core::str::from_utf8(payload)
-                    .map_err(|_| DecodeError::InvalidNumber)?
-                    .trim();
+                let text = core::str::from_utf8(payload).map_err(|_| DecodeError::InvalidNumber)?.trim();
                 let v: f64 = text.parse().map_err(|_| DecodeError::InvalidNumber)?;
                 if !v.is_finite() || text.is_empty() {
                     return Err(DecodeError::InvalidNumber);
                 }
                 out.values.0[0] = v;
-                self.key_from(
-                    &self.key,
-                    topic,
-                    pattern,
-                    caps,
-                    None,
-                    &mut out.key,
-                    DecodeError::MissingKey,
-                )?;
+                self.key_from(&self.key, topic, pattern, caps, None, &mut out.key, DecodeError::MissingKey)?;
                 self.device_from(topic, pattern, caps, None, out)?;
             }
             Format::Postcard => {
@@ -417,14 +389,8 @@ impl Decoder {
                 if self.needs_time {
                     out.ts = number_to_ms_i64(p.ts, self.unit)?;
                 }
-                let key_raw = p.key.map(|k| Raw::Str {
-                    raw: k.as_bytes(),
-                    escaped: false,
-                });
-                let dev_raw = p.device.map(|k| Raw::Str {
-                    raw: k.as_bytes(),
-                    escaped: false,
-                });
+                let key_raw = p.key.map(|k| Raw::Str { raw: k.as_bytes(), escaped: false });
+                let dev_raw = p.device.map(|k| Raw::Str { raw: k.as_bytes(), escaped: false });
                 self.key_from(
                     &self.key,
                     topic,
@@ -485,25 +451,14 @@ impl Decoder {
             out.ts = match found.time {
                 None | Some(Raw::Null) => return Err(DecodeError::MissingTime),
                 Some(Raw::Number(t)) => number_to_ms(t, self.unit)?,
-                Some(Raw::Str {
-                    raw,
-                    escaped: false,
-                }) => rfc3339_to_ms(raw)?,
+                Some(Raw::Str { raw, escaped: false }) => rfc3339_to_ms(raw)?,
                 Some(_) => return Err(DecodeError::BadTime),
             };
             if out.ts.abs() > MAX_ABS_TS_MS {
                 return Err(DecodeError::TimeOutOfRange);
             }
         }
-        self.key_from(
-            &self.key,
-            topic,
-            pattern,
-            caps,
-            found.key,
-            &mut out.key,
-            DecodeError::MissingKey,
-        )?;
+        self.key_from(&self.key, topic, pattern, caps, found.key, &mut out.key, DecodeError::MissingKey)?;
         self.device_from(topic, pattern, caps, found.device, out)?;
         for i in 0..self.n_values {
             match found.values[i] {
@@ -513,14 +468,8 @@ impl Decoder {
                     _ => notes.non_numeric_values += 1,
                 },
                 Some(Raw::Bool(b)) => out.values.0[i] = if b { 1.0 } else { 0.0 },
-                Some(Raw::Str {
-                    raw,
-                    escaped: false,
-                }) => {
-                    match core::str::from_utf8(raw)
-                        .ok()
-                        .and_then(|s| s.trim().parse::<f64>().ok())
-                    {
+                Some(Raw::Str { raw, escaped: false }) => {
+                    match core::str::from_utf8(raw).ok().and_then(|s| s.trim().parse::<f64>().ok()) {
                         Some(v) if v.is_finite() => out.values.0[i] = v,
                         _ => notes.non_numeric_values += 1,
                     }
@@ -543,15 +492,7 @@ impl Decoder {
             out.device.clone_from(&out.key);
             return Ok(());
         }
-        self.key_from(
-            &self.device,
-            topic,
-            pattern,
-            caps,
-            raw,
-            &mut out.device,
-            DecodeError::MissingDevice,
-        )
+        self.key_from(&self.device, topic, pattern, caps, raw, &mut out.device, DecodeError::MissingDevice)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -568,18 +509,13 @@ impl Decoder {
         out.clear();
         match spec {
             FieldRef::Constant => Ok(()),
-            FieldRef::Capture {
-                index_per_topic, ..
-            } => out
-                .push_str(caps.get(topic, index_per_topic[pattern]))
-                .map_err(|_| DecodeError::KeyTooLong),
+            FieldRef::Capture { index_per_topic, .. } => {
+                out.push_str(caps.get(topic, index_per_topic[pattern])).map_err(|_| DecodeError::KeyTooLong)
+            }
             FieldRef::Payload(_) => match raw {
                 None | Some(Raw::Null) => Err(missing),
                 Some(Raw::Number(t)) => out.push_str(t).map_err(|_| DecodeError::KeyTooLong),
-                Some(Raw::Str {
-                    raw,
-                    escaped: false,
-                }) => {
+                Some(Raw::Str { raw, escaped: false }) => {
                     let s = core::str::from_utf8(raw).map_err(|_| DecodeError::BadKey)?;
                     out.push_str(s).map_err(|_| DecodeError::KeyTooLong)
                 }
@@ -630,10 +566,7 @@ mod tests {
         assert_eq!(number_to_ms("1700000000.1239", S), Ok(1_700_000_000_123));
         assert_eq!(number_to_ms("1.7000000001e12", Ms), Ok(1_700_000_000_100));
         assert_eq!(number_to_ms("1700000000123456", Us), Ok(1_700_000_000_123));
-        assert_eq!(
-            number_to_ms("1700000000123456789", Ns),
-            Ok(1_700_000_000_123)
-        );
+        assert_eq!(number_to_ms("1700000000123456789", Ns), Ok(1_700_000_000_123));
         assert_eq!(number_to_ms("-1.5", Ms), Ok(-2));
         assert_eq!(number_to_ms("-1500", Us), Ok(-2));
         assert_eq!(number_to_ms("-1000", Us), Ok(-1));
@@ -650,23 +583,11 @@ mod tests {
 
     #[test]
     fn rfc3339() {
-        assert_eq!(
-            rfc3339_to_ms(b"2023-11-14T22:13:20.123Z"),
-            Ok(1_700_000_000_123)
-        );
-        assert_eq!(
-            rfc3339_to_ms(b"2023-11-14T23:13:20.1239+01:00"),
-            Ok(1_700_000_000_123)
-        );
-        assert_eq!(
-            rfc3339_to_ms(b"2023-11-14 22:13:20Z"),
-            Ok(1_700_000_000_000)
-        );
+        assert_eq!(rfc3339_to_ms(b"2023-11-14T22:13:20.123Z"), Ok(1_700_000_000_123));
+        assert_eq!(rfc3339_to_ms(b"2023-11-14T23:13:20.1239+01:00"), Ok(1_700_000_000_123));
+        assert_eq!(rfc3339_to_ms(b"2023-11-14 22:13:20Z"), Ok(1_700_000_000_000));
         assert_eq!(rfc3339_to_ms(b"1969-12-31T23:59:59.999Z"), Ok(-1));
-        assert_eq!(
-            rfc3339_to_ms(b"2024-02-29T00:00:00Z"),
-            Ok(1_709_164_800_000)
-        );
+        assert_eq!(rfc3339_to_ms(b"2024-02-29T00:00:00Z"), Ok(1_709_164_800_000));
         for bad in [
             &b"2023-02-29T00:00:00Z"[..],
             b"2023-11-14T22:13:20",
@@ -674,12 +595,7 @@ mod tests {
             b"2023-11-14T22:13:20.Z",
             b"x",
         ] {
-            assert_eq!(
-                rfc3339_to_ms(bad),
-                Err(DecodeError::BadTime),
-                "{}",
-                String::from_utf8_lossy(bad)
-            );
+            assert_eq!(rfc3339_to_ms(bad), Err(DecodeError::BadTime), "{}", String::from_utf8_lossy(bad));
         }
     }
 }

@@ -21,13 +21,8 @@ pub fn describe(p: &Pipeline) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "gateway `{}`, source {}", p.gateway.id, p.source.url);
     if let Some(u) = &p.upstream {
-        let _ = writeln!(
-            o,
-            "upstream {} (prefix `{}`, spool {})",
-            u.url,
-            u.topic_prefix,
-            format_bytes(u.spool)
-        );
+        let _ =
+            writeln!(o, "upstream {} (prefix `{}`, spool {})", u.url, u.topic_prefix, format_bytes(u.spool));
     }
     let _ = writeln!(o, "\nstreams:");
     for s in &p.streams {
@@ -56,49 +51,25 @@ pub fn describe(p: &Pipeline) -> String {
     }
     for w in &p.windows {
         let kind = match w.kind {
-            WindowKind::Fixed {
-                size_ms,
-                slide_ms,
-                offset_ms,
-            } if size_ms == slide_ms => {
+            WindowKind::Fixed { size_ms, slide_ms, offset_ms } if size_ms == slide_ms => {
                 format!("tumbling {} offset {}", d(size_ms), d(offset_ms))
             }
-            WindowKind::Fixed {
-                size_ms,
-                slide_ms,
-                offset_ms,
-            } => {
-                format!(
-                    "hopping {} every {} offset {}",
-                    d(size_ms),
-                    d(slide_ms),
-                    d(offset_ms)
-                )
+            WindowKind::Fixed { size_ms, slide_ms, offset_ms } => {
+                format!("hopping {} every {} offset {}", d(size_ms), d(slide_ms), d(offset_ms))
             }
             WindowKind::Session { gap_ms } => format!("session gap {}", d(gap_ms)),
         };
         let aggs: Vec<String> = w
             .aggregates
             .iter()
-            .map(|a| {
-                format!(
-                    "{}={}({})",
-                    a.name,
-                    a.func.name(),
-                    a.field_name.as_deref().unwrap_or("")
-                )
-            })
+            .map(|a| format!("{}={}({})", a.name, a.func.name(), a.field_name.as_deref().unwrap_or("")))
             .collect();
         let _ = writeln!(
             o,
             "  {:<16} ← {}{}  {}  [{}]  → {}",
             w.name,
             p.input_name(w.input),
-            if matches!(w.input, Input::Window(_)) {
-                " (rollup)"
-            } else {
-                ""
-            },
+            if matches!(w.input, Input::Window(_)) { " (rollup)" } else { "" },
             kind,
             aggs.join(", "),
             w.topic.as_ref().map_or("(internal)", |t| t.text()),
@@ -112,10 +83,9 @@ pub fn describe(p: &Pipeline) -> String {
             Strategy::Tolerance { lower_ms, upper_ms } => {
                 format!("{} <= right.ts - left.ts <= {}", d(lower_ms), d(upper_ms))
             }
-            Strategy::Asof { tolerance_ms } => format!(
-                "latest right with ts <= left.ts, within {}",
-                d(tolerance_ms)
-            ),
+            Strategy::Asof { tolerance_ms } => {
+                format!("latest right with ts <= left.ts, within {}", d(tolerance_ms))
+            }
             Strategy::Bucket => "same bucket".into(),
             Strategy::Overlap { condition } => format!("{condition:?}"),
             Strategy::Session { tolerance_ms } => {
@@ -148,10 +118,6 @@ pub fn describe(p: &Pipeline) -> String {
             format_bytes(WindowOp::memory_bytes(w) as u64)
         );
     }
-    let _ = writeln!(
-        o,
-        "  total {}",
-        format_bytes(Engine::memory_bytes(p) as u64)
-    );
+    let _ = writeln!(o, "  total {}", format_bytes(Engine::memory_bytes(p) as u64));
     o
 }

@@ -103,16 +103,10 @@ impl Engine {
     /// crafted colliding keys; results do not depend on it).
     pub fn new(p: Pipeline, hash_seed: u64) -> Result<Engine, EngineError> {
         if let Some(s) = p.streams.iter().find(|s| s.clock == Clock::Corrected) {
-            return Err(EngineError::Unsupported(format!(
-                "stream `{}`: clock = \"corrected\"",
-                s.name
-            )));
+            return Err(EngineError::Unsupported(format!("stream `{}`: clock = \"corrected\"", s.name)));
         }
         if let Some(j) = p.joins.first() {
-            return Err(EngineError::Unsupported(format!(
-                "join `{}` (joins)",
-                j.name
-            )));
+            return Err(EngineError::Unsupported(format!("join `{}` (joins)", j.name)));
         }
         let mut streams: Vec<StreamState> = p
             .streams
@@ -133,12 +127,7 @@ impl Engine {
         }
         let st = State {
             decoders: p.streams.iter().map(Decoder::new).collect(),
-            windows: p
-                .windows
-                .iter()
-                .enumerate()
-                .map(|(i, w)| WindowOp::new(i, w, hash_seed))
-                .collect(),
+            windows: p.windows.iter().enumerate().map(|(i, w)| WindowOp::new(i, w, hash_seed)).collect(),
             rollup_wm: p.windows.iter().map(|_| Watermark::new(0)).collect(),
             rollups,
             streams,
@@ -187,10 +176,7 @@ impl Engine {
     }
 
     pub fn window_occupancy(&self, w: usize) -> (usize, usize) {
-        (
-            self.st.windows[w].live_keys(),
-            self.st.windows[w].open_windows(),
-        )
+        (self.st.windows[w].live_keys(), self.st.windows[w].open_windows())
     }
 
     pub fn global_counters(&self) -> &GlobalCounters {
@@ -209,11 +195,8 @@ impl Engine {
         st.set_now(recv_ms);
         let mut routed = false;
         for (s, def) in p.streams.iter().enumerate() {
-            let Some((pattern, caps)) = def
-                .topics
-                .iter()
-                .enumerate()
-                .find_map(|(i, t)| t.matches(topic).map(|c| (i, c)))
+            let Some((pattern, caps)) =
+                def.topics.iter().enumerate().find_map(|(i, t)| t.matches(topic).map(|c| (i, c)))
             else {
                 continue;
             };

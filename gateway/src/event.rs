@@ -87,13 +87,7 @@ impl Default for Values {
 
 impl fmt::Debug for Values {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list()
-            .entries(
-                self.0
-                    .iter()
-                    .map(|v| if v.is_nan() { None } else { Some(*v) }),
-            )
-            .finish()
+        f.debug_list().entries(self.0.iter().map(|v| if v.is_nan() { None } else { Some(*v) })).finish()
     }
 }
 

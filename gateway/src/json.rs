@@ -296,10 +296,7 @@ pub fn looks_like_object(input: &[u8]) -> bool {
 
 /// Resolves a JSON string's escapes, pushing chars to `push`; stops on a bad
 /// escape or when `push` refuses (e.g. the destination is full).
-pub fn unescape<E>(
-    raw: &[u8],
-    mut push: impl FnMut(char) -> Result<(), E>,
-) -> Result<(), Unescape<E>> {
+pub fn unescape<E>(raw: &[u8], mut push: impl FnMut(char) -> Result<(), E>) -> Result<(), Unescape<E>> {
     let s = core::str::from_utf8(raw).map_err(|_| Unescape::Invalid)?;
     let mut chars = s.chars();
     while let Some(c) = chars.next() {
@@ -363,15 +360,7 @@ pub fn name_eq(raw: &[u8], escaped: bool, want: &str) -> bool {
         return raw == want.as_bytes();
     }
     let mut rest = want.chars();
-    unescape(raw, |c| {
-        if rest.next() == Some(c) {
-            Ok(())
-        } else {
-            Err(())
-        }
-    })
-    .is_ok()
-        && rest.next().is_none()
+    unescape(raw, |c| if rest.next() == Some(c) { Ok(()) } else { Err(()) }).is_ok() && rest.next().is_none()
 }
 
 /// Writes `s` as a JSON string (with quotes) into `out`.
@@ -416,25 +405,16 @@ mod tests {
 
     fn members(s: &str) -> Result<Vec<(String, Raw<'_>)>, JsonError> {
         let mut v = Vec::new();
-        for_each_member(s.as_bytes(), |n, _, r| {
-            v.push((String::from_utf8_lossy(n).into_owned(), r))
-        })?;
+        for_each_member(s.as_bytes(), |n, _, r| v.push((String::from_utf8_lossy(n).into_owned(), r)))?;
         Ok(v)
     }
 
     #[test]
     fn reads_flat_objects() {
-        let m = members(r#" {"ts": 1700000000123, "v": -2.5e3, "s":"a\"b", "b":true, "n":null} "#)
-            .unwrap();
+        let m = members(r#" {"ts": 1700000000123, "v": -2.5e3, "s":"a\"b", "b":true, "n":null} "#).unwrap();
         assert_eq!(m[0], ("ts".into(), Raw::Number("1700000000123")));
         assert_eq!(m[1], ("v".into(), Raw::Number("-2.5e3")));
-        assert_eq!(
-            m[2].1,
-            Raw::Str {
-                raw: br#"a\"b"#,
-                escaped: true
-            }
-        );
+        assert_eq!(m[2].1, Raw::Str { raw: br#"a\"b"#, escaped: true });
         assert_eq!(m[3].1, Raw::Bool(true));
         assert_eq!(m[4].1, Raw::Null);
         assert!(members("{}").unwrap().is_empty());

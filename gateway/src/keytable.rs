@@ -122,11 +122,7 @@ impl KeyTable {
                 break;
             }
             let ideal = self.hashes[s as usize] as usize & self.mask;
-            let movable = if i <= j {
-                ideal <= i || ideal > j
-            } else {
-                ideal <= i && ideal > j
-            };
+            let movable = if i <= j { ideal <= i || ideal > j } else { ideal <= i && ideal > j };
             if movable {
                 self.index[i] = s;
                 i = j;

@@ -63,21 +63,14 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             println!("{}: OK", config.display());
             Ok(())
         }
-        Cmd::Replay {
-            config,
-            input,
-            output,
-            stats: want_stats,
-        } => {
+        Cmd::Replay { config, input, output, stats: want_stats } => {
             let p = config::load(&config)?;
             // replay needs no protection against crafted keys: a fixed seed keeps runs identical
             let mut engine = Engine::new(p, 0x6564_67656a6f696e)?;
             let reader: Box<dyn io::BufRead> = if input.as_os_str() == "-" {
                 Box::new(io::stdin().lock())
             } else {
-                Box::new(BufReader::new(
-                    File::open(&input).map_err(|e| format!("{}: {e}", input.display()))?,
-                ))
+                Box::new(BufReader::new(File::open(&input).map_err(|e| format!("{}: {e}", input.display()))?))
             };
             let writer: Box<dyn Write> = match &output {
                 Some(o) => Box::new(File::create(o).map_err(|e| format!("{}: {e}", o.display()))?),

@@ -61,9 +61,7 @@ fn write_id(out: &mut Vec<u8>, h: u64) {
 
 impl JsonEncoder {
     pub fn new() -> Self {
-        JsonEncoder {
-            buf: Vec::with_capacity(1024),
-        }
+        JsonEncoder { buf: Vec::with_capacity(1024) }
     }
 
     /// Encodes one output as a JSON object (no newline).
@@ -90,12 +88,7 @@ impl JsonEncoder {
         b.extend_from_slice(b",\"count\":");
         write_int(b, r.count as i64);
         b.extend_from_slice(b",\"values\":");
-        write_values(
-            b,
-            def.aggregates.iter().map(|a| a.name.as_str()),
-            &r.values,
-            false,
-        );
+        write_values(b, def.aggregates.iter().map(|a| a.name.as_str()), &r.values, false);
         let h = xxhash_rust::xxh3::xxh3_64(b);
         b.extend_from_slice(b",\"emitted_ms\":");
         write_int(b, r.emitted_ms);

@@ -46,10 +46,7 @@ pub struct Upstream {
 pub enum FieldRef {
     /// A named capture of the topic pattern; its index in each of the stream's
     /// patterns (patterns may order their captures differently).
-    Capture {
-        name: String,
-        index_per_topic: Vec<usize>,
-    },
+    Capture { name: String, index_per_topic: Vec<usize> },
     /// A top-level payload field (`$.order_id`).
     Payload(String),
     /// No setting: one constant (empty) key.

@@ -40,12 +40,7 @@ pub struct LineSink<W: Write> {
 
 impl<W: Write> LineSink<W> {
     pub fn new(out: W) -> Self {
-        LineSink {
-            enc: JsonEncoder::new(),
-            out,
-            err: None,
-            results: 0,
-        }
+        LineSink { enc: JsonEncoder::new(), out, err: None, results: 0 }
     }
 
     /// The first write error, if any.
@@ -64,11 +59,7 @@ impl<W: Write> Sink for LineSink<W> {
             return;
         }
         let line = self.enc.encode(p, o);
-        if let Err(e) = self
-            .out
-            .write_all(line)
-            .and_then(|_| self.out.write_all(b"\n"))
-        {
+        if let Err(e) = self.out.write_all(line).and_then(|_| self.out.write_all(b"\n")) {
             self.err = Some(e);
         }
         self.results += 1;
@@ -111,10 +102,7 @@ pub fn replay(
             },
             _ => {
                 stats.bad_lines += 1;
-                on_bad_line(
-                    stats.lines,
-                    "needs exactly one of `payload` or `payload_b64`",
-                );
+                on_bad_line(stats.lines, "needs exactly one of `payload` or `payload_b64`");
                 continue;
             }
         };

@@ -52,18 +52,14 @@ impl TopicPattern {
         for (i, p) in parts.iter().enumerate() {
             if let Some(inner) = p.strip_prefix('{').and_then(|r| r.strip_suffix('}')) {
                 if inner.is_empty()
-                    || !inner
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                    || !inner.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
                 {
                     return Err(format!(
                         "topic `{text}`: capture `{p}` needs a name of letters, digits, `_` or `-`"
                     ));
                 }
                 if names.iter().any(|n| n == inner) {
-                    return Err(format!(
-                        "topic `{text}`: capture `{{{inner}}}` appears twice"
-                    ));
+                    return Err(format!("topic `{text}`: capture `{{{inner}}}` appears twice"));
                 }
                 if names.len() == MAX_CAPTURES {
                     return Err(format!("topic `{text}`: more than {MAX_CAPTURES} captures"));
@@ -92,12 +88,7 @@ impl TopicPattern {
         if text.len() > u16::MAX as usize {
             return Err("topic pattern too long".into());
         }
-        Ok(TopicPattern {
-            text: text.to_string(),
-            filter: filter.join("/"),
-            segs,
-            names,
-        })
+        Ok(TopicPattern { text: text.to_string(), filter: filter.join("/"), segs, names })
     }
 
     /// The pattern as written.
@@ -209,16 +200,10 @@ impl TopicTemplate {
                 "stream" => Var::Stream,
                 "key" => Var::Key,
                 "gateway" => Var::Gateway,
-                other => {
-                    return Err(format!(
-                        "topic template `{text}`: unknown variable `{{{other}}}`"
-                    ))
-                }
+                other => return Err(format!("topic template `{text}`: unknown variable `{{{other}}}`")),
             };
             if !allowed.contains(&var) {
-                return Err(format!(
-                    "topic template `{text}`: `{{{name}}}` cannot be used here"
-                ));
+                return Err(format!("topic template `{text}`: `{{{name}}}` cannot be used here"));
             }
             parts.push(Part::Var(var));
             rest = &rest[open + close + 1..];
@@ -231,10 +216,7 @@ impl TopicTemplate {
                 "topic template `{text}`: a publish topic may not be empty or contain `+` or `#`"
             ));
         }
-        Ok(TopicTemplate {
-            text: text.to_string(),
-            parts,
-        })
+        Ok(TopicTemplate { text: text.to_string(), parts })
     }
 
     pub fn text(&self) -> &str {
@@ -290,24 +272,14 @@ mod tests {
         assert!(TopicPattern::parse("a/#/b").is_err());
         assert!(TopicPattern::parse("a/x{y}").is_err());
         assert!(TopicPattern::parse("a/{x}/{x}").is_err());
-        assert!(TopicPattern::parse("#")
-            .unwrap()
-            .matches("$SYS/x")
-            .is_none());
+        assert!(TopicPattern::parse("#").unwrap().matches("$SYS/x").is_none());
     }
 
     #[test]
     fn template_renders() {
         let t = TopicTemplate::parse("results/{join}/{key}", &[Var::Join, Var::Key]).unwrap();
         let mut s = String::new();
-        t.render(
-            &TemplateVars {
-                name: "op",
-                key: "a+b",
-                gateway: "",
-            },
-            &mut s,
-        );
+        t.render(&TemplateVars { name: "op", key: "a+b", gateway: "" }, &mut s);
         assert_eq!(s, "results/op/a_b");
         assert!(TopicTemplate::parse("x/{window}", &[Var::Join]).is_err());
         assert!(TopicTemplate::parse("x/{nope}", &[Var::Join]).is_err());

@@ -14,13 +14,10 @@ pub fn parse_duration_ms(text: &str) -> Result<i64, String> {
         None => (false, t.strip_prefix('+').unwrap_or(t)),
     };
     if body.is_empty() {
-        return Err(format!(
-            "`{text}` is not a duration (try \"500ms\", \"2m\", \"1h30m\")"
-        ));
+        return Err(format!("`{text}` is not a duration (try \"500ms\", \"2m\", \"1h30m\")"));
     }
-    let d = humantime::parse_duration(body).map_err(|e| {
-        format!("`{text}` is not a duration ({e}; try \"500ms\", \"2m\", \"1h30m\")")
-    })?;
+    let d = humantime::parse_duration(body)
+        .map_err(|e| format!("`{text}` is not a duration ({e}; try \"500ms\", \"2m\", \"1h30m\")"))?;
     if d.subsec_nanos() % 1_000_000 != 0 {
         return Err(format!(
             "`{text}` is finer than a millisecond; edgejoin counts time in whole milliseconds"
@@ -44,13 +41,7 @@ pub fn format_duration_ms(ms: i64) -> String {
         out.push('-');
     }
     let mut rest = ms.unsigned_abs();
-    for (unit, len) in [
-        ("d", 86_400_000u64),
-        ("h", 3_600_000),
-        ("m", 60_000),
-        ("s", 1_000),
-        ("ms", 1),
-    ] {
+    for (unit, len) in [("d", 86_400_000u64), ("h", 3_600_000), ("m", 60_000), ("s", 1_000), ("ms", 1)] {
         if rest >= len {
             out.push_str(&format!("{}{unit}", rest / len));
             rest %= len;
@@ -65,9 +56,8 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size (try \"64MiB\", \"512KiB\", \"1GB\")"))?;
+    let n: u64 =
+        num.parse().map_err(|_| format!("`{text}` is not a size (try \"64MiB\", \"512KiB\", \"1GB\")"))?;
     let mult: u64 = match unit.trim() {
         "" | "B" => 1,
         "KB" | "kB" => 1_000,
@@ -77,13 +67,10 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "M" | "MiB" => 1 << 20,
         "G" | "GiB" => 1 << 30,
         other => {
-            return Err(format!(
-                "`{text}`: unknown size unit `{other}` (use B, KB, MB, GB, KiB, MiB or GiB)"
-            ))
+            return Err(format!("`{text}`: unknown size unit `{other}` (use B, KB, MB, GB, KiB, MiB or GiB)"))
         }
     };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("`{text}` is too large"))
+    n.checked_mul(mult).ok_or_else(|| format!("`{text}` is too large"))
 }
 
 /// Formats a byte count for humans (`1536` → `1.5 KiB`).

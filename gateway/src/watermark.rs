@@ -13,10 +13,7 @@ pub struct Watermark {
 
 impl Watermark {
     pub const fn new(lateness: i64) -> Self {
-        Watermark {
-            max_ts: NO_WM,
-            lateness,
-        }
+        Watermark { max_ts: NO_WM, lateness }
     }
 
     /// The current watermark, [`NO_WM`] before the first event.

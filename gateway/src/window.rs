@@ -20,11 +20,7 @@ struct Slot {
     count: u64,
 }
 
-const FREE: Slot = Slot {
-    start: 0,
-    last: 0,
-    count: 0,
-};
+const FREE: Slot = Slot { start: 0, last: 0, count: 0 };
 
 /// A closed window, ready to emit.
 #[derive(Clone, Debug, PartialEq)]
@@ -83,9 +79,7 @@ pub struct WindowOp {
 /// `gap` apart and all end after `wm - gap`).
 pub fn ring_size(kind: WindowKind, lateness_ms: i64) -> usize {
     let (span, step) = match kind {
-        WindowKind::Fixed {
-            size_ms, slide_ms, ..
-        } => (lateness_ms + size_ms, slide_ms),
+        WindowKind::Fixed { size_ms, slide_ms, .. } => (lateness_ms + size_ms, slide_ms),
         WindowKind::Session { gap_ms } => (lateness_ms + gap_ms, gap_ms),
     };
     ((span + step - 1) / step).max(1) as usize
@@ -156,11 +150,7 @@ impl WindowOp {
 
     fn key_close_at(&self, k: u32) -> Option<i64> {
         let base = k as usize * self.ring;
-        self.slots[base..base + self.ring]
-            .iter()
-            .filter(|s| s.count > 0)
-            .map(|s| self.close_at(s))
-            .min()
+        self.slots[base..base + self.ring].iter().filter(|s| s.count > 0).map(|s| self.close_at(s)).min()
     }
 
     /// Collects every window the watermark `wm` closes, in (end, start, key)
@@ -177,21 +167,14 @@ impl WindowOp {
             for i in 0..self.ring {
                 let s = self.slots[base + i];
                 if s.count > 0 && self.close_at(&s) <= wm {
-                    self.pending.push(Closing {
-                        end: self.end(&s),
-                        start: s.start,
-                        key: k,
-                        slot: i as u32,
-                    });
+                    self.pending.push(Closing { end: self.end(&s), start: s.start, key: k, slot: i as u32 });
                 }
             }
         }
         if self.pending.len() > 1 {
             let keys = &self.keys;
             self.pending.sort_unstable_by(|a, b| {
-                (a.end, a.start)
-                    .cmp(&(b.end, b.start))
-                    .then_with(|| keys.key(a.key).cmp(keys.key(b.key)))
+                (a.end, a.start).cmp(&(b.end, b.start)).then_with(|| keys.key(a.key).cmp(keys.key(b.key)))
             });
         }
         self.pending.len()
@@ -259,10 +242,7 @@ impl WindowOp {
             return k;
         }
         if self.keys.is_full() {
-            let victim = self
-                .keys
-                .lru()
-                .expect("a full table has a least recently used key");
+            let victim = self.keys.lru().expect("a full table has a least recently used key");
             self.counters.key_evictions += 1;
             self.counters.evicted_windows += u64::from(self.open[victim as usize]);
             for i in 0..self.ring {
@@ -278,14 +258,14 @@ impl WindowOp {
     /// [`release`](Self::release) for the current watermark). `seq` is the
     /// arrival sequence (ties of first/last).
     pub fn insert(&mut self, key: &Key, ts: i64, values: &Values, seq: u64) {
-        let k = self.key_slot(key);
         match self.kind {
-            WindowKind::Fixed {
-                size_ms,
-                slide_ms,
-                offset_ms,
-            } => {
+            WindowKind::Fixed { size_ms, slide_ms, offset_ms } => {
                 let mut w = floor_div(ts - offset_ms, slide_ms);
+                if offset_ms + w * slide_ms + size_ms <= ts {
+                    // slide > size: the event falls between windows
+                    return;
+                }
+                let k = self.key_slot(key);
                 loop {
                     let start = offset_ms + w * slide_ms;
                     if start + size_ms <= ts {
@@ -311,6 +291,7 @@ impl WindowOp {
                 }
             }
             WindowKind::Session { gap_ms } => {
+                let k = self.key_slot(key);
                 let base = k as usize * self.ring;
                 let mut target: Option<usize> = None;
                 for i in 0..self.ring {
@@ -342,11 +323,7 @@ impl WindowOp {
                                 oldest
                             }
                         };
-                        self.slots[base + t] = Slot {
-                            start: ts,
-                            last: ts,
-                            count: 0,
-                        };
+                        self.slots[base + t] = Slot { start: ts, last: ts, count: 0 };
                         self.open[k as usize] += 1;
                         t
                     }
@@ -364,11 +341,8 @@ impl WindowOp {
     fn merge_slots(&mut self, k: u32, into: usize, from: usize) {
         let base = k as usize * self.ring;
         let (a, b) = (self.slots[base + into], self.slots[base + from]);
-        self.slots[base + into] = Slot {
-            start: a.start.min(b.start),
-            last: a.last.max(b.last),
-            count: a.count + b.count,
-        };
+        self.slots[base + into] =
+            Slot { start: a.start.min(b.start), last: a.last.max(b.last), count: a.count + b.count };
         let n = self.aggs.len();
         for (j, (f, _)) in self.aggs.iter().enumerate() {
             let o = self.states[(base + from) * n + j];
