@@ -78,8 +78,11 @@ fn run_engine(p: Pipeline, base: i64, evs: &[Ev]) -> Vec<Row> {
     rows
 }
 
-/// The aggregates of a set of (arrival, ts, value) in AGG_ORDER.
-fn aggregate(members: &[(usize, i64, Option<i64>)]) -> Vec<Option<f64>> {
+/// An on-time event in the model: (arrival index, ts, value).
+type Member = (usize, i64, Option<i64>);
+
+/// The aggregates of a set of members in AGG_ORDER.
+fn aggregate(members: &[Member]) -> Vec<Option<f64>> {
     let vals: Vec<(usize, i64, f64)> =
         members.iter().filter_map(|&(a, t, v)| v.map(|v| (a, t, v as f64))).collect();
     let n = vals.len();
@@ -118,9 +121,10 @@ fn model(base: i64, lateness: i64, shape: &Shape, evs: &[Ev]) -> Vec<Row> {
         wm_after[i] = max.map_or(i64::MIN, |m| m - lateness);
     }
     // 2. every window, from all on-time events
-    let mut windows: Vec<(String, i64, i64, i64, Vec<(usize, i64, Option<i64>)>)> = Vec::new(); // key, start, end, close_at
+    // key, start, end, close_at, members
+    let mut windows: Vec<(String, i64, i64, i64, Vec<Member>)> = Vec::new();
     for k in 0..4u8 {
-        let mine: Vec<(usize, i64, Option<i64>)> = evs
+        let mine: Vec<Member> = evs
             .iter()
             .enumerate()
             .filter(|(i, e)| e.key == k && !late[*i])
@@ -148,7 +152,7 @@ fn model(base: i64, lateness: i64, shape: &Shape, evs: &[Ev]) -> Vec<Row> {
             Shape::Session { gap } => {
                 let mut sorted = mine.clone();
                 sorted.sort_by_key(|&(a, t, _)| (t, a));
-                let mut cur: Vec<(usize, i64, Option<i64>)> = Vec::new();
+                let mut cur: Vec<Member> = Vec::new();
                 for e in sorted {
                     if let Some(last) = cur.last() {
                         if e.1 - last.1 > gap {
