@@ -118,6 +118,16 @@ pub fn describe(p: &Pipeline) -> String {
             format_bytes(WindowOp::memory_bytes(w) as u64)
         );
     }
+    for (i, j) in p.joins.iter().enumerate() {
+        let _ = writeln!(
+            o,
+            "  join   {:<16} {} + {} buffered per key = {}",
+            j.name,
+            crate::join::side_capacity(p, j.left),
+            crate::join::side_capacity(p, j.right),
+            format_bytes(crate::join::JoinOp::memory_bytes(p, i) as u64)
+        );
+    }
     let _ = writeln!(o, "  total {}", format_bytes(Engine::memory_bytes(p) as u64));
     o
 }

@@ -5,8 +5,9 @@
 
 use crate::decode::{DecodeError, Decoder};
 use crate::event::{Event, Key, Values, MAX_VALUES};
-use crate::pipeline::{Clock, Input, LatePolicy, Pipeline};
-use crate::watermark::{Watermark, NO_WM};
+use crate::join::{root_stream, JoinCounters, JoinCtx, JoinOp, JoinRecord, SideRecord};
+use crate::pipeline::{Clock, Input, LatePolicy, Pipeline, WindowKind};
+use crate::watermark::{combined, is_idle, Watermark, NO_WM};
 use crate::window::{WindowCounters, WindowOp, WindowRecord};
 
 /// A late event routed by `late = "route"` (SPEC §9).
@@ -24,6 +25,7 @@ pub struct LateRecord {
 #[derive(Clone, Copy, Debug)]
 pub enum Output<'a> {
     Window(&'a WindowRecord),
+    Join(&'a JoinRecord),
     Late(&'a LateRecord),
 }
 
@@ -68,6 +70,8 @@ struct StreamState {
     last_spoke: i64,
     counters: StreamCounters,
     windows: Vec<usize>,
+    /// Joins reading this stream's raw events: (join, side).
+    joins: Vec<(usize, usize)>,
 }
 
 /// Engine-wide counters.
@@ -85,6 +89,9 @@ struct State {
     rollups: Vec<Vec<usize>>,
     /// Per window: the watermark of its input when that input is a window.
     rollup_wm: Vec<Watermark>,
+    /// Per window: joins reading its closed windows: (join, side).
+    window_joins: Vec<Vec<(usize, usize)>>,
+    joins: Vec<JoinOp>,
     now: i64,
     started: bool,
     seq: u64,
@@ -105,9 +112,6 @@ impl Engine {
         if let Some(s) = p.streams.iter().find(|s| s.clock == Clock::Corrected) {
             return Err(EngineError::Unsupported(format!("stream `{}`: clock = \"corrected\"", s.name)));
         }
-        if let Some(j) = p.joins.first() {
-            return Err(EngineError::Unsupported(format!("join `{}` (joins)", j.name)));
-        }
         let mut streams: Vec<StreamState> = p
             .streams
             .iter()
@@ -116,8 +120,18 @@ impl Engine {
                 last_spoke: 0,
                 counters: StreamCounters::default(),
                 windows: Vec::new(),
+                joins: Vec::new(),
             })
             .collect();
+        let mut window_joins = vec![Vec::new(); p.windows.len()];
+        for (j, d) in p.joins.iter().enumerate() {
+            for (side, input) in [d.left, d.right].into_iter().enumerate() {
+                match input {
+                    Input::Stream(s) => streams[s].joins.push((j, side)),
+                    Input::Window(w) => window_joins[w].push((j, side)),
+                }
+            }
+        }
         let mut rollups = vec![Vec::new(); p.windows.len()];
         for (i, w) in p.windows.iter().enumerate() {
             match w.input {
@@ -129,6 +143,8 @@ impl Engine {
             decoders: p.streams.iter().map(Decoder::new).collect(),
             windows: p.windows.iter().enumerate().map(|(i, w)| WindowOp::new(i, w, hash_seed)).collect(),
             rollup_wm: p.windows.iter().map(|_| Watermark::new(0)).collect(),
+            window_joins,
+            joins: (0..p.joins.len()).map(|j| JoinOp::new(j, &p, hash_seed)).collect(),
             rollups,
             streams,
             now: NO_WM,
@@ -154,6 +170,7 @@ impl Engine {
     /// Bytes of state the engine allocated (fixed for its lifetime).
     pub fn memory_bytes(p: &Pipeline) -> usize {
         p.windows.iter().map(WindowOp::memory_bytes).sum::<usize>()
+            + (0..p.joins.len()).map(|j| JoinOp::memory_bytes(p, j)).sum::<usize>()
             + p.streams.len() * core::mem::size_of::<StreamCounters>()
     }
 
@@ -179,13 +196,31 @@ impl Engine {
         (self.st.windows[w].live_keys(), self.st.windows[w].open_windows())
     }
 
+    pub fn join_counters(&self, j: usize) -> &JoinCounters {
+        &self.st.joins[j].counters
+    }
+
+    /// Keys with buffered elements, and elements buffered per side.
+    pub fn join_occupancy(&self, j: usize) -> (usize, usize, usize) {
+        self.st.joins[j].occupancy()
+    }
+
+    /// The join's watermark (its frontier), if it has one.
+    pub fn join_watermark(&self, j: usize) -> Option<i64> {
+        let w = self.st.joins[j].watermark();
+        (w > NO_WM.saturating_add(1)).then_some(w)
+    }
+
     pub fn global_counters(&self) -> &GlobalCounters {
         &self.st.global
     }
 
-    /// Advances the gateway clock (it never runs backwards).
-    pub fn tick(&mut self, now_ms: i64) {
-        self.st.set_now(now_ms);
+    /// Advances the gateway clock (it never runs backwards); streams may turn
+    /// idle and let joins advance.
+    pub fn tick(&mut self, now_ms: i64, sink: &mut impl Sink) {
+        let Engine { p, st } = self;
+        st.set_now(now_ms);
+        st.advance_joins(p, sink);
     }
 
     /// One MQTT message received at `recv_ms`: routed to every stream whose
@@ -233,6 +268,8 @@ impl Engine {
         if !routed {
             st.global.unrouted += 1;
         }
+        // time moved: idleness may let joins advance
+        st.advance_joins(p, sink);
     }
 
     /// One decoded event (its `ts` is the device's timestamp; the stream's
@@ -242,6 +279,7 @@ impl Engine {
         st.set_now(ev.recv_ms);
         st.streams[ev.stream as usize].counters.received += 1;
         st.process(p, ev, sink);
+        st.advance_joins(p, sink);
     }
 
     /// End of input: every watermark passes all data, every open window closes.
@@ -260,6 +298,7 @@ impl Engine {
             };
             st.advance_window(p, w, wm, sink);
         }
+        st.advance_joins(p, sink);
     }
 }
 
@@ -318,6 +357,53 @@ impl State {
             self.advance_window(p, w, wm, sink);
             self.windows[w].insert(&ev.key, ev.ts, &ev.values, self.seq);
         }
+        if !self.streams[s].joins.is_empty() {
+            let rec =
+                SideRecord { input: Input::Stream(s), t0: ev.ts, t1: ev.ts, count: 1, values: ev.values };
+            for i in 0..self.streams[s].joins.len() {
+                let (j, side) = self.streams[s].joins[i];
+                let ctx = join_ctx(p, &self.windows, j);
+                self.joins[j].on_input(p, side, &ev.key, &rec, self.seq, self.now, ctx, &mut |p, r| {
+                    sink.emit(p, Output::Join(r))
+                });
+            }
+        }
+    }
+
+    /// A join side's progress and idleness (see `join.rs`).
+    fn side_progress(&self, p: &Pipeline, input: Input) -> (i64, bool) {
+        let root = root_stream(p, input);
+        let def = &p.streams[root];
+        let idle = is_idle(def.idle_timeout_ms, self.streams[root].last_spoke, self.now);
+        let progress = match input {
+            Input::Stream(s) => self.streams[s].wm.current(),
+            Input::Window(w) => {
+                let wm = match p.windows[w].input {
+                    Input::Stream(s) => self.streams[s].wm.current(),
+                    Input::Window(_) => self.rollup_wm[w].current(),
+                };
+                match p.windows[w].kind {
+                    WindowKind::Fixed { .. } => wm.saturating_add(1),
+                    WindowKind::Session { .. } => wm,
+                }
+            }
+        };
+        (progress, idle)
+    }
+
+    /// Moves every join to its current combined watermark.
+    fn advance_joins(&mut self, p: &Pipeline, sink: &mut impl Sink) {
+        for j in 0..self.joins.len() {
+            let d = &p.joins[j];
+            let w = combined(
+                [self.side_progress(p, d.left), self.side_progress(p, d.right)],
+                self.joins[j].watermark(),
+            );
+            if w > self.joins[j].watermark() {
+                let ctx = join_ctx(p, &self.windows, j);
+                self.joins[j].advance(p, w, self.now, ctx, &mut |p, r| sink.emit(p, Output::Join(r)));
+            }
+        }
     }
 
     /// Closes what `wm` closes in window `w`, emitting each record and feeding
@@ -335,6 +421,23 @@ impl State {
             for r in 0..self.rollups[w].len() {
                 let up = self.rollups[w][r];
                 self.rollup_input(p, up, &rec, sink);
+            }
+            if !self.window_joins[w].is_empty() {
+                let side = SideRecord {
+                    input: Input::Window(w),
+                    t0: rec.start,
+                    t1: rec.end,
+                    count: rec.count,
+                    values: rec.values,
+                };
+                self.seq += 1;
+                for i in 0..self.window_joins[w].len() {
+                    let (j, s) = self.window_joins[w][i];
+                    let ctx = join_ctx(p, &self.windows, j);
+                    self.joins[j].on_input(p, s, &rec.key, &side, self.seq, self.now, ctx, &mut |p, r| {
+                        sink.emit(p, Output::Join(r))
+                    });
+                }
             }
         }
         self.windows[w].release();
@@ -357,4 +460,14 @@ impl State {
         self.seq += 1;
         self.windows[up].insert(&rec.key, rec.start, &values, self.seq);
     }
+}
+
+/// What join `j` may ask of its window inputs.
+fn join_ctx<'a>(p: &Pipeline, windows: &'a [WindowOp], j: usize) -> JoinCtx<'a> {
+    let d = &p.joins[j];
+    let win = |i: Input| match i {
+        Input::Window(w) => Some(&windows[w]),
+        Input::Stream(_) => None,
+    };
+    JoinCtx { windows: [win(d.left), win(d.right)] }
 }

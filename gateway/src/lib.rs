@@ -9,6 +9,7 @@ pub mod decode;
 pub mod describe;
 pub mod engine;
 pub mod event;
+pub mod join;
 pub mod json;
 pub mod keytable;
 pub mod output;

@@ -8,8 +8,9 @@ use std::io::Write as _;
 
 use crate::engine::{LateRecord, Output};
 use crate::event::Values;
+use crate::join::{JoinRecord, SideRecord};
 use crate::json::write_str;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Input, Pipeline};
 use crate::window::WindowRecord;
 
 /// Encodes rows into an internal buffer.
@@ -54,6 +55,37 @@ fn write_values<'a>(
     out.push(b'}');
 }
 
+/// One side of a join row: `{"stream","ts","values"}` for a raw event
+/// (absent values left out), `{"window","start","end","count","values"}` for a
+/// window (undefined aggregates as null).
+fn write_side(b: &mut Vec<u8>, p: &Pipeline, s: &SideRecord) {
+    match s.input {
+        Input::Stream(i) => {
+            let def = &p.streams[i];
+            b.extend_from_slice(b"{\"stream\":");
+            write_str(b, &def.name);
+            b.extend_from_slice(b",\"ts\":");
+            write_int(b, s.t0);
+            b.extend_from_slice(b",\"values\":");
+            write_values(b, def.values.iter().map(String::as_str), &s.values, true);
+        }
+        Input::Window(i) => {
+            let def = &p.windows[i];
+            b.extend_from_slice(b"{\"window\":");
+            write_str(b, &def.name);
+            b.extend_from_slice(b",\"start\":");
+            write_int(b, s.t0);
+            b.extend_from_slice(b",\"end\":");
+            write_int(b, s.t1);
+            b.extend_from_slice(b",\"count\":");
+            write_int(b, s.count as i64);
+            b.extend_from_slice(b",\"values\":");
+            write_values(b, def.aggregates.iter().map(|a| a.name.as_str()), &s.values, false);
+        }
+    }
+    b.push(b'}');
+}
+
 /// Appends `,"id":"<16 hex>"}` closing the object.
 fn write_id(out: &mut Vec<u8>, h: u64) {
     let _ = write!(out, ",\"id\":\"{h:016x}\"}}");
@@ -69,6 +101,7 @@ impl JsonEncoder {
         self.buf.clear();
         match out {
             Output::Window(r) => self.window(p, r),
+            Output::Join(r) => self.join(p, r),
             Output::Late(r) => self.late(p, r),
         }
         &self.buf
@@ -89,6 +122,25 @@ impl JsonEncoder {
         write_int(b, r.count as i64);
         b.extend_from_slice(b",\"values\":");
         write_values(b, def.aggregates.iter().map(|a| a.name.as_str()), &r.values, false);
+        let h = xxhash_rust::xxh3::xxh3_64(b);
+        b.extend_from_slice(b",\"emitted_ms\":");
+        write_int(b, r.emitted_ms);
+        write_id(b, h);
+    }
+
+    fn join(&mut self, p: &Pipeline, r: &JoinRecord) {
+        let b = &mut self.buf;
+        b.extend_from_slice(b"{\"join\":");
+        write_str(b, &p.joins[r.join as usize].name);
+        b.extend_from_slice(b",\"key\":");
+        write_str(b, r.key.as_str());
+        b.extend_from_slice(b",\"left\":");
+        write_side(b, p, &r.left);
+        b.extend_from_slice(b",\"right\":");
+        match &r.right {
+            Some(side) => write_side(b, p, side),
+            None => b.extend_from_slice(b"null"),
+        }
         let h = xxhash_rust::xxh3::xxh3_64(b);
         b.extend_from_slice(b",\"emitted_ms\":");
         write_int(b, r.emitted_ms);

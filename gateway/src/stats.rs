@@ -52,9 +52,30 @@ pub fn snapshot(e: &Engine) -> Value {
             }),
         );
     }
+    let mut joins = Map::new();
+    for (i, j) in p.joins.iter().enumerate() {
+        let c = e.join_counters(i);
+        let (keys, left, right) = e.join_occupancy(i);
+        joins.insert(
+            j.name.clone(),
+            json!({
+                "matches": c.matches,
+                "unmatched": c.unmatched,
+                "dropped_matches": c.dropped_matches,
+                "late_after_idle": c.late_after_idle,
+                "capacity_evictions": { "left": c.capacity_evictions[0], "right": c.capacity_evictions[1] },
+                "key_evictions": c.key_evictions,
+                "evicted_elements": c.evicted_elements,
+                "watermark": e.join_watermark(i),
+                "live_keys": keys,
+                "buffered": { "left": left, "right": right },
+            }),
+        );
+    }
     json!({
         "unrouted": e.global_counters().unrouted,
         "streams": streams,
         "windows": windows,
+        "joins": joins,
     })
 }

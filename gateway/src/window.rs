@@ -18,9 +18,11 @@ struct Slot {
     last: i64,
     /// Events in the window; 0 marks a free slot.
     count: u64,
+    /// Closed by the last `advance`, not yet released.
+    closing: bool,
 }
 
-const FREE: Slot = Slot { start: 0, last: 0, count: 0 };
+const FREE: Slot = Slot { start: 0, last: 0, count: 0, closing: false };
 
 /// A closed window, ready to emit.
 #[derive(Clone, Debug, PartialEq)]
@@ -132,6 +134,19 @@ impl WindowOp {
         self.open.iter().map(|&n| n as usize).sum()
     }
 
+    /// The earliest start among `key`'s open windows (session joins ask
+    /// this: an open session may still match).
+    pub fn min_open_start(&self, key: &Key) -> Option<i64> {
+        let k = self.keys.get(key.as_str())?;
+        let base = k as usize * self.ring;
+        self.slots[base..base + self.ring].iter().filter(|s| s.count > 0 && !s.closing).map(|s| s.start).min()
+    }
+
+    /// Whether this is a fixed (tumbling/hopping) window.
+    pub fn is_fixed(&self) -> bool {
+        matches!(self.kind, WindowKind::Fixed { .. })
+    }
+
     #[inline]
     fn close_at(&self, s: &Slot) -> i64 {
         match self.kind {
@@ -167,6 +182,7 @@ impl WindowOp {
             for i in 0..self.ring {
                 let s = self.slots[base + i];
                 if s.count > 0 && self.close_at(&s) <= wm {
+                    self.slots[base + i].closing = true;
                     self.pending.push(Closing { end: self.end(&s), start: s.start, key: k, slot: i as u32 });
                 }
             }
@@ -323,7 +339,7 @@ impl WindowOp {
                                 oldest
                             }
                         };
-                        self.slots[base + t] = Slot { start: ts, last: ts, count: 0 };
+                        self.slots[base + t] = Slot { start: ts, last: ts, count: 0, closing: false };
                         self.open[k as usize] += 1;
                         t
                     }
@@ -341,8 +357,12 @@ impl WindowOp {
     fn merge_slots(&mut self, k: u32, into: usize, from: usize) {
         let base = k as usize * self.ring;
         let (a, b) = (self.slots[base + into], self.slots[base + from]);
-        self.slots[base + into] =
-            Slot { start: a.start.min(b.start), last: a.last.max(b.last), count: a.count + b.count };
+        self.slots[base + into] = Slot {
+            start: a.start.min(b.start),
+            last: a.last.max(b.last),
+            count: a.count + b.count,
+            closing: false,
+        };
         let n = self.aggs.len();
         for (j, (f, _)) in self.aggs.iter().enumerate() {
             let o = self.states[(base + from) * n + j];

@@ -62,6 +62,7 @@ fn run_engine(p: Pipeline, base: i64, evs: &[Ev]) -> Vec<Row> {
             values: (0..AGG_ORDER.len()).map(|i| r.values.get(i)).collect(),
         }),
         Output::Late(r) => rows.push(Row::Late { key: r.key.to_string(), ts: r.ts }),
+        Output::Join(_) => unreachable!("no joins configured"),
     };
     for (i, ev) in evs.iter().enumerate() {
         let payload = match ev.v {

@@ -1,0 +1,588 @@
+//! Joins (SPEC §7): `tolerance` and `asof` over raw events, `bucket`,
+//! `overlap` and `session` over closed windows; inner and left-outer. Each
+//! side's elements wait per key in fixed-capacity buffers until the join's
+//! watermark proves no element of the other side can still match them.
+//!
+//! The join's watermark `W` is the min over its non-idle inputs' progress
+//! (never below what it already reached, its frontier):
+//! - a stream input's progress is its watermark: every future on-time event
+//!   has `ts >= W`;
+//! - a window input's progress is its source watermark, `+1` for fixed
+//!   windows: every window still to come has `end >= W`, so a fixed window
+//!   still to come starts at `>= W - size`, and a session still to come starts
+//!   at `>= min(W, earliest start of the key's open sessions)`.
+//!
+//! From that, each element gets a release threshold: once `W` reaches it, no
+//! element of the other side can match it any more; it is released (a
+//! left-outer left without a match is emitted then with `right: null`).
+
+use crate::event::{Key, Values, MAX_VALUES};
+use crate::keytable::{KeyTable, SlotHeap};
+use crate::pipeline::{Input, JoinDef, JoinType, OverlapCondition, Pipeline, Strategy};
+use crate::window::WindowOp;
+
+/// One side of a join row: a raw event (`t0 = t1 = ts`) or a closed window
+/// (`t0 = start`, `t1 = end`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SideRecord {
+    pub input: Input,
+    pub t0: i64,
+    pub t1: i64,
+    /// Events in the window (1 for a raw event).
+    pub count: u64,
+    /// A stream's values (NaN = absent) or a window's aggregates.
+    pub values: Values,
+}
+
+/// A join result.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JoinRecord {
+    pub join: u16,
+    pub key: Key,
+    pub left: SideRecord,
+    pub right: Option<SideRecord>,
+    pub emitted_ms: i64,
+}
+
+/// Counters of one join.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct JoinCounters {
+    /// Matched rows emitted.
+    pub matches: u64,
+    /// Left-outer rows emitted with `right: null`.
+    pub unmatched: u64,
+    /// Matches beyond `max_matches` of a left, not emitted.
+    pub dropped_matches: u64,
+    /// Inputs below the join's frontier after an idle input let it advance (SPEC §13.4).
+    pub late_after_idle: u64,
+    /// Elements pushed out of a full per-key buffer before they were released (left, right).
+    pub capacity_evictions: [u64; 2],
+    /// Keys evicted (least recently used) to make room for a new key.
+    pub key_evictions: u64,
+    /// Buffered elements lost with evicted keys.
+    pub evicted_elements: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Elem {
+    t0: i64,
+    t1: i64,
+    count: u64,
+    /// Arrival order (ties of as-of; emission order of matches).
+    seq: u64,
+    matches: u32,
+}
+
+/// One side's buffers: `cap` elements per key slot, values stored compactly.
+struct SideBuf {
+    input: Input,
+    cap: usize,
+    nvals: usize,
+    elems: Box<[Elem]>,
+    vals: Box<[f64]>,
+    len: Box<[u32]>,
+}
+
+impl SideBuf {
+    fn new(input: Input, cap: usize, nvals: usize, keys: usize) -> Self {
+        SideBuf {
+            input,
+            cap,
+            nvals,
+            elems: vec![Elem::default(); keys * cap].into_boxed_slice(),
+            vals: vec![f64::NAN; keys * cap * nvals].into_boxed_slice(),
+            len: vec![0; keys].into_boxed_slice(),
+        }
+    }
+
+    fn memory_bytes(cap: usize, nvals: usize, keys: usize) -> usize {
+        keys * (cap * (core::mem::size_of::<Elem>() + nvals * 8) + 4)
+    }
+
+    #[inline]
+    fn elems(&self, k: u32) -> &[Elem] {
+        let base = k as usize * self.cap;
+        &self.elems[base..base + self.len[k as usize] as usize]
+    }
+
+    fn record(&self, k: u32, i: usize) -> SideRecord {
+        let e = self.elems(k)[i];
+        let mut values = Values::ABSENT;
+        let at = (k as usize * self.cap + i) * self.nvals;
+        values.0[..self.nvals].copy_from_slice(&self.vals[at..at + self.nvals]);
+        SideRecord { input: self.input, t0: e.t0, t1: e.t1, count: e.count, values }
+    }
+
+    /// Appends; when full, the oldest arrival is pushed out first (returns true).
+    fn push(&mut self, k: u32, e: Elem, values: &Values) -> bool {
+        let mut evicted = false;
+        if self.len[k as usize] as usize == self.cap {
+            self.remove_where(k, |i, _| i == 0);
+            evicted = true;
+        }
+        let i = self.len[k as usize] as usize;
+        let slot = k as usize * self.cap + i;
+        self.elems[slot] = e;
+        self.vals[slot * self.nvals..(slot + 1) * self.nvals].copy_from_slice(&values.0[..self.nvals]);
+        self.len[k as usize] += 1;
+        evicted
+    }
+
+    /// Removes the elements for which `f(index, elem)` holds, keeping the order of the rest.
+    fn remove_where(&mut self, k: u32, mut f: impl FnMut(usize, &Elem) -> bool) -> usize {
+        let base = k as usize * self.cap;
+        let n = self.len[k as usize] as usize;
+        let mut w = 0;
+        for r in 0..n {
+            if f(r, &self.elems[base + r]) {
+                continue;
+            }
+            if w != r {
+                self.elems[base + w] = self.elems[base + r];
+                let (dst, src) = ((base + w) * self.nvals, (base + r) * self.nvals);
+                self.vals.copy_within(src..src + self.nvals, dst);
+            }
+            w += 1;
+        }
+        self.len[k as usize] = w as u32;
+        n - w
+    }
+}
+
+/// What a join needs to know about its window inputs' open state.
+#[derive(Clone, Copy, Default)]
+pub struct JoinCtx<'a> {
+    /// For session joins: the window operators of the left and right inputs.
+    pub windows: [Option<&'a WindowOp>; 2],
+}
+
+const L: usize = 0;
+const R: usize = 1;
+
+pub struct JoinOp {
+    index: u16,
+    strategy: Strategy,
+    kind: JoinType,
+    max_matches: u32,
+    /// Fixed window size per side (0 for streams and sessions).
+    size: [i64; 2],
+    sides: [SideBuf; 2],
+    keys: KeyTable,
+    heap: SlotHeap,
+    pending: Vec<(i64, u32)>,
+    /// The join's watermark: the highest it has reached (its frontier).
+    wm: i64,
+    pub counters: JoinCounters,
+}
+
+/// Per-key buffer capacity of a join side: the `capacity` of the stream the
+/// side reads (directly, or through its windows).
+pub fn side_capacity(p: &Pipeline, i: Input) -> usize {
+    p.streams[root_stream(p, i)].capacity.get() as usize
+}
+
+/// The stream an input ultimately reads.
+pub fn root_stream(p: &Pipeline, mut i: Input) -> usize {
+    loop {
+        match i {
+            Input::Stream(s) => return s,
+            Input::Window(w) => i = p.windows[w].input,
+        }
+    }
+}
+
+fn join_keys(p: &Pipeline, d: &JoinDef) -> usize {
+    let keys = |i: Input| match i {
+        Input::Stream(s) => p.streams[s].max_keys.get(),
+        Input::Window(w) => p.windows[w].max_keys.get(),
+    };
+    keys(d.left).max(keys(d.right)) as usize
+}
+
+fn nvals(p: &Pipeline, i: Input) -> usize {
+    match i {
+        Input::Stream(s) => p.streams[s].values.len(),
+        Input::Window(w) => p.windows[w].aggregates.len(),
+    }
+}
+
+fn fixed_size(p: &Pipeline, i: Input) -> i64 {
+    match i {
+        Input::Window(w) => match p.windows[w].kind {
+            crate::pipeline::WindowKind::Fixed { size_ms, .. } => size_ms,
+            crate::pipeline::WindowKind::Session { .. } => 0,
+        },
+        Input::Stream(_) => 0,
+    }
+}
+
+impl JoinOp {
+    pub fn new(index: usize, p: &Pipeline, hash_seed: u64) -> Self {
+        let d = &p.joins[index];
+        let keys = join_keys(p, d);
+        JoinOp {
+            index: index as u16,
+            strategy: d.strategy,
+            kind: d.kind,
+            max_matches: d.max_matches.get(),
+            size: [fixed_size(p, d.left), fixed_size(p, d.right)],
+            sides: [
+                SideBuf::new(d.left, side_capacity(p, d.left), nvals(p, d.left), keys),
+                SideBuf::new(d.right, side_capacity(p, d.right), nvals(p, d.right), keys),
+            ],
+            keys: KeyTable::new(keys, hash_seed),
+            heap: SlotHeap::new(keys),
+            pending: Vec::with_capacity(keys),
+            wm: i64::MIN,
+            counters: JoinCounters::default(),
+        }
+    }
+
+    /// Bytes allocated for join `index` of `p`.
+    pub fn memory_bytes(p: &Pipeline, index: usize) -> usize {
+        let d = &p.joins[index];
+        let keys = join_keys(p, d);
+        KeyTable::memory_bytes(keys)
+            + SlotHeap::memory_bytes(keys)
+            + keys * 12
+            + SideBuf::memory_bytes(side_capacity(p, d.left), nvals(p, d.left), keys)
+            + SideBuf::memory_bytes(side_capacity(p, d.right), nvals(p, d.right), keys)
+    }
+
+    /// The join's watermark (frontier).
+    pub fn watermark(&self) -> i64 {
+        self.wm
+    }
+
+    /// Keys with buffered elements, and elements buffered per side.
+    pub fn occupancy(&self) -> (usize, usize, usize) {
+        let sum = |s: &SideBuf| s.len.iter().map(|&n| n as usize).sum();
+        (self.keys.len(), sum(&self.sides[L]), sum(&self.sides[R]))
+    }
+
+    #[inline]
+    fn matches(&self, l: &Elem, r: &Elem) -> bool {
+        match self.strategy {
+            Strategy::Tolerance { lower_ms, upper_ms } => {
+                let d = r.t0 - l.t0;
+                lower_ms <= d && d <= upper_ms
+            }
+            Strategy::Asof { .. } => false,
+            Strategy::Bucket => l.t0 == r.t0,
+            Strategy::Overlap { condition: OverlapCondition::ContainedStart } => r.t0 <= l.t0 && l.t0 < r.t1,
+            Strategy::Overlap { condition: OverlapCondition::Overlaps } => l.t0 < r.t1 && r.t0 < l.t1,
+            Strategy::Session { tolerance_ms } => {
+                l.t0.saturating_sub(tolerance_ms) < r.t1 && r.t0 < l.t1.saturating_add(tolerance_ms)
+            }
+        }
+    }
+
+    #[inline]
+    fn release_at(&self, side: usize, e: &Elem) -> i64 {
+        release_at(self.strategy, self.size[1 - side], side, e)
+    }
+
+    /// When key `k` next needs a look: the earliest release among its elements.
+    fn key_due(&self, k: u32) -> Option<i64> {
+        let mut due = self.sides[L].elems(k).iter().map(|e| self.release_at(L, e)).min();
+        let rs = self.sides[R].elems(k);
+        let r_due = match self.strategy {
+            Strategy::Asof { tolerance_ms } => asof_right_due(rs, self.wm, tolerance_ms),
+            _ => rs.iter().map(|e| self.release_at(R, e)).min(),
+        };
+        if let Some(r) = r_due {
+            due = Some(due.map_or(r, |d| d.min(r)));
+        }
+        due
+    }
+
+    fn key_slot(&mut self, key: &Key) -> u32 {
+        if let Some(k) = self.keys.get(key.as_str()) {
+            self.keys.touch(k);
+            return k;
+        }
+        if self.keys.is_full() {
+            let victim = self.keys.lru().expect("a full table has a least recently used key");
+            self.counters.key_evictions += 1;
+            for s in &mut self.sides {
+                self.counters.evicted_elements += u64::from(s.len[victim as usize]);
+                s.len[victim as usize] = 0;
+            }
+            self.heap.remove(victim);
+            self.keys.remove(victim);
+        }
+        self.keys.insert(key).expect("a slot was freed")
+    }
+
+    /// One input element on `side` (0 = left, 1 = right): a raw event or a
+    /// closed window. Emits the matches it completes.
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_input(
+        &mut self,
+        p: &Pipeline,
+        side: usize,
+        key: &Key,
+        rec: &SideRecord,
+        seq: u64,
+        now: i64,
+        ctx: JoinCtx<'_>,
+        sink: &mut impl FnMut(&Pipeline, &JoinRecord),
+    ) {
+        // an element the watermark already passed (possible only after idleness) is late here
+        if rec.t1 < self.wm {
+            self.counters.late_after_idle += 1;
+            return;
+        }
+        let k = self.key_slot(key);
+        let e = Elem { t0: rec.t0, t1: rec.t1, count: rec.count, seq, matches: 0 };
+        let mut e_matches = 0u32;
+        if !matches!(self.strategy, Strategy::Asof { .. }) {
+            // pair with every buffered element of the other side, in arrival order
+            let other = 1 - side;
+            for i in 0..self.sides[other].len[k as usize] as usize {
+                let o = self.sides[other].elems(k)[i];
+                let (l, r) = if side == L { (&e, &o) } else { (&o, &e) };
+                if !self.matches(l, r) {
+                    continue;
+                }
+                let left_matches = if side == L { e_matches } else { o.matches };
+                if left_matches >= self.max_matches {
+                    self.counters.dropped_matches += 1;
+                    continue;
+                }
+                let orec = self.sides[other].record(k, i);
+                let (left, right) = if side == L { (rec.clone(), orec) } else { (orec, rec.clone()) };
+                let row = JoinRecord {
+                    join: self.index,
+                    key: key.clone(),
+                    left,
+                    right: Some(right),
+                    emitted_ms: now,
+                };
+                sink(p, &row);
+                self.counters.matches += 1;
+                if side == L {
+                    e_matches += 1;
+                } else {
+                    let base = k as usize * self.sides[L].cap;
+                    self.sides[L].elems[base + i].matches += 1;
+                }
+            }
+        }
+        let e = Elem { matches: e_matches, ..e };
+        // an element already past its release point is not kept
+        let done = self.release_at(side, &e) <= self.wm && self.open_min_allows(side, key, &e, ctx);
+        if done && !matches!(self.strategy, Strategy::Asof { .. }) {
+            if side == L && e_matches == 0 && self.kind == JoinType::LeftOuter {
+                self.emit_unmatched(p, key, rec.clone(), now, sink);
+            }
+        } else if self.sides[side].push(k, e, &rec.values) {
+            self.counters.capacity_evictions[side] += 1;
+        }
+        self.check_key(p, k, now, ctx, sink);
+    }
+
+    fn emit_unmatched(
+        &mut self,
+        p: &Pipeline,
+        key: &Key,
+        left: SideRecord,
+        now: i64,
+        sink: &mut impl FnMut(&Pipeline, &JoinRecord),
+    ) {
+        let row = JoinRecord { join: self.index, key: key.clone(), left, right: None, emitted_ms: now };
+        sink(p, &row);
+        self.counters.unmatched += 1;
+    }
+
+    /// For session joins: the earliest start among the other side's open sessions of `key`.
+    fn other_open_min(&self, side: usize, key: &Key, ctx: JoinCtx<'_>) -> Option<i64> {
+        match self.strategy {
+            Strategy::Session { .. } => ctx.windows[1 - side].and_then(|w| w.min_open_start(key)),
+            _ => None,
+        }
+    }
+
+    fn open_min_allows(&self, side: usize, key: &Key, e: &Elem, ctx: JoinCtx<'_>) -> bool {
+        session_open_ok(self.strategy, self.other_open_min(side, key, ctx), e)
+    }
+
+    /// Moves the join's watermark to `wm` (if higher) and releases what it passes.
+    pub fn advance(
+        &mut self,
+        p: &Pipeline,
+        wm: i64,
+        now: i64,
+        ctx: JoinCtx<'_>,
+        sink: &mut impl FnMut(&Pipeline, &JoinRecord),
+    ) {
+        if wm <= self.wm {
+            return;
+        }
+        self.wm = wm;
+        while let Some((t, k)) = self.heap.peek() {
+            if t > wm {
+                break;
+            }
+            self.heap.remove(k);
+            self.pending.push((t, k));
+        }
+        if self.pending.len() > 1 {
+            let keys = &self.keys;
+            self.pending
+                .sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| keys.key(a.1).cmp(keys.key(b.1))));
+        }
+        for i in 0..self.pending.len() {
+            let k = self.pending[i].1;
+            self.check_key(p, k, now, ctx, sink);
+        }
+        self.pending.clear();
+    }
+
+    /// Releases key `k`'s elements that the watermark has passed, emitting
+    /// as-of results and unmatched left-outer rows; requeues or frees the key.
+    fn check_key(
+        &mut self,
+        p: &Pipeline,
+        k: u32,
+        now: i64,
+        ctx: JoinCtx<'_>,
+        sink: &mut impl FnMut(&Pipeline, &JoinRecord),
+    ) {
+        let wm = self.wm;
+        let key = self.keys.key(k).clone();
+        // left side, in arrival order
+        let mut i = 0;
+        while i < self.sides[L].len[k as usize] as usize {
+            let e = self.sides[L].elems(k)[i];
+            if self.release_at(L, &e) > wm || !self.open_min_allows(L, &key, &e, ctx) {
+                i += 1;
+                continue;
+            }
+            let left = self.sides[L].record(k, i);
+            if let Strategy::Asof { tolerance_ms } = self.strategy {
+                match asof_best(self.sides[R].elems(k), e.t0, tolerance_ms) {
+                    Some(j) => {
+                        let right = self.sides[R].record(k, j);
+                        let row = JoinRecord {
+                            join: self.index,
+                            key: key.clone(),
+                            left,
+                            right: Some(right),
+                            emitted_ms: now,
+                        };
+                        sink(p, &row);
+                        self.counters.matches += 1;
+                    }
+                    None if self.kind == JoinType::LeftOuter => self.emit_unmatched(p, &key, left, now, sink),
+                    None => {}
+                }
+            } else if e.matches == 0 && self.kind == JoinType::LeftOuter {
+                self.emit_unmatched(p, &key, left, now, sink);
+            }
+            self.sides[L].remove_where(k, |j, _| j == i);
+        }
+        // right side
+        match self.strategy {
+            Strategy::Asof { tolerance_ms } => asof_prune(&mut self.sides[R], k, wm, tolerance_ms),
+            strategy => {
+                let size_l = self.size[L];
+                let open_min = self.other_open_min(R, &key, ctx);
+                self.sides[R].remove_where(k, |_, e| {
+                    release_at(strategy, size_l, R, e) <= wm && session_open_ok(strategy, open_min, e)
+                });
+            }
+        }
+        match self.key_due(k) {
+            Some(t) => self.heap.set(k, t),
+            None => {
+                self.heap.remove(k);
+                if self.sides[L].len[k as usize] == 0 && self.sides[R].len[k as usize] == 0 {
+                    self.keys.remove(k);
+                }
+            }
+        }
+    }
+}
+
+/// The watermark at which an element of `side` can match nothing more
+/// (`other` is the other side's fixed window size; for sessions, open sessions
+/// of the other side may hold it longer).
+#[inline]
+fn release_at(strategy: Strategy, other: i64, side: usize, e: &Elem) -> i64 {
+    match (strategy, side) {
+        (Strategy::Tolerance { upper_ms, .. }, L) => e.t0.saturating_add(upper_ms).saturating_add(1),
+        (Strategy::Tolerance { lower_ms, .. }, _) => e.t0.saturating_sub(lower_ms).saturating_add(1),
+        (Strategy::Asof { .. }, _) => e.t0.saturating_add(1),
+        (Strategy::Bucket, _) => e.t0.saturating_add(other).saturating_add(1),
+        (Strategy::Overlap { condition: OverlapCondition::ContainedStart }, L) => {
+            e.t0.saturating_add(other).saturating_add(1)
+        }
+        (Strategy::Overlap { .. }, _) => e.t1.saturating_add(other),
+        (Strategy::Session { tolerance_ms }, _) => e.t1.saturating_add(tolerance_ms),
+    }
+}
+
+/// Session joins: no open session of the other side (earliest start
+/// `open_min`) may still reach `e`.
+#[inline]
+fn session_open_ok(strategy: Strategy, open_min: Option<i64>, e: &Elem) -> bool {
+    match (strategy, open_min) {
+        (Strategy::Session { tolerance_ms }, Some(start)) => start >= e.t1.saturating_add(tolerance_ms),
+        _ => true,
+    }
+}
+
+/// The as-of match for a left at `ts`: the right with the greatest
+/// `(ts, arrival)` such that `r.ts <= ts` and `ts - r.ts <= tolerance`.
+fn asof_best(rights: &[Elem], ts: i64, tolerance: i64) -> Option<usize> {
+    let mut best: Option<usize> = None;
+    for (j, r) in rights.iter().enumerate() {
+        if r.t0 <= ts
+            && ts - r.t0 <= tolerance
+            && best.is_none_or(|b| (r.t0, r.seq) > (rights[b].t0, rights[b].seq))
+        {
+            best = Some(j);
+        }
+    }
+    best
+}
+
+/// Drops rights no pending or future left can pick: every left still to be
+/// answered has `ts >= wm`, so among rights with `ts <= wm` only the latest
+/// can be chosen, and only while it is within `tolerance` of `wm`.
+fn asof_prune(side: &mut SideBuf, k: u32, wm: i64, tolerance: i64) {
+    let best = side
+        .elems(k)
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.t0 <= wm)
+        .max_by_key(|(_, r)| (r.t0, r.seq))
+        .map(|(j, r)| (j, r.t0));
+    if let Some((b, bts)) = best {
+        let keep_best = bts.saturating_add(tolerance) >= wm;
+        side.remove_where(k, |j, r| r.t0 <= wm && (j != b || !keep_best));
+    }
+}
+
+/// When the rights of a key next need pruning.
+fn asof_right_due(rights: &[Elem], wm: i64, tolerance: i64) -> Option<i64> {
+    if rights.is_empty() {
+        return None;
+    }
+    // the next right above wm makes the current best obsolete once wm reaches it;
+    // the best itself expires at ts + tolerance + 1
+    let next_above = rights.iter().filter(|r| r.t0 > wm).map(|r| r.t0).min();
+    let best_expiry = rights
+        .iter()
+        .filter(|r| r.t0 <= wm)
+        .map(|r| r.t0)
+        .max()
+        .map(|t| t.saturating_add(tolerance).saturating_add(1));
+    match (next_above, best_expiry) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+const _: () = assert!(MAX_VALUES <= 64);
