@@ -7,7 +7,7 @@ use crate::decode::{DecodeError, Decoder};
 use crate::event::{Event, Key, Values, MAX_VALUES};
 use crate::join::{root_stream, JoinCounters, JoinCtx, JoinOp, JoinRecord, SideRecord};
 use crate::pipeline::{Clock, Input, LatePolicy, Pipeline, WindowKind};
-use crate::watermark::{combined, is_idle, Watermark, NO_WM};
+use crate::watermark::{is_idle, Watermark, NO_WM};
 use crate::window::{WindowCounters, WindowOp, WindowRecord};
 
 /// A late event routed by `late = "route"` (SPEC §9).
@@ -391,18 +391,13 @@ impl State {
         (progress, idle)
     }
 
-    /// Moves every join to its current combined watermark.
+    /// Hands every join its inputs' current progress (see `join.rs`).
     fn advance_joins(&mut self, p: &Pipeline, sink: &mut impl Sink) {
         for j in 0..self.joins.len() {
             let d = &p.joins[j];
-            let w = combined(
-                [self.side_progress(p, d.left), self.side_progress(p, d.right)],
-                self.joins[j].watermark(),
-            );
-            if w > self.joins[j].watermark() {
-                let ctx = join_ctx(p, &self.windows, j);
-                self.joins[j].advance(p, w, self.now, ctx, &mut |p, r| sink.emit(p, Output::Join(r)));
-            }
+            let progress = [self.side_progress(p, d.left), self.side_progress(p, d.right)];
+            let ctx = join_ctx(p, &self.windows, j);
+            self.joins[j].advance(p, progress, self.now, ctx, &mut |p, r| sink.emit(p, Output::Join(r)));
         }
     }
 

@@ -3,8 +3,10 @@
 //! side's elements wait per key in fixed-capacity buffers until the join's
 //! watermark proves no element of the other side can still match them.
 //!
-//! The join's watermark `W` is the min over its non-idle inputs' progress
-//! (never below what it already reached, its frontier):
+//! The join's frontier `F` is the min over its non-idle inputs' progress
+//! (never below what it already reached); an input below it is late for the
+//! join (`late_after_idle`, only possible once idleness let it advance). Each
+//! side's effective progress is `max(its progress, F)`:
 //! - a stream input's progress is its watermark: every future on-time event
 //!   has `ts >= W`;
 //! - a window input's progress is its source watermark, `+1` for fixed
@@ -12,9 +14,10 @@
 //!   still to come starts at `>= W - size`, and a session still to come starts
 //!   at `>= min(W, earliest start of the key's open sessions)`.
 //!
-//! From that, each element gets a release threshold: once `W` reaches it, no
-//! element of the other side can match it any more; it is released (a
-//! left-outer left without a match is emitted then with `right: null`).
+//! From that, each element gets a release threshold: once the *other* side's
+//! effective progress reaches it, no element of the other side can match it
+//! any more; it is released (a left-outer left without a match is emitted
+//! then with `right: null`; an as-of left is answered then).
 
 use crate::event::{Key, Values, MAX_VALUES};
 use crate::keytable::{KeyTable, SlotHeap};
@@ -168,10 +171,13 @@ pub struct JoinOp {
     size: [i64; 2],
     sides: [SideBuf; 2],
     keys: KeyTable,
-    heap: SlotHeap,
+    /// Per side: keys by the earliest release among their elements of that side.
+    heaps: [SlotHeap; 2],
     pending: Vec<(i64, u32)>,
-    /// The join's watermark: the highest it has reached (its frontier).
-    wm: i64,
+    /// The join's frontier: the highest combined watermark it has reached.
+    frontier: i64,
+    /// Per side: effective progress, `max(side progress, frontier)`.
+    eff: [i64; 2],
     pub counters: JoinCounters,
 }
 
@@ -231,9 +237,10 @@ impl JoinOp {
                 SideBuf::new(d.right, side_capacity(p, d.right), nvals(p, d.right), keys),
             ],
             keys: KeyTable::new(keys, hash_seed),
-            heap: SlotHeap::new(keys),
-            pending: Vec::with_capacity(keys),
-            wm: i64::MIN,
+            heaps: [SlotHeap::new(keys), SlotHeap::new(keys)],
+            pending: Vec::with_capacity(2 * keys),
+            frontier: i64::MIN,
+            eff: [i64::MIN; 2],
             counters: JoinCounters::default(),
         }
     }
@@ -243,15 +250,15 @@ impl JoinOp {
         let d = &p.joins[index];
         let keys = join_keys(p, d);
         KeyTable::memory_bytes(keys)
-            + SlotHeap::memory_bytes(keys)
-            + keys * 12
+            + 2 * SlotHeap::memory_bytes(keys)
+            + keys * 2 * 16
             + SideBuf::memory_bytes(side_capacity(p, d.left), nvals(p, d.left), keys)
             + SideBuf::memory_bytes(side_capacity(p, d.right), nvals(p, d.right), keys)
     }
 
-    /// The join's watermark (frontier).
+    /// The join's frontier (combined watermark).
     pub fn watermark(&self) -> i64 {
-        self.wm
+        self.frontier
     }
 
     /// Keys with buffered elements, and elements buffered per side.
@@ -282,18 +289,19 @@ impl JoinOp {
         release_at(self.strategy, self.size[1 - side], side, e)
     }
 
-    /// When key `k` next needs a look: the earliest release among its elements.
-    fn key_due(&self, k: u32) -> Option<i64> {
-        let mut due = self.sides[L].elems(k).iter().map(|e| self.release_at(L, e)).min();
-        let rs = self.sides[R].elems(k);
-        let r_due = match self.strategy {
-            Strategy::Asof { tolerance_ms } => asof_right_due(rs, self.wm, tolerance_ms),
-            _ => rs.iter().map(|e| self.release_at(R, e)).min(),
-        };
-        if let Some(r) = r_due {
-            due = Some(due.map_or(r, |d| d.min(r)));
+    /// When key `k`'s elements of `side` next need a look: the earliest
+    /// release among them, against the other side's effective progress.
+    fn key_due(&self, k: u32, side: usize) -> Option<i64> {
+        let elems = self.sides[side].elems(k);
+        match (self.strategy, side) {
+            (Strategy::Asof { tolerance_ms }, R) => asof_right_due(elems, self.asof_bound(k), tolerance_ms),
+            _ => elems.iter().map(|e| self.release_at(side, e)).min(),
         }
-        due
+    }
+
+    /// As-of: every left still to be answered for key `k` has `ts >=` this.
+    fn asof_bound(&self, k: u32) -> i64 {
+        self.sides[L].elems(k).iter().map(|e| e.t0).min().map_or(self.eff[L], |t| t.min(self.eff[L]))
     }
 
     fn key_slot(&mut self, key: &Key) -> u32 {
@@ -308,7 +316,8 @@ impl JoinOp {
                 self.counters.evicted_elements += u64::from(s.len[victim as usize]);
                 s.len[victim as usize] = 0;
             }
-            self.heap.remove(victim);
+            self.heaps[L].remove(victim);
+            self.heaps[R].remove(victim);
             self.keys.remove(victim);
         }
         self.keys.insert(key).expect("a slot was freed")
@@ -329,7 +338,7 @@ impl JoinOp {
         sink: &mut impl FnMut(&Pipeline, &JoinRecord),
     ) {
         // an element the watermark already passed (possible only after idleness) is late here
-        if rec.t1 < self.wm {
+        if rec.t1 < self.frontier {
             self.counters.late_after_idle += 1;
             return;
         }
@@ -371,7 +380,8 @@ impl JoinOp {
         }
         let e = Elem { matches: e_matches, ..e };
         // an element already past its release point is not kept
-        let done = self.release_at(side, &e) <= self.wm && self.open_min_allows(side, key, &e, ctx);
+        let done =
+            self.release_at(side, &e) <= self.eff[1 - side] && self.open_min_allows(side, key, &e, ctx);
         if done && !matches!(self.strategy, Strategy::Asof { .. }) {
             if side == L && e_matches == 0 && self.kind == JoinType::LeftOuter {
                 self.emit_unmatched(p, key, rec.clone(), now, sink);
@@ -407,34 +417,43 @@ impl JoinOp {
         session_open_ok(self.strategy, self.other_open_min(side, key, ctx), e)
     }
 
-    /// Moves the join's watermark to `wm` (if higher) and releases what it passes.
+    /// Takes the inputs' current progress and idleness, moves the frontier
+    /// and each side's effective progress, and releases what they pass.
     pub fn advance(
         &mut self,
         p: &Pipeline,
-        wm: i64,
+        progress: [(i64, bool); 2],
         now: i64,
         ctx: JoinCtx<'_>,
         sink: &mut impl FnMut(&Pipeline, &JoinRecord),
     ) {
-        if wm <= self.wm {
+        self.frontier = crate::watermark::combined(progress, self.frontier);
+        let eff = [progress[L].0.max(self.frontier), progress[R].0.max(self.frontier)];
+        if eff == self.eff {
             return;
         }
-        self.wm = wm;
-        while let Some((t, k)) = self.heap.peek() {
-            if t > wm {
-                break;
+        self.eff = eff;
+        for side in [L, R] {
+            let bound = eff[1 - side];
+            while let Some((t, k)) = self.heaps[side].peek() {
+                if t > bound {
+                    break;
+                }
+                self.heaps[side].remove(k);
+                self.pending.push((t, k));
             }
-            self.heap.remove(k);
-            self.pending.push((t, k));
         }
         if self.pending.len() > 1 {
             let keys = &self.keys;
             self.pending
                 .sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| keys.key(a.1).cmp(keys.key(b.1))));
         }
+        // a key due on both sides is looked at twice: the second look finds nothing to release
         for i in 0..self.pending.len() {
             let k = self.pending[i].1;
-            self.check_key(p, k, now, ctx, sink);
+            if self.keys.is_live(k) {
+                self.check_key(p, k, now, ctx, sink);
+            }
         }
         self.pending.clear();
     }
@@ -449,13 +468,12 @@ impl JoinOp {
         ctx: JoinCtx<'_>,
         sink: &mut impl FnMut(&Pipeline, &JoinRecord),
     ) {
-        let wm = self.wm;
         let key = self.keys.key(k).clone();
         // left side, in arrival order
         let mut i = 0;
         while i < self.sides[L].len[k as usize] as usize {
             let e = self.sides[L].elems(k)[i];
-            if self.release_at(L, &e) > wm || !self.open_min_allows(L, &key, &e, ctx) {
+            if self.release_at(L, &e) > self.eff[R] || !self.open_min_allows(L, &key, &e, ctx) {
                 i += 1;
                 continue;
             }
@@ -484,23 +502,26 @@ impl JoinOp {
         }
         // right side
         match self.strategy {
-            Strategy::Asof { tolerance_ms } => asof_prune(&mut self.sides[R], k, wm, tolerance_ms),
+            Strategy::Asof { tolerance_ms } => {
+                let bound = self.asof_bound(k);
+                asof_prune(&mut self.sides[R], k, bound, tolerance_ms)
+            }
             strategy => {
-                let size_l = self.size[L];
+                let (size_l, eff_l) = (self.size[L], self.eff[L]);
                 let open_min = self.other_open_min(R, &key, ctx);
                 self.sides[R].remove_where(k, |_, e| {
-                    release_at(strategy, size_l, R, e) <= wm && session_open_ok(strategy, open_min, e)
+                    release_at(strategy, size_l, R, e) <= eff_l && session_open_ok(strategy, open_min, e)
                 });
             }
         }
-        match self.key_due(k) {
-            Some(t) => self.heap.set(k, t),
-            None => {
-                self.heap.remove(k);
-                if self.sides[L].len[k as usize] == 0 && self.sides[R].len[k as usize] == 0 {
-                    self.keys.remove(k);
-                }
+        for side in [L, R] {
+            match self.key_due(k, side) {
+                Some(t) => self.heaps[side].set(k, t),
+                None => self.heaps[side].remove(k),
             }
+        }
+        if self.sides[L].len[k as usize] == 0 && self.sides[R].len[k as usize] == 0 {
+            self.keys.remove(k);
         }
     }
 }
@@ -549,8 +570,9 @@ fn asof_best(rights: &[Elem], ts: i64, tolerance: i64) -> Option<usize> {
 }
 
 /// Drops rights no pending or future left can pick: every left still to be
-/// answered has `ts >= wm`, so among rights with `ts <= wm` only the latest
-/// can be chosen, and only while it is within `tolerance` of `wm`.
+/// answered has `ts >= wm` (`wm` = [`JoinOp::asof_bound`]), so among rights
+/// with `ts <= wm` only the latest can be chosen, and only while it is within
+/// `tolerance` of `wm`.
 fn asof_prune(side: &mut SideBuf, k: u32, wm: i64, tolerance: i64) {
     let best = side
         .elems(k)

@@ -88,8 +88,8 @@ values = ["v"]
 struct Sim {
     /// Accepted by the join (on time for its stream and not below the frontier).
     accepted: Vec<bool>,
-    /// The join's watermark after each arrival.
-    w_after: Vec<i64>,
+    /// Per side, its effective progress after each arrival: max(its watermark, frontier).
+    eff_after: [Vec<i64>; 2],
 }
 
 fn simulate(evs: &[Ev], lat: [i64; 2], idle: [Option<i64>; 2]) -> Sim {
@@ -99,7 +99,7 @@ fn simulate(evs: &[Ev], lat: [i64; 2], idle: [Option<i64>; 2]) -> Sim {
     let mut spoke = [start; 2];
     let mut frontier = i64::MIN;
     let mut accepted = vec![false; evs.len()];
-    let mut w_after = vec![i64::MIN; evs.len()];
+    let mut eff_after = [vec![i64::MIN; evs.len()], vec![i64::MIN; evs.len()]];
     for (i, ev) in evs.iter().enumerate() {
         let s = ev.right as usize;
         let now = ev.arrive;
@@ -119,14 +119,17 @@ fn simulate(evs: &[Ev], lat: [i64; 2], idle: [Option<i64>; 2]) -> Sim {
         if let Some(m) = min {
             frontier = frontier.max(m);
         }
-        w_after[i] = frontier;
+        for side in 0..2 {
+            eff_after[side][i] = wm(&max, side).max(frontier);
+        }
     }
-    Sim { accepted, w_after }
+    Sim { accepted, eff_after }
 }
 
-/// The first arrival at or after `from` whose join watermark reaches `at`; the flush otherwise.
+/// The first arrival at or after `from` where the right side's effective progress reaches `at`; the flush otherwise.
 fn when(sim: &Sim, from: usize, at: i64) -> usize {
-    (from..sim.w_after.len()).find(|&j| sim.w_after[j] >= at).unwrap_or(sim.w_after.len())
+    let eff = &sim.eff_after[1];
+    (from..eff.len()).find(|&j| eff[j] >= at).unwrap_or(eff.len())
 }
 
 fn raw_side(e: &Ev) -> Side {
