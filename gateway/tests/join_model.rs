@@ -119,8 +119,8 @@ fn simulate(evs: &[Ev], lat: [i64; 2], idle: [Option<i64>; 2]) -> Sim {
         if let Some(m) = min {
             frontier = frontier.max(m);
         }
-        for side in 0..2 {
-            eff_after[side][i] = wm(&max, side).max(frontier);
+        for (side, eff) in eff_after.iter_mut().enumerate() {
+            eff[i] = wm(&max, side).max(frontier);
         }
     }
     Sim { accepted, eff_after }
