@@ -187,3 +187,85 @@ fn replay_counts_bad_lines_and_payloads() {
     assert_eq!(r.len(), 2); // the two readings in the hopping windows [-5m+…) and [0, 10m)
     assert!(r.iter().all(|x| x["count"] == 2));
 }
+
+fn join_rows<'a>(rows: &'a [Value], key: &str) -> Vec<&'a Value> {
+    rows.iter().filter(|r| r["key"] == key).collect()
+}
+
+#[test]
+fn tolerance_join_orders_and_payments() {
+    let r = check("tolerance");
+    let s = 1000;
+    let right_ts = |key: &str| -> Vec<Option<i64>> {
+        join_rows(&r, key).iter().map(|x| x["right"]["ts"].as_i64().map(|t| (t - T0) / s)).collect()
+    };
+    assert_eq!(right_ts("o-1"), [Some(30)]); // paid 30 s after the order
+    assert_eq!(right_ts("o-2"), [None]); // paid 140 s after: outside 0..2m
+    assert_eq!(right_ts("o-3"), [Some(95), Some(100)]); // two partial payments, both within 2 minutes
+    assert_eq!(right_ts("o-4"), [None]); // never paid
+    assert_eq!(right_ts("o-5"), [None]); // "paid" before the order: lower bound is 0 s
+    assert_eq!(right_ts("o-7"), [None]); // its payment arrived after the payments watermark: late
+    assert_eq!(right_ts("o-8"), [Some(400)]);
+    // an unmatched order comes out once no on-time payment can match it: payments'
+    // watermark (max ts - 30 s) must pass order ts + 2 min; o-2 (10 s) waits for the payment at 260 s
+    let o2 = join_rows(&r, "o-2")[0];
+    assert_eq!(o2["emitted_ms"], T0 + 260 * s + 400);
+    assert_eq!(o2["left"]["values"]["amount"], 40.0);
+}
+
+#[test]
+fn asof_join_latest_temperature() {
+    let r = check("asof");
+    let m1 = |t: i64| -> &Value {
+        r.iter()
+            .find(|x| x["key"] == "m1" && x["left"]["ts"] == T0 + t * 1000)
+            .expect("a row per vibration reading")
+    };
+    assert!(m1(20)["right"].is_null()); // the first temperature is at 30 s
+    assert_eq!(m1(30)["right"]["ts"], T0 + 30_000); // equal timestamps match
+    assert_eq!(m1(140)["right"]["values"]["celsius"], 21.0);
+    assert_eq!(m1(150)["right"]["values"]["celsius"], 21.5);
+    assert_eq!(m1(350)["right"]["values"]["celsius"], 22.5);
+    // every reading is answered once; m2 has no thermometer
+    assert_eq!(r.iter().filter(|x| x["key"] == "m1").count(), 36);
+    assert!(join_rows(&r, "m2").iter().all(|x| x["right"].is_null()));
+}
+
+#[test]
+fn bucket_join_per_five_minutes() {
+    let r = check("bucket");
+    assert_eq!(r.len(), 3);
+    let b = &r[0];
+    assert_eq!((b["left"]["start"].as_i64(), b["right"]["start"].as_i64()), (Some(T0), Some(T0)));
+    assert_eq!(b["left"]["values"]["avg"], 20.8); // 20, 21, 22, 20, 21
+    assert_eq!(b["right"]["values"]["avg"], 6.0); // 5, 6, 7
+    assert_eq!(r[1]["right"]["values"]["avg"], 8.5);
+}
+
+#[test]
+fn overlap_join_minutes_in_misaligned_five_minutes() {
+    let r = check("overlap");
+    // minutes 0 and 1 start before the first metrics window [2m, 7m): no metrics
+    assert!(r[0]["right"].is_null() && r[0]["left"]["start"] == T0);
+    assert!(r[1]["right"].is_null() && r[1]["left"]["start"] == T0 + M);
+    // minutes 2..6 start inside [2m, 7m); 7..11 inside [7m, 12m)
+    for x in &r[2..7] {
+        assert_eq!(x["right"]["start"], T0 + 2 * M);
+        assert_eq!(x["right"]["values"]["cpu"], 60.0);
+    }
+    for x in &r[7..12] {
+        assert_eq!(x["right"]["start"], T0 + 7 * M);
+    }
+    assert_eq!(r.len(), 12);
+}
+
+#[test]
+fn session_join_play_and_server() {
+    let r = check("session_join");
+    let ann = join_rows(&r, "ann");
+    // play [0, 5m) and server [320 s, 410 s) intersect once widened by 30 s
+    assert_eq!(ann[0]["left"]["values"]["score"], 10.0);
+    assert_eq!(ann[0]["right"]["values"]["worst_lag"], 120.0);
+    assert!(ann[1]["right"].is_null()); // play [10m, 13m): no server session near it
+    assert!(join_rows(&r, "bob")[0]["right"].is_null());
+}
