@@ -20,6 +20,11 @@ pub const MAX_CAPACITY: u32 = 1 << 20;
 /// Largest `max_keys` accepted.
 pub const MAX_KEYS: u32 = 1 << 22;
 
+const DEFAULT_MAX_DEVICES: NonZeroU32 = match NonZeroU32::new(1024) {
+    Some(n) => n,
+    None => unreachable!(),
+};
+
 /// Why a config was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -64,6 +69,7 @@ struct RawConfig {
 struct RawGateway {
     id: Option<Spanned<String>>,
     state_dir: Option<String>,
+    max_devices: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -249,9 +255,17 @@ fn build(ck: &Checker<'_>, raw: RawConfig) -> Result<Pipeline, ConfigError> {
             Gateway {
                 id,
                 state_dir: g.state_dir.clone().unwrap_or_else(|| "/var/lib/edgejoin".into()).into(),
+                max_devices: match &g.max_devices {
+                    Some(m) => ck.count(m, "gateway: max_devices", MAX_KEYS)?,
+                    None => DEFAULT_MAX_DEVICES,
+                },
             }
         }
-        None => Gateway { id: "edgejoin".into(), state_dir: "/var/lib/edgejoin".into() },
+        None => Gateway {
+            id: "edgejoin".into(),
+            state_dir: "/var/lib/edgejoin".into(),
+            max_devices: DEFAULT_MAX_DEVICES,
+        },
     };
     let source = match &raw.source {
         Some(s) => Source {

@@ -128,6 +128,15 @@ pub fn describe(p: &Pipeline) -> String {
             format_bytes(crate::join::JoinOp::memory_bytes(p, i) as u64)
         );
     }
+    let skew = Engine::skew_memory_bytes(p);
+    if skew > 0 {
+        let _ = writeln!(
+            o,
+            "  clock estimators       {} devices = {}",
+            p.gateway.max_devices,
+            format_bytes(skew as u64)
+        );
+    }
     let _ = writeln!(o, "  total {}", format_bytes(Engine::memory_bytes(p) as u64));
     o
 }

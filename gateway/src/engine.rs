@@ -7,6 +7,7 @@ use crate::decode::{DecodeError, Decoder};
 use crate::event::{Event, Key, Values, MAX_VALUES};
 use crate::join::{root_stream, JoinCounters, JoinCtx, JoinOp, JoinRecord, SideRecord};
 use crate::pipeline::{Clock, Input, LatePolicy, Pipeline, WindowKind};
+use crate::skew::{SkewReport, SkewTable};
 use crate::watermark::{is_idle, Watermark, NO_WM};
 use crate::window::{WindowCounters, WindowOp, WindowRecord};
 
@@ -92,6 +93,8 @@ struct State {
     /// Per window: joins reading its closed windows: (join, side).
     window_joins: Vec<Vec<(usize, usize)>>,
     joins: Vec<JoinOp>,
+    /// Per-device clock estimators (streams with `clock = "corrected"`).
+    skew: Option<SkewTable>,
     now: i64,
     started: bool,
     seq: u64,
@@ -109,9 +112,6 @@ impl Engine {
     /// key tables' hash (a random one protects a live gateway against
     /// crafted colliding keys; results do not depend on it).
     pub fn new(p: Pipeline, hash_seed: u64) -> Result<Engine, EngineError> {
-        if let Some(s) = p.streams.iter().find(|s| s.clock == Clock::Corrected) {
-            return Err(EngineError::Unsupported(format!("stream `{}`: clock = \"corrected\"", s.name)));
-        }
         let mut streams: Vec<StreamState> = p
             .streams
             .iter()
@@ -145,6 +145,11 @@ impl Engine {
             rollup_wm: p.windows.iter().map(|_| Watermark::new(0)).collect(),
             window_joins,
             joins: (0..p.joins.len()).map(|j| JoinOp::new(j, &p, hash_seed)).collect(),
+            skew: p
+                .streams
+                .iter()
+                .any(|s| s.clock == Clock::Corrected)
+                .then(|| SkewTable::new(p.gateway.max_devices.get() as usize, hash_seed)),
             rollups,
             streams,
             now: NO_WM,
@@ -171,7 +176,30 @@ impl Engine {
     pub fn memory_bytes(p: &Pipeline) -> usize {
         p.windows.iter().map(WindowOp::memory_bytes).sum::<usize>()
             + (0..p.joins.len()).map(|j| JoinOp::memory_bytes(p, j)).sum::<usize>()
+            + Self::skew_memory_bytes(p)
             + p.streams.len() * core::mem::size_of::<StreamCounters>()
+    }
+
+    /// Bytes of the per-device clock estimators (0 without `clock = "corrected"`).
+    pub fn skew_memory_bytes(p: &Pipeline) -> usize {
+        if p.streams.iter().any(|s| s.clock == Clock::Corrected) {
+            SkewTable::memory_bytes(p.gateway.max_devices.get() as usize)
+        } else {
+            0
+        }
+    }
+
+    /// Clock estimates per device, most recently heard first.
+    pub fn skew_reports(&self) -> Vec<(String, SkewReport)> {
+        match &self.st.skew {
+            Some(t) => t.reports().map(|(k, r)| (k.to_string(), r)).collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Devices whose estimator was evicted for a new device.
+    pub fn skew_evictions(&self) -> u64 {
+        self.st.skew.as_ref().map_or(0, |t| t.evictions)
     }
 
     /// The gateway clock: the largest receive time seen.
@@ -326,7 +354,10 @@ impl State {
                     self.streams[s].counters.clamped_future += 1;
                 }
             }
-            Clock::Corrected => unreachable!("refused in Engine::new"),
+            Clock::Corrected => {
+                let table = self.skew.as_mut().expect("built when a stream corrects its clock");
+                ev.ts = table.correct(&ev.device, ev.ts, ev.recv_ms);
+            }
         }
         let st = &mut self.streams[s];
         st.counters.decoded += 1;

@@ -15,6 +15,7 @@ pub mod keytable;
 pub mod output;
 pub mod pipeline;
 pub mod replay;
+pub mod skew;
 pub mod stats;
 pub mod topic;
 pub mod units;

@@ -24,6 +24,8 @@ pub struct Pipeline {
 pub struct Gateway {
     pub id: String,
     pub state_dir: PathBuf,
+    /// Devices whose clocks are estimated at once (`clock = "corrected"`).
+    pub max_devices: NonZeroU32,
 }
 
 #[derive(Clone, Debug)]

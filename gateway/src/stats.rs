@@ -72,8 +72,24 @@ pub fn snapshot(e: &Engine) -> Value {
             }),
         );
     }
+    let mut devices = Map::new();
+    for (name, r) in e.skew_reports() {
+        devices.insert(
+            name,
+            json!({
+                "offset_ms": (r.offset_ms * 1000.0).round() / 1000.0,
+                "drift_ppm": (r.drift_ppm * 100.0).round() / 100.0,
+                "samples": r.samples,
+                "steps": r.steps,
+                "spread_ms": (r.spread_ms * 1000.0).round() / 1000.0,
+                "clamped": r.clamped,
+            }),
+        );
+    }
     json!({
         "unrouted": e.global_counters().unrouted,
+        "devices": devices,
+        "device_evictions": e.skew_evictions(),
         "streams": streams,
         "windows": windows,
         "joins": joins,

@@ -1,8 +1,8 @@
 //! The engine allocates nothing per event in steady state: a counting global
 //! allocator watches 100,000 messages go through topic routing, JSON
 //! decoding, watermarks, late routing, tumbling + hopping + session windows, a
-//! rollup, key eviction, tolerance / as-of / session / overlap joins and
-//! result encoding.
+//! rollup, key eviction, per-device clock correction, tolerance / as-of /
+//! session / overlap joins and result encoding.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -46,6 +46,7 @@ const CONFIG: &str = r#"
 name = "vib"
 topics = ["plant/{machine}/vib"]
 key = "{machine}"
+clock = "corrected"
 lateness = "2s"
 late = "route"
 max_keys = 48
@@ -212,6 +213,7 @@ fn no_allocation_per_event() {
         assert!(c.matches > 100 && c.unmatched > 10, "join {j} did work: {c:?}");
     }
     assert_eq!(engine.global_counters().unrouted, 1);
+    assert!(engine.skew_reports().len() > 30, "clocks estimated per machine");
     assert!(rows > 1_000 && bytes > 100_000);
     assert_eq!(allocs, 0, "{allocs} heap allocations over {measured} events");
 }

@@ -269,3 +269,54 @@ fn session_join_play_and_server() {
     assert!(ann[1]["right"].is_null()); // play [10m, 13m): no server session near it
     assert!(join_rows(&r, "bob")[0]["right"].is_null());
 }
+
+#[test]
+fn skewed_clocks_are_corrected_per_device() {
+    let r = check("skewed");
+    // every reading lands in its true minute: 20 minutes × 12 readings per device
+    assert_eq!(r.len(), 40);
+    assert!(r.iter().all(|w| w["count"] == 12), "{r:?}");
+    for key in ["fridge", "door"] {
+        let starts: Vec<i64> =
+            r.iter().filter(|w| w["key"] == key).map(|w| w["start"].as_i64().unwrap()).collect();
+        assert_eq!(starts, (0..20).map(|m| T0 + m * M).collect::<Vec<_>>(), "{key}");
+    }
+    // the corrections, per device, in replay --stats
+    let ex = root().join("config/examples");
+    let out = edgejoin()
+        .args(["replay", "--stats", "--config"])
+        .arg(ex.join("skewed.toml"))
+        .arg("--input")
+        .arg(ex.join("skewed.jsonl"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let stats: Value = serde_json::from_str(&err[err.find('{').unwrap()..]).unwrap();
+    let fridge = &stats["devices"]["fridge"];
+    // a day behind (+ ~17 ms path delay, − 240 ms it gained over 20 minutes at 200 ppm)
+    assert!((fridge["offset_ms"].as_f64().unwrap() - 86_399_777.0).abs() < 20.0, "{fridge}");
+    assert!((fridge["drift_ppm"].as_f64().unwrap() + 200.0).abs() < 5.0, "{fridge}");
+    assert_eq!(fridge["steps"], 0);
+    let door = &stats["devices"]["door"];
+    assert_eq!(door["steps"], 1, "the door sensor rebooted once: {door}");
+    assert!((door["drift_ppm"].as_f64().unwrap() - 300.0).abs() < 5.0, "{door}");
+    assert_eq!(stats["streams"]["temperature"]["late_dropped"], 0);
+
+    // the same recording on the devices' own clocks: the fridge's windows are a day off
+    let dir = tempfile::tempdir().unwrap();
+    let device_cfg = dir.path().join("device.toml");
+    let text = std::fs::read_to_string(ex.join("skewed.toml"))
+        .unwrap()
+        .replace("clock = \"corrected\"", "clock = \"device\"");
+    std::fs::write(&device_cfg, text).unwrap();
+    let out = edgejoin()
+        .args(["replay", "--config"])
+        .arg(&device_cfg)
+        .arg("--input")
+        .arg(ex.join("skewed.jsonl"))
+        .output()
+        .unwrap();
+    let dev_rows = rows(&out.stdout);
+    let fridge_start = dev_rows.iter().find(|w| w["key"] == "fridge").unwrap()["start"].as_i64().unwrap();
+    assert!(fridge_start < T0 - 23 * 60 * M, "device clock puts the fridge a day early: {fridge_start}");
+}
