@@ -440,11 +440,11 @@ fn build_stream(ck: &Checker<'_>, s: &RawStream) -> Result<StreamDef, ConfigErro
     };
     let capacity = match &s.capacity {
         Some(c) => ck.count(c, &ctx("capacity"), MAX_CAPACITY)?,
-        None => NonZeroU32::new(1024).expect("non-zero"),
+        None => NonZeroU32::new(64).expect("non-zero"),
     };
     let max_keys = match &s.max_keys {
         Some(c) => ck.count(c, &ctx("max_keys"), MAX_KEYS)?,
-        None => NonZeroU32::new(4096).expect("non-zero"),
+        None => NonZeroU32::new(1024).expect("non-zero"),
     };
     let late = match &s.late {
         Some(l) if *l.get_ref() == RawLate::Route => {
@@ -959,7 +959,7 @@ values = ["v"]
     fn base_is_valid() {
         let p = parse(Path::new("gw.toml"), BASE).unwrap();
         assert_eq!(p.streams[0].values, ["v"]);
-        assert_eq!(p.streams[0].capacity.get(), 1024);
+        assert_eq!(p.streams[0].capacity.get(), 64);
     }
 
     #[test]

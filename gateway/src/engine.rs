@@ -49,7 +49,7 @@ pub enum EngineError {
 }
 
 /// Counters of one stream.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StreamCounters {
     /// Messages whose topic matched the stream.
     pub received: u64,
@@ -66,17 +66,56 @@ pub struct StreamCounters {
     pub clamped_future: u64,
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 struct StreamState {
     wm: Watermark,
     last_spoke: i64,
     counters: StreamCounters,
+    #[serde(skip)]
     windows: Vec<usize>,
     /// Joins reading this stream's raw events: (join, side).
+    #[serde(skip)]
     joins: Vec<(usize, usize)>,
 }
 
+/// What a checkpoint holds: every piece of state the pipeline cannot rebuild.
+#[derive(serde::Serialize)]
+struct SnapshotRef<'a> {
+    streams: &'a [StreamState],
+    windows: &'a [WindowOp],
+    rollup_wm: &'a [Watermark],
+    joins: &'a [JoinOp],
+    skew: &'a Option<SkewTable>,
+    now: i64,
+    started: bool,
+    seq: u64,
+    global: GlobalCounters,
+}
+
+#[derive(serde::Deserialize)]
+struct Snapshot {
+    streams: Vec<StreamState>,
+    windows: Vec<WindowOp>,
+    rollup_wm: Vec<Watermark>,
+    joins: Vec<JoinOp>,
+    skew: Option<SkewTable>,
+    now: i64,
+    started: bool,
+    seq: u64,
+    global: GlobalCounters,
+}
+
+/// Why engine state could not be restored.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("state does not decode: {0}")]
+    Decode(#[from] postcard::Error),
+    #[error("state does not fit this config: {0}")]
+    Shape(String),
+}
+
 /// Engine-wide counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GlobalCounters {
     /// Messages no stream's topics matched.
     pub unrouted: u64,
@@ -166,6 +205,72 @@ impl Engine {
             global: GlobalCounters::default(),
         };
         Ok(Engine { p, st })
+    }
+
+    /// The engine's state as bytes (postcard), for a checkpoint.
+    pub fn save_state(&self) -> Vec<u8> {
+        let mut v = Vec::new();
+        self.write_state(&mut v).expect("writing to memory");
+        v
+    }
+
+    /// Streams the engine's state (postcard) into `w`.
+    pub fn write_state(&self, w: impl std::io::Write) -> std::io::Result<()> {
+        let st = &self.st;
+        let snap = SnapshotRef {
+            streams: &st.streams,
+            windows: &st.windows,
+            rollup_wm: &st.rollup_wm,
+            joins: &st.joins,
+            skew: &st.skew,
+            now: st.now,
+            started: st.started,
+            seq: st.seq,
+            global: st.global,
+        };
+        postcard::to_io(&snap, w).map(|_| ()).map_err(|e| match e {
+            postcard::Error::SerdeSerCustom => std::io::Error::other("engine state does not serialize"),
+            other => std::io::Error::other(other),
+        })
+    }
+
+    /// An engine for `p` with the state from [`save_state`](Self::save_state).
+    pub fn restore(p: Pipeline, hash_seed: u64, bytes: &[u8]) -> Result<Engine, RestoreError> {
+        let mut e = Engine::new(p, hash_seed).map_err(|err| RestoreError::Shape(err.to_string()))?;
+        let snap: Snapshot = postcard::from_bytes(bytes)?;
+        let p = &e.p;
+        let st = &mut e.st;
+        if snap.streams.len() != st.streams.len()
+            || snap.windows.len() != st.windows.len()
+            || snap.rollup_wm.len() != st.rollup_wm.len()
+            || snap.joins.len() != st.joins.len()
+            || snap.skew.is_some() != st.skew.is_some()
+        {
+            return Err(RestoreError::Shape("a different number of streams, windows or joins".into()));
+        }
+        for (fresh, saved) in st.streams.iter_mut().zip(snap.streams) {
+            fresh.wm = saved.wm;
+            fresh.last_spoke = saved.last_spoke;
+            fresh.counters = saved.counters;
+        }
+        st.windows = snap.windows;
+        for (i, w) in st.windows.iter_mut().enumerate() {
+            w.after_restore(i, &p.windows[i]).map_err(RestoreError::Shape)?;
+        }
+        st.joins = snap.joins;
+        for (i, j) in st.joins.iter_mut().enumerate() {
+            j.after_restore(i, p).map_err(RestoreError::Shape)?;
+        }
+        st.skew = snap.skew;
+        if let Some(t) = &mut st.skew {
+            t.after_restore(p.gateway.max_devices.get() as usize).map_err(RestoreError::Shape)?;
+        }
+        st.rollup_wm = snap.rollup_wm;
+        st.now = snap.now;
+        st.started = snap.started;
+        st.seq = snap.seq;
+        st.global = snap.global;
+        Ok(e)
     }
 
     pub fn pipeline(&self) -> &Pipeline {

@@ -13,7 +13,7 @@ pub const MAX_VALUES: usize = 16;
 pub struct KeyFull;
 
 /// A key or device id: a short UTF-8 string stored inline.
-#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Key(heapless::String<KEY_CAP>);
 
 impl Key {
@@ -62,7 +62,7 @@ impl fmt::Display for Key {
 /// Up to [`MAX_VALUES`] numbers, positional per the stream's `values` list
 /// (or a window's aggregates). `NaN` marks an absent value: the decoder never
 /// lets a non-finite number in, so NaN is free to mean "missing".
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Values(pub [f64; MAX_VALUES]);
 
 impl Values {

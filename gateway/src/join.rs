@@ -48,7 +48,7 @@ pub struct JoinRecord {
 }
 
 /// Counters of one join.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct JoinCounters {
     /// Matched rows emitted.
     pub matches: u64,
@@ -66,7 +66,7 @@ pub struct JoinCounters {
     pub evicted_elements: u64,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Elem {
     t0: i64,
     t1: i64,
@@ -77,6 +77,7 @@ struct Elem {
 }
 
 /// One side's buffers: `cap` elements per key slot, values stored compactly.
+#[derive(serde::Serialize, serde::Deserialize)]
 struct SideBuf {
     input: Input,
     cap: usize,
@@ -162,6 +163,7 @@ pub struct JoinCtx<'a> {
 const L: usize = 0;
 const R: usize = 1;
 
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct JoinOp {
     index: u16,
     strategy: Strategy,
@@ -173,6 +175,7 @@ pub struct JoinOp {
     keys: KeyTable,
     /// Per side: keys by the earliest release among their elements of that side.
     heaps: [SlotHeap; 2],
+    #[serde(skip)]
     pending: Vec<(i64, u32)>,
     /// The join's frontier: the highest combined watermark it has reached.
     frontier: i64,
@@ -243,6 +246,37 @@ impl JoinOp {
             eff: [i64::MIN; 2],
             counters: JoinCounters::default(),
         }
+    }
+
+    /// After a restore from a checkpoint: checks the state has the shape the
+    /// pipeline implies and gives its buffers their full capacity again.
+    pub fn after_restore(&mut self, index: usize, p: &Pipeline) -> Result<(), String> {
+        let fresh = JoinOp::new(index, p, 0);
+        let side_ok = |a: &SideBuf, b: &SideBuf| {
+            a.input == b.input
+                && a.cap == b.cap
+                && a.nvals == b.nvals
+                && a.elems.len() == b.elems.len()
+                && a.vals.len() == b.vals.len()
+                && a.len.len() == b.len.len()
+                && a.len.iter().all(|&n| n as usize <= a.cap)
+        };
+        let keys = fresh.keys.capacity();
+        let ok = self.index == fresh.index
+            && self.strategy == fresh.strategy
+            && self.kind == fresh.kind
+            && self.max_matches == fresh.max_matches
+            && self.size == fresh.size
+            && side_ok(&self.sides[0], &fresh.sides[0])
+            && side_ok(&self.sides[1], &fresh.sides[1])
+            && self.keys.shape_matches(keys)
+            && self.heaps.iter().all(|h| h.shape_matches(keys));
+        if !ok {
+            return Err(format!("join `{}` has a different shape", p.joins[index].name));
+        }
+        self.keys.after_restore();
+        self.pending = Vec::with_capacity(2 * keys);
+        Ok(())
     }
 
     /// Bytes allocated for join `index` of `p`.

@@ -6,6 +6,7 @@ use crate::event::Key;
 
 const NONE: u32 = u32::MAX;
 
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct KeyTable {
     keys: Box<[Key]>,
     hashes: Box<[u64]>,
@@ -42,6 +43,24 @@ impl KeyTable {
             len: 0,
             seed,
         }
+    }
+
+    /// After a restore from a checkpoint: gives the free list its full
+    /// capacity again, so it never grows while running.
+    pub fn after_restore(&mut self) {
+        let cap = self.keys.len();
+        self.free.reserve_exact(cap.saturating_sub(self.free.len()));
+    }
+
+    /// Whether the table was restored with this capacity.
+    pub fn shape_matches(&self, capacity: usize) -> bool {
+        self.keys.len() == capacity
+            && self.hashes.len() == capacity
+            && self.live.len() == capacity
+            && self.prev.len() == capacity
+            && self.next.len() == capacity
+            && self.index.len() == (capacity * 2).next_power_of_two().max(4)
+            && self.free.len() + self.len == capacity
     }
 
     /// Bytes this table allocated.
@@ -203,6 +222,7 @@ impl KeyTable {
 
 /// An indexed binary min-heap of key slots by a time (e.g. when a key's
 /// earliest window closes), with update and removal by slot. Fixed capacity.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct SlotHeap {
     heap: Box<[(i64, u32)]>,
     len: usize,
@@ -210,6 +230,11 @@ pub struct SlotHeap {
 }
 
 impl SlotHeap {
+    /// Whether the heap was restored with this capacity.
+    pub fn shape_matches(&self, capacity: usize) -> bool {
+        self.heap.len() == capacity && self.pos.len() == capacity && self.len <= capacity
+    }
+
     pub fn new(capacity: usize) -> Self {
         SlotHeap {
             heap: vec![(0, 0); capacity].into_boxed_slice(),

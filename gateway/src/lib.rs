@@ -4,11 +4,13 @@
 //! binary) reads configs and recordings and writes results.
 
 pub mod aggregate;
+pub mod checkpoint;
 pub mod config;
 pub mod decode;
 pub mod describe;
 pub mod engine;
 pub mod event;
+pub mod frame;
 pub mod join;
 pub mod json;
 pub mod keytable;

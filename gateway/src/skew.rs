@@ -521,6 +521,7 @@ impl Estimator {
 }
 
 /// Estimators for up to `capacity` devices, least recently used evicted.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct SkewTable {
     keys: KeyTable,
     est: Box<[Estimator]>,
@@ -539,6 +540,16 @@ impl SkewTable {
 
     pub fn memory_bytes(capacity: usize) -> usize {
         KeyTable::memory_bytes(capacity) + capacity * core::mem::size_of::<Estimator>()
+    }
+
+    /// After a restore from a checkpoint: checks the capacity and gives the
+    /// key table its full free list again.
+    pub fn after_restore(&mut self, capacity: usize) -> Result<(), String> {
+        if !self.keys.shape_matches(capacity) || self.est.len() != capacity {
+            return Err("the clock estimators have a different capacity (gateway.max_devices)".into());
+        }
+        self.keys.after_restore();
+        Ok(())
     }
 
     /// Corrects `device_ts` of `device` received at `recv_ms`.

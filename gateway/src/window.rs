@@ -38,7 +38,7 @@ pub struct WindowRecord {
     pub emitted_ms: i64,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 struct Closing {
     end: i64,
     start: i64,
@@ -47,7 +47,7 @@ struct Closing {
 }
 
 /// Counters of one window operator.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WindowCounters {
     pub emitted: u64,
     /// Keys evicted (least recently used) to make room for a new key.
@@ -60,6 +60,7 @@ pub struct WindowCounters {
     pub late: u64,
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct WindowOp {
     index: u16,
     kind: WindowKind,
@@ -71,6 +72,7 @@ pub struct WindowOp {
     states: Box<[AggState]>,
     open: Box<[u32]>,
     heap: SlotHeap,
+    #[serde(skip)]
     pending: Vec<Closing>,
     pub counters: WindowCounters,
 }
@@ -106,6 +108,30 @@ impl WindowOp {
             pending: Vec::with_capacity(keys * ring),
             counters: WindowCounters::default(),
         }
+    }
+
+    /// After a restore from a checkpoint: checks the state has the shape `def`
+    /// implies and gives its buffers their full capacity again.
+    pub fn after_restore(&mut self, index: usize, def: &WindowDef) -> Result<(), String> {
+        let keys = def.max_keys.get() as usize;
+        let ring = ring_size(def.kind, def.input_lateness_ms);
+        let naggs = def.aggregates.len();
+        let ok = self.index as usize == index
+            && self.kind == def.kind
+            && self.ring == ring
+            && self.aggs.len() == naggs
+            && self.aggs.iter().zip(&def.aggregates).all(|(a, d)| a.0 == d.func && a.1 == d.field)
+            && self.keys.shape_matches(keys)
+            && self.heap.shape_matches(keys)
+            && self.slots.len() == keys * ring
+            && self.states.len() == keys * ring * naggs
+            && self.open.len() == keys;
+        if !ok {
+            return Err(format!("window `{}` has a different shape", def.name));
+        }
+        self.keys.after_restore();
+        self.pending = Vec::with_capacity(keys * ring);
+        Ok(())
     }
 
     /// Bytes allocated for a window of this definition.

@@ -1,0 +1,175 @@
+//! Checkpoints: the engine's state saved to `state_dir/checkpoint.bin` —
+//! a header (magic, format version, the input sequence number it covers),
+//! the state in postcard compressed with LZ4 (most of the preallocated state
+//! is empty), and a CRC32 of everything after the magic. Written to a
+//! temporary file, fsynced and renamed over the old one, so a crash leaves
+//! either the old checkpoint or the new one. A checkpoint that is corrupt or
+//! does not fit the config is reported and set aside; start-up continues.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use crate::engine::{Engine, RestoreError};
+use crate::frame::sync_dir;
+use crate::pipeline::Pipeline;
+
+const MAGIC: &[u8; 8] = b"EJCKPT\r\n";
+/// Bumped when the state's encoding changes; older checkpoints are set aside.
+pub const VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{0}: not an edgejoin checkpoint")]
+    Magic(PathBuf),
+    #[error("{path}: format version {found}, this build reads version {VERSION}")]
+    Version { path: PathBuf, found: u32 },
+    #[error("{0}: checksum mismatch (torn or corrupt)")]
+    Checksum(PathBuf),
+    #[error("{path}: {source}")]
+    Restore {
+        path: PathBuf,
+        #[source]
+        source: RestoreError,
+    },
+}
+
+struct CrcWriter<W> {
+    inner: W,
+    crc: crc32fast::Hasher,
+}
+
+impl<W: Write> Write for CrcWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+pub fn path(state_dir: &Path) -> PathBuf {
+    state_dir.join("checkpoint.bin")
+}
+
+/// Saves `engine`'s state as covering inputs up to `input_seq`.
+pub fn save(state_dir: &Path, engine: &Engine, input_seq: u64) -> io::Result<u64> {
+    let tmp = state_dir.join("checkpoint.tmp");
+    let file = File::create(&tmp)?;
+    let mut w = io::BufWriter::new(file);
+    w.write_all(MAGIC)?;
+    let mut cw = CrcWriter { inner: w, crc: crc32fast::Hasher::new() };
+    cw.write_all(&VERSION.to_le_bytes())?;
+    cw.write_all(&input_seq.to_le_bytes())?;
+    {
+        let mut enc = lz4_flex::frame::FrameEncoder::new(&mut cw);
+        engine.write_state(&mut enc)?;
+        enc.finish().map_err(io::Error::other)?;
+    }
+    let crc = cw.crc.finalize();
+    let mut w = cw.inner;
+    w.write_all(&crc.to_le_bytes())?;
+    let file = w.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    let size = file.metadata()?.len();
+    drop(file);
+    fs::rename(&tmp, path(state_dir))?;
+    sync_dir(state_dir)?;
+    Ok(size)
+}
+
+/// Loads the checkpoint, if there is one: the engine and the input sequence
+/// number it covers.
+pub fn load(
+    state_dir: &Path,
+    p: &Pipeline,
+    hash_seed: u64,
+) -> Result<Option<(Engine, u64)>, CheckpointError> {
+    let path = path(state_dir);
+    let io_err = |source| CheckpointError::Io { path: path.clone(), source };
+    let mut bytes = Vec::new();
+    match File::open(&path) {
+        Ok(mut f) => f.read_to_end(&mut bytes).map_err(io_err)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(e)),
+    };
+    if bytes.len() < 8 + 4 + 8 + 4 || &bytes[..8] != MAGIC {
+        return Err(CheckpointError::Magic(path));
+    }
+    let body = &bytes[8..bytes.len() - 4];
+    let crc = u32::from_le_bytes(bytes[bytes.len() - 4..].try_into().expect("4 bytes"));
+    if crc32fast::hash(body) != crc {
+        return Err(CheckpointError::Checksum(path));
+    }
+    let version = u32::from_le_bytes(body[..4].try_into().expect("4 bytes"));
+    if version != VERSION {
+        return Err(CheckpointError::Version { path, found: version });
+    }
+    let input_seq = u64::from_le_bytes(body[4..12].try_into().expect("8 bytes"));
+    let mut state = Vec::new();
+    lz4_flex::frame::FrameDecoder::new(&body[12..]).read_to_end(&mut state).map_err(io_err)?;
+    let engine = Engine::restore(p.clone(), hash_seed, &state)
+        .map_err(|source| CheckpointError::Restore { path: path.clone(), source })?;
+    Ok(Some((engine, input_seq)))
+}
+
+/// Moves a checkpoint that could not be used out of the way (kept for inspection).
+pub fn set_aside(state_dir: &Path) -> io::Result<PathBuf> {
+    let from = path(state_dir);
+    let mut n = 0;
+    let to = loop {
+        let to = state_dir.join(format!("checkpoint.bad-{n}"));
+        if !to.exists() {
+            break to;
+        }
+        n += 1;
+    };
+    fs::rename(&from, &to)?;
+    Ok(to)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CFG: &str = "[[stream]]\nname = \"s\"\ntopics = [\"t/{k}\"]\nkey = \"{k}\"\nmax_keys = 8\nvalues = [\"v\"]\n\n[[window]]\nname = \"w\"\ninput = \"s\"\nsize = \"1s\"\naggregates = { s = \"sum(v)\" }\n";
+
+    #[test]
+    fn save_load_and_refusals() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = crate::config::parse(Path::new("c.toml"), CFG).unwrap();
+        let mut e = Engine::new(p.clone(), 5).unwrap();
+        let mut sink = |_: &Pipeline, _: crate::engine::Output<'_>| {};
+        e.ingest(1000, "t/a", br#"{"ts":1000,"v":2}"#, &mut sink);
+        assert!(load(dir.path(), &p, 5).unwrap().is_none());
+        save(dir.path(), &e, 41).unwrap();
+        let (restored, seq) = load(dir.path(), &p, 5).unwrap().unwrap();
+        assert_eq!(seq, 41);
+        assert_eq!(restored.save_state(), e.save_state());
+
+        // a flipped byte is caught, and the file can be set aside
+        let f = path(dir.path());
+        let mut bytes = fs::read(&f).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x40;
+        fs::write(&f, &bytes).unwrap();
+        assert!(matches!(load(dir.path(), &p, 5), Err(CheckpointError::Checksum(_))));
+        let aside = set_aside(dir.path()).unwrap();
+        assert!(aside.ends_with("checkpoint.bad-0"));
+        assert!(load(dir.path(), &p, 5).unwrap().is_none());
+
+        // another config's checkpoint does not fit
+        save(dir.path(), &e, 7).unwrap();
+        let other =
+            crate::config::parse(Path::new("c.toml"), &CFG.replace("max_keys = 8", "max_keys = 9")).unwrap();
+        assert!(matches!(load(dir.path(), &other, 5), Err(CheckpointError::Restore { .. })));
+    }
+}
