@@ -70,21 +70,38 @@ struct RawGateway {
     id: Option<Spanned<String>>,
     state_dir: Option<String>,
     max_devices: Option<Spanned<i64>>,
+    checkpoint_interval: Option<Spanned<String>>,
+    tick: Option<Spanned<String>>,
+    stats_interval: Option<Spanned<String>>,
+    stats_topic: Option<Spanned<String>>,
+    metrics_addr: Option<Spanned<String>>,
+    delivery: Option<Spanned<Delivery>>,
+    shutdown_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSource {
-    url: Option<String>,
+    url: Option<Spanned<String>>,
     max_payload: Option<Spanned<String>>,
+    client_id: Option<Spanned<String>>,
+    username: Option<String>,
+    password_file: Option<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawUpstream {
-    url: String,
-    topic_prefix: Option<String>,
+    url: Spanned<String>,
+    topic_prefix: Option<Spanned<String>>,
     spool: Option<Spanned<String>>,
+    spool_full: Option<Spanned<crate::spool::FullPolicy>>,
+    client_id: Option<Spanned<String>>,
+    username: Option<String>,
+    password_file: Option<String>,
+    ca_file: Option<String>,
+    cert_file: Option<String>,
+    key_file: Option<String>,
 }
 
 type S<T> = Spanned<T>;
@@ -241,60 +258,9 @@ fn build(ck: &Checker<'_>, raw: RawConfig) -> Result<Pipeline, ConfigError> {
         claim(&j.get_ref().name, "join")?;
     }
 
-    let gateway = match &raw.gateway {
-        Some(g) => {
-            let id = g.id.as_ref().map(|s| s.get_ref().clone()).unwrap_or_else(|| "edgejoin".into());
-            if let Some(s) = &g.id {
-                if id.is_empty() || id.contains(['/', '+', '#']) {
-                    return Err(ck.err(
-                        s.span(),
-                        "gateway id must be non-empty, without `/`, `+` or `#` (it names the MQTT client)",
-                    ));
-                }
-            }
-            Gateway {
-                id,
-                state_dir: g.state_dir.clone().unwrap_or_else(|| "/var/lib/edgejoin".into()).into(),
-                max_devices: match &g.max_devices {
-                    Some(m) => ck.count(m, "gateway: max_devices", MAX_KEYS)?,
-                    None => DEFAULT_MAX_DEVICES,
-                },
-            }
-        }
-        None => Gateway {
-            id: "edgejoin".into(),
-            state_dir: "/var/lib/edgejoin".into(),
-            max_devices: DEFAULT_MAX_DEVICES,
-        },
-    };
-    let source = match &raw.source {
-        Some(s) => Source {
-            url: s.url.clone().unwrap_or_else(|| "mqtt://127.0.0.1:1883".into()),
-            max_payload: match &s.max_payload {
-                Some(m) => {
-                    let v =
-                        parse_size(m.get_ref()).map_err(|e| ck.err(m.span(), format!("max_payload: {e}")))?;
-                    if !(16..=256 << 20).contains(&v) {
-                        return Err(ck.err(m.span(), "max_payload must be between 16 B and 256 MiB"));
-                    }
-                    v as usize
-                }
-                None => 64 << 10,
-            },
-        },
-        None => Source { url: "mqtt://127.0.0.1:1883".into(), max_payload: 64 << 10 },
-    };
-    let upstream = match &raw.upstream {
-        Some(u) => Some(Upstream {
-            url: u.url.clone(),
-            topic_prefix: u.topic_prefix.clone().unwrap_or_else(|| format!("gw/{}", gateway.id)),
-            spool: match &u.spool {
-                Some(s) => parse_size(s.get_ref()).map_err(|e| ck.err(s.span(), format!("spool: {e}")))?,
-                None => 64 << 20,
-            },
-        }),
-        None => None,
-    };
+    let gateway = build_gateway(ck, raw.gateway.as_ref())?;
+    let source = build_source(ck, raw.source.as_ref(), &gateway)?;
+    let upstream = build_upstream(ck, raw.upstream.as_ref(), &gateway, &source)?;
 
     let mut streams = Vec::with_capacity(raw.stream.len());
     for s in &raw.stream {
@@ -313,6 +279,22 @@ fn build(ck: &Checker<'_>, raw: RawConfig) -> Result<Pipeline, ConfigError> {
     }
 
     let mut p = Pipeline { gateway, source, upstream, streams, windows, joins };
+    // the gateway's own topics must not feed its streams (a loop)
+    for st in &p.streams {
+        for t in &st.topics {
+            if p.source.broker == p.upstream.broker && t.matches_prefix_of(&p.upstream.topic_prefix) {
+                return Err(ck.err(
+                    0..0,
+                    format!(
+                        "stream `{}`: topic `{}` would also receive the gateway's own results under `{}` on the same broker",
+                        st.name,
+                        t.text(),
+                        p.upstream.topic_prefix
+                    ),
+                ));
+            }
+        }
+    }
     // a window nothing reads and without a topic is still shown (else it would be useless)
     let consumed: Vec<bool> = (0..p.windows.len())
         .map(|w| {
@@ -329,6 +311,201 @@ fn build(ck: &Checker<'_>, raw: RawConfig) -> Result<Pipeline, ConfigError> {
         }
     }
     Ok(p)
+}
+
+fn opt_duration(
+    ck: &Checker<'_>,
+    s: Option<&S<String>>,
+    what: &str,
+    default: i64,
+) -> Result<i64, ConfigError> {
+    match s {
+        Some(v) => positive(ck, v, what),
+        None => Ok(default),
+    }
+}
+
+fn build_gateway(ck: &Checker<'_>, g: Option<&RawGateway>) -> Result<Gateway, ConfigError> {
+    let Some(g) = g else {
+        return Ok(Gateway {
+            id: "edgejoin".into(),
+            state_dir: "/var/lib/edgejoin".into(),
+            max_devices: DEFAULT_MAX_DEVICES,
+            service: ServiceCfg::default(),
+        });
+    };
+    let id = g.id.as_ref().map(|s| s.get_ref().clone()).unwrap_or_else(|| "edgejoin".into());
+    if let Some(s) = &g.id {
+        if id.is_empty() || id.contains(['/', '+', '#']) || id.len() > 64 {
+            return Err(ck.err(
+                s.span(),
+                "gateway id must be 1-64 characters without `/`, `+` or `#` (it names the MQTT clients)",
+            ));
+        }
+    }
+    let d = ServiceCfg::default();
+    let metrics_addr = match &g.metrics_addr {
+        Some(a) => Some(a.get_ref().parse().map_err(|_| {
+            ck.err(
+                a.span(),
+                format!(
+                    "metrics_addr `{}`: write an address and port such as \"127.0.0.1:9108\"",
+                    a.get_ref()
+                ),
+            )
+        })?),
+        None => None,
+    };
+    let stats_topic = match &g.stats_topic {
+        Some(t) => {
+            if t.get_ref().is_empty() || t.get_ref().contains(['+', '#']) {
+                return Err(ck.err(t.span(), "stats_topic may not be empty or contain `+` or `#`"));
+            }
+            t.get_ref().clone()
+        }
+        None => d.stats_topic.clone(),
+    };
+    Ok(Gateway {
+        id,
+        state_dir: g.state_dir.clone().unwrap_or_else(|| "/var/lib/edgejoin".into()).into(),
+        max_devices: match &g.max_devices {
+            Some(m) => ck.count(m, "gateway: max_devices", MAX_KEYS)?,
+            None => DEFAULT_MAX_DEVICES,
+        },
+        service: ServiceCfg {
+            checkpoint_ms: opt_duration(
+                ck,
+                g.checkpoint_interval.as_ref(),
+                "checkpoint_interval",
+                d.checkpoint_ms,
+            )?,
+            tick_ms: opt_duration(ck, g.tick.as_ref(), "tick", d.tick_ms)?,
+            stats_ms: opt_duration(ck, g.stats_interval.as_ref(), "stats_interval", d.stats_ms)?,
+            stats_topic,
+            metrics_addr,
+            delivery: g.delivery.as_ref().map_or(d.delivery, |v| *v.get_ref()),
+            shutdown_ms: opt_duration(ck, g.shutdown_timeout.as_ref(), "shutdown_timeout", d.shutdown_ms)?,
+        },
+    })
+}
+
+fn broker(ck: &Checker<'_>, url: &S<String>, what: &str) -> Result<Broker, ConfigError> {
+    Broker::parse(url.get_ref()).map_err(|e| ck.err(url.span(), format!("{what}: {e}")))
+}
+
+fn client_id(ck: &Checker<'_>, v: Option<&S<String>>, default: String) -> Result<String, ConfigError> {
+    match v {
+        Some(c) if c.get_ref().is_empty() || c.get_ref().len() > 128 => {
+            Err(ck.err(c.span(), "client_id must be 1-128 characters"))
+        }
+        Some(c) => Ok(c.get_ref().clone()),
+        None => Ok(default),
+    }
+}
+
+fn credentials(username: &Option<String>, password_file: &Option<String>) -> Option<Credentials> {
+    username.as_ref().map(|u| Credentials {
+        username: u.clone(),
+        password_file: password_file.as_ref().map(PathBuf::from),
+    })
+}
+
+fn build_source(ck: &Checker<'_>, s: Option<&RawSource>, g: &Gateway) -> Result<Source, ConfigError> {
+    let default_broker = Broker::parse("mqtt://127.0.0.1:1883").expect("valid default");
+    let Some(s) = s else {
+        return Ok(Source {
+            url: "mqtt://127.0.0.1:1883".into(),
+            broker: default_broker,
+            max_payload: 64 << 10,
+            client_id: format!("{}-in", g.id),
+            credentials: None,
+        });
+    };
+    let max_payload = match &s.max_payload {
+        Some(m) => {
+            let v = parse_size(m.get_ref()).map_err(|e| ck.err(m.span(), format!("max_payload: {e}")))?;
+            if !(16..=256 << 20).contains(&v) {
+                return Err(ck.err(m.span(), "max_payload must be between 16 B and 256 MiB"));
+            }
+            v as usize
+        }
+        None => 64 << 10,
+    };
+    let (url, b) = match &s.url {
+        Some(u) => (u.get_ref().clone(), broker(ck, u, "source url")?),
+        None => ("mqtt://127.0.0.1:1883".into(), default_broker),
+    };
+    Ok(Source {
+        url,
+        broker: b,
+        max_payload,
+        client_id: client_id(ck, s.client_id.as_ref(), format!("{}-in", g.id))?,
+        credentials: credentials(&s.username, &s.password_file),
+    })
+}
+
+fn build_upstream(
+    ck: &Checker<'_>,
+    u: Option<&RawUpstream>,
+    g: &Gateway,
+    src: &Source,
+) -> Result<Upstream, ConfigError> {
+    let prefix_default = format!("gw/{}", g.id);
+    let Some(u) = u else {
+        return Ok(Upstream {
+            url: src.url.clone(),
+            broker: src.broker.clone(),
+            topic_prefix: prefix_default,
+            spool: 64 << 20,
+            spool_full: crate::spool::FullPolicy::DropOldest,
+            client_id: format!("{}-out", g.id),
+            credentials: src.credentials.clone(),
+            tls: None,
+        });
+    };
+    let b = broker(ck, &u.url, "upstream url")?;
+    let topic_prefix = match &u.topic_prefix {
+        Some(t) if t.get_ref().contains(['+', '#']) => {
+            return Err(ck.err(t.span(), "topic_prefix may not contain `+` or `#`"))
+        }
+        Some(t) => t.get_ref().trim_end_matches('/').to_string(),
+        None => prefix_default,
+    };
+    let spool = match &u.spool {
+        Some(s) => {
+            let v = parse_size(s.get_ref()).map_err(|e| ck.err(s.span(), format!("spool: {e}")))?;
+            if v < 64 << 10 {
+                return Err(ck.err(s.span(), "spool must be at least 64KiB"));
+            }
+            v
+        }
+        None => 64 << 20,
+    };
+    let tls = if b.tls {
+        Some(TlsFiles {
+            ca_file: u.ca_file.as_ref().map(PathBuf::from),
+            cert_file: u.cert_file.as_ref().map(PathBuf::from),
+            key_file: u.key_file.as_ref().map(PathBuf::from),
+        })
+    } else {
+        if u.ca_file.is_some() || u.cert_file.is_some() || u.key_file.is_some() {
+            return Err(ck.err(u.url.span(), "ca_file, cert_file and key_file need an `mqtts://` url"));
+        }
+        None
+    };
+    if u.cert_file.is_some() != u.key_file.is_some() {
+        return Err(ck.err(u.url.span(), "a client certificate needs both cert_file and key_file"));
+    }
+    Ok(Upstream {
+        url: u.url.get_ref().clone(),
+        broker: b,
+        topic_prefix,
+        spool,
+        spool_full: u.spool_full.as_ref().map_or(crate::spool::FullPolicy::DropOldest, |p| *p.get_ref()),
+        client_id: client_id(ck, u.client_id.as_ref(), format!("{}-out", g.id))?,
+        credentials: credentials(&u.username, &u.password_file),
+        tls,
+    })
 }
 
 fn field_ref(

@@ -20,10 +20,16 @@ fn field(f: &FieldRef) -> String {
 pub fn describe(p: &Pipeline) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "gateway `{}`, source {}", p.gateway.id, p.source.url);
-    if let Some(u) = &p.upstream {
-        let _ =
-            writeln!(o, "upstream {} (prefix `{}`, spool {})", u.url, u.topic_prefix, format_bytes(u.spool));
-    }
+    let u = &p.upstream;
+    let _ = writeln!(
+        o,
+        "upstream {} (prefix `{}`, spool {} {:?}), delivery {:?}",
+        u.url,
+        u.topic_prefix,
+        format_bytes(u.spool),
+        u.spool_full,
+        p.gateway.service.delivery
+    );
     let _ = writeln!(o, "\nstreams:");
     for s in &p.streams {
         let topics: Vec<&str> = s.topics.iter().map(|t| t.filter()).collect();

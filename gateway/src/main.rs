@@ -1,4 +1,4 @@
-//! The `edgejoin` command line: `check-config` and `replay`.
+//! The `edgejoin` command line: `run`, `check-config` and `replay`.
 
 use std::fs::File;
 use std::io::{self, BufReader, Write};
@@ -22,6 +22,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run the gateway: MQTT in, results upstream (systemd runs this).
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Validate a config; print the pipeline and the memory bound it implies.
     CheckConfig {
         #[arg(long, short)]
@@ -54,8 +59,54 @@ fn main() -> ExitCode {
     }
 }
 
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("EDGEJOIN_LOG").unwrap_or_else(|_| EnvFilter::new("info,rumqttc=warn"));
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if journald {
+        // journald adds its own timestamps
+        b.without_time().with_ansi(false).init();
+    } else {
+        b.init();
+    }
+}
+
+/// Secrets must not be readable by everyone.
+fn warn_on_readable_secrets(p: &edgejoin::pipeline::Pipeline) {
+    use std::os::unix::fs::PermissionsExt;
+    let files = [&p.source.credentials, &p.upstream.credentials]
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.password_file.clone())
+        .chain(p.upstream.tls.iter().filter_map(|t| t.key_file.clone()));
+    for f in files {
+        if let Ok(m) = std::fs::metadata(&f) {
+            if m.permissions().mode() & 0o004 != 0 {
+                tracing::warn!("{} holds a secret and is readable by every user: chmod o-r it", f.display());
+            }
+        }
+    }
+}
+
 fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match cli.cmd {
+        Cmd::Run { config } => {
+            init_tracing();
+            let p = config::load(&config)?;
+            warn_on_readable_secrets(&p);
+            tracing::info!(
+                "edgejoin {} starting: {} streams, {} windows, {} joins, state in {}",
+                env!("CARGO_PKG_VERSION"),
+                p.streams.len(),
+                p.windows.len(),
+                p.joins.len(),
+                p.gateway.state_dir.display()
+            );
+            edgejoin::service::run(p)?;
+            Ok(())
+        }
         Cmd::CheckConfig { config } => {
             let p = config::load(&config)?;
             Engine::new(p.clone(), 0)?;

@@ -13,7 +13,8 @@ use crate::topic::{TopicPattern, TopicTemplate};
 pub struct Pipeline {
     pub gateway: Gateway,
     pub source: Source,
-    pub upstream: Option<Upstream>,
+    /// Where results go (the source broker when the config has no `[upstream]`).
+    pub upstream: Upstream,
     pub streams: Vec<StreamDef>,
     /// In dependency order: a rollup comes after the window it reads.
     pub windows: Vec<WindowDef>,
@@ -26,21 +27,117 @@ pub struct Gateway {
     pub state_dir: PathBuf,
     /// Devices whose clocks are estimated at once (`clock = "corrected"`).
     pub max_devices: NonZeroU32,
+    pub service: ServiceCfg,
+}
+
+/// How the live service (`edgejoin run`) behaves.
+#[derive(Clone, Debug)]
+pub struct ServiceCfg {
+    pub checkpoint_ms: i64,
+    /// How often time passing alone is handed to the engine (idleness).
+    pub tick_ms: i64,
+    pub stats_ms: i64,
+    /// Stats topic, under the upstream prefix.
+    pub stats_topic: String,
+    /// Where Prometheus metrics are served (none: not served).
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    pub delivery: Delivery,
+    /// How long a shutdown waits for the uplink to drain.
+    pub shutdown_ms: i64,
+}
+
+impl Default for ServiceCfg {
+    fn default() -> Self {
+        ServiceCfg {
+            checkpoint_ms: 30_000,
+            tick_ms: 1_000,
+            stats_ms: 10_000,
+            stats_topic: "stats".into(),
+            metrics_addr: None,
+            delivery: Delivery::Durable,
+            shutdown_ms: 10_000,
+        }
+    }
+}
+
+/// What the gateway promises about input it acknowledged to the broker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Delivery {
+    /// Acknowledged only once in the fsynced write-ahead log: nothing is lost on a crash.
+    Durable,
+    /// Acknowledged on receipt, no write-ahead log: a crash loses what came since the last checkpoint.
+    Fast,
+}
+
+/// A broker address from an `mqtt://` or `mqtts://` url.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Broker {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+}
+
+impl Broker {
+    pub fn parse(url: &str) -> Result<Broker, String> {
+        let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("mqtt://") {
+            (false, r)
+        } else {
+            return Err(format!("`{url}`: write mqtt://host:port or mqtts://host:port"));
+        };
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+                (h, p.parse::<u16>().map_err(|_| format!("`{url}`: `{p}` is not a port"))?)
+            }
+            _ => (rest, if tls { 8883 } else { 1883 }),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || host.contains('/') {
+            return Err(format!("`{url}`: no host"));
+        }
+        Ok(Broker { host: host.to_string(), port, tls })
+    }
+}
+
+/// A username and where its password is read from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: String,
+    /// Read at start (systemd's LoadCredential puts it in $CREDENTIALS_DIRECTORY).
+    pub password_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
 pub struct Source {
     pub url: String,
+    pub broker: Broker,
     /// Largest accepted payload in bytes; larger ones are counted and skipped.
     pub max_payload: usize,
+    pub client_id: String,
+    pub credentials: Option<Credentials>,
 }
 
 #[derive(Clone, Debug)]
 pub struct Upstream {
     pub url: String,
+    pub broker: Broker,
     pub topic_prefix: String,
     /// Disk budget of the store-and-forward spool, in bytes.
     pub spool: u64,
+    pub spool_full: crate::spool::FullPolicy,
+    pub client_id: String,
+    pub credentials: Option<Credentials>,
+    pub tls: Option<TlsFiles>,
 }
 
 /// Where a key or device id comes from.

@@ -110,6 +110,21 @@ impl TopicPattern {
         self.names.iter().position(|n| n == name)
     }
 
+    /// Whether this filter matches some topic under `prefix/` (so it would
+    /// receive messages published there).
+    pub fn matches_prefix_of(&self, prefix: &str) -> bool {
+        let mut levels = prefix.split('/');
+        for seg in &self.segs {
+            let Some(level) = levels.next() else { return true };
+            match seg {
+                Seg::Hash => return true,
+                Seg::Literal(l) if l != level => return false,
+                _ => {}
+            }
+        }
+        false
+    }
+
     /// Matches a concrete topic; returns the captures' byte ranges.
     pub fn matches(&self, topic: &str) -> Option<Captures> {
         if topic.len() > u16::MAX as usize {

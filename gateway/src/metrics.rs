@@ -1,0 +1,163 @@
+//! What the service reports about itself: counters shared by its tasks, the
+//! stats message published on the stats topic (JSON: the engine's counters
+//! plus the service's), and the same in Prometheus text format.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::decode::DecodeError;
+use crate::engine::Engine;
+
+/// Counters of the live service (atomics: several tasks update them).
+#[derive(Default, Debug)]
+pub struct ServiceCounters {
+    pub received: AtomicU64,
+    pub processed: AtomicU64,
+    pub redeliveries_skipped: AtomicU64,
+    pub ack_failures: AtomicU64,
+    pub results: AtomicU64,
+    pub delivered: AtomicU64,
+    pub spool_depth: AtomicU64,
+    pub spool_bytes: AtomicU64,
+    pub spool_dropped: AtomicU64,
+    pub spool_refused: AtomicU64,
+    pub spool_errors: AtomicU64,
+    pub checkpoints: AtomicU64,
+    pub checkpoint_failures: AtomicU64,
+    pub checkpoint_bytes: AtomicU64,
+    pub source_connects: AtomicU64,
+    pub source_errors: AtomicU64,
+    pub uplink_connects: AtomicU64,
+    pub uplink_errors: AtomicU64,
+}
+
+impl ServiceCounters {
+    fn all(&self) -> [(&'static str, u64); 18] {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        [
+            ("received", g(&self.received)),
+            ("processed", g(&self.processed)),
+            ("redeliveries_skipped", g(&self.redeliveries_skipped)),
+            ("ack_failures", g(&self.ack_failures)),
+            ("results", g(&self.results)),
+            ("delivered", g(&self.delivered)),
+            ("spool_depth", g(&self.spool_depth)),
+            ("spool_bytes", g(&self.spool_bytes)),
+            ("spool_dropped", g(&self.spool_dropped)),
+            ("spool_refused", g(&self.spool_refused)),
+            ("spool_errors", g(&self.spool_errors)),
+            ("checkpoints", g(&self.checkpoints)),
+            ("checkpoint_failures", g(&self.checkpoint_failures)),
+            ("checkpoint_bytes", g(&self.checkpoint_bytes)),
+            ("source_connects", g(&self.source_connects)),
+            ("source_errors", g(&self.source_errors)),
+            ("uplink_connects", g(&self.uplink_connects)),
+            ("uplink_errors", g(&self.uplink_errors)),
+        ]
+    }
+}
+
+/// The stats message: the engine's counters and the service's, as JSON.
+pub fn stats_json(e: &Engine, c: &ServiceCounters, rate: f64, uptime: Duration) -> String {
+    let mut v = crate::stats::snapshot(e);
+    let mut svc = serde_json::Map::new();
+    for (k, n) in c.all() {
+        svc.insert(k.into(), n.into());
+    }
+    svc.insert("rate_per_s".into(), ((rate * 10.0).round() / 10.0).into());
+    svc.insert("uptime_s".into(), uptime.as_secs().into());
+    svc.insert("gateway_ms".into(), e.now().into());
+    v["service"] = serde_json::Value::Object(svc);
+    v.to_string()
+}
+
+fn label(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// The same in Prometheus text format.
+pub fn prometheus(e: &Engine, c: &ServiceCounters) -> String {
+    let mut o = String::new();
+    for (k, n) in c.all() {
+        let _ = writeln!(
+            o,
+            "# TYPE edgejoin_{k} {}",
+            if k.starts_with("spool_depth") || k.ends_with("bytes") { "gauge" } else { "counter" }
+        );
+        let _ = writeln!(o, "edgejoin_{k} {n}");
+    }
+    let p = e.pipeline();
+    let now = e.now();
+    for (i, s) in p.streams.iter().enumerate() {
+        let st = e.stream_counters(i);
+        let l = label(&s.name);
+        for (k, n) in [
+            ("received", st.received),
+            ("decoded", st.decoded),
+            ("on_time", st.on_time),
+            ("late_dropped", st.late_dropped),
+            ("late_routed", st.late_routed),
+            ("missing_value", st.missing_value),
+            ("non_numeric_value", st.non_numeric_value),
+            ("clamped_future", st.clamped_future),
+        ] {
+            let _ = writeln!(o, "edgejoin_stream_{k}_total{{stream=\"{l}\"}} {n}");
+        }
+        for d in DecodeError::ALL {
+            let _ = writeln!(
+                o,
+                "edgejoin_stream_decode_errors_total{{stream=\"{l}\",reason=\"{}\"}} {}",
+                d.name(),
+                st.decode_errors[d.index()]
+            );
+        }
+        if let Some(wm) = e.stream_watermark(i) {
+            let _ =
+                writeln!(o, "edgejoin_stream_watermark_lag_ms{{stream=\"{l}\"}} {}", now.saturating_sub(wm));
+        }
+    }
+    for (i, w) in p.windows.iter().enumerate() {
+        let c = e.window_counters(i);
+        let (keys, open) = e.window_occupancy(i);
+        let l = label(&w.name);
+        for (k, n) in [
+            ("emitted_total", c.emitted),
+            ("key_evictions_total", c.key_evictions),
+            ("evicted_windows_total", c.evicted_windows),
+            ("capacity_evictions_total", c.capacity_evictions),
+            ("late_total", c.late),
+            ("live_keys", keys as u64),
+            ("open_windows", open as u64),
+        ] {
+            let _ = writeln!(o, "edgejoin_window_{k}{{window=\"{l}\"}} {n}");
+        }
+    }
+    for (i, j) in p.joins.iter().enumerate() {
+        let c = e.join_counters(i);
+        let (keys, left, right) = e.join_occupancy(i);
+        let l = label(&j.name);
+        for (k, n) in [
+            ("matches_total", c.matches),
+            ("unmatched_total", c.unmatched),
+            ("dropped_matches_total", c.dropped_matches),
+            ("late_after_idle_total", c.late_after_idle),
+            ("capacity_evictions_left_total", c.capacity_evictions[0]),
+            ("capacity_evictions_right_total", c.capacity_evictions[1]),
+            ("key_evictions_total", c.key_evictions),
+            ("live_keys", keys as u64),
+            ("buffered_left", left as u64),
+            ("buffered_right", right as u64),
+        ] {
+            let _ = writeln!(o, "edgejoin_join_{k}{{join=\"{l}\"}} {n}");
+        }
+    }
+    for (dev, r) in e.skew_reports() {
+        let l = label(&dev);
+        let _ = writeln!(o, "edgejoin_device_offset_ms{{device=\"{l}\"}} {:.3}", r.offset_ms);
+        let _ = writeln!(o, "edgejoin_device_drift_ppm{{device=\"{l}\"}} {:.3}", r.drift_ppm);
+        let _ = writeln!(o, "edgejoin_device_steps_total{{device=\"{l}\"}} {}", r.steps);
+        let _ = writeln!(o, "edgejoin_device_spread_ms{{device=\"{l}\"}} {:.3}", r.spread_ms);
+    }
+    o
+}

@@ -1,0 +1,796 @@
+//! `edgejoin run`: the live service, a thin IO shell around the engine.
+//!
+//! - **source task** (tokio): one MQTT connection to `[source]` (QoS 1,
+//!   persistent session, manual acks), subscriptions from the streams' topic
+//!   filters, reconnect with exponential backoff and jitter; messages go to
+//!   the engine thread over a bounded channel (back-pressure: when the engine
+//!   is behind, the broker holds the messages).
+//! - **engine thread**: logs each batch of messages to the write-ahead log,
+//!   fsyncs once, acknowledges them to the broker (durable mode), runs them
+//!   through the engine, and appends the results to the spool; ticks the
+//!   clock, checkpoints, publishes stats, pings the systemd watchdog.
+//! - **uplink task** (tokio): its own MQTT connection to `[upstream]`,
+//!   sends the spool in order with QoS 1 and advances the spool's delivered
+//!   position only on PUBACK; resends from there after a reconnect.
+//! - start-up restores the checkpoint and replays the write-ahead log after
+//!   it, skipping results the spool already holds; SIGTERM/SIGINT stop the
+//!   intake, checkpoint, and give the uplink `shutdown_timeout` to drain.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, Outgoing, Publish, QoS};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Notify;
+
+use crate::checkpoint;
+use crate::engine::{Engine, Output, Sink};
+use crate::metrics::{self, ServiceCounters};
+use crate::output::JsonEncoder;
+use crate::pipeline::{Credentials, Delivery, LatePolicy, Pipeline};
+use crate::spool::Spool;
+use crate::topic::TemplateVars;
+use crate::wal::{Wal, WalRecord};
+
+/// Why the service could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("state_dir {path}: {source}")]
+    StateDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{0}")]
+    Config(String),
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> ServiceError {
+    move |source| ServiceError::Io { what, source }
+}
+
+/// The MQTT options of one connection.
+fn mqtt_options(
+    client_id: &str,
+    broker: &crate::pipeline::Broker,
+    credentials: &Option<Credentials>,
+    max_packet: usize,
+    clean: bool,
+) -> Result<MqttOptions, ServiceError> {
+    if broker.tls {
+        return Err(ServiceError::Config(format!(
+            "{}:{}: mqtts:// (TLS) is not built into this version yet; use mqtt:// or a local bridge",
+            broker.host, broker.port
+        )));
+    }
+    let mut o = MqttOptions::new(client_id, broker.host.clone(), broker.port);
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_clean_session(clean);
+    o.set_max_packet_size(max_packet, max_packet);
+    o.set_inflight(100);
+    if let Some(c) = credentials {
+        let password = match &c.password_file {
+            Some(f) => {
+                let f = match std::env::var_os("CREDENTIALS_DIRECTORY") {
+                    Some(dir) if f.is_relative() => Path::new(&dir).join(f),
+                    _ => f.clone(),
+                };
+                std::fs::read_to_string(&f)
+                    .map_err(|e| ServiceError::Config(format!("password_file {}: {e}", f.display())))?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string()
+            }
+            None => String::new(),
+        };
+        o.set_credentials(c.username.clone(), password);
+    }
+    Ok(o)
+}
+
+/// Exponential backoff with jitter, 100 ms doubling to 30 s.
+struct Backoff {
+    next: Duration,
+    seed: u64,
+}
+
+impl Backoff {
+    fn new(seed: u64) -> Self {
+        Backoff { next: Duration::from_millis(100), seed: seed | 1 }
+    }
+    fn reset(&mut self) {
+        self.next = Duration::from_millis(100);
+    }
+    fn wait(&mut self) -> Duration {
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let base = self.next;
+        self.next = (self.next * 2).min(Duration::from_secs(30));
+        // 50..100 % of the step
+        base / 2 + Duration::from_millis(self.seed % (base.as_millis() as u64 / 2 + 1))
+    }
+}
+
+/// A message for the engine thread.
+enum Inbound {
+    Message(Publish, i64),
+    Shutdown,
+}
+
+/// Spool writer used as the engine's sink: renders the topic, encodes the
+/// row, appends it with (input, index) — or skips it while replaying what the
+/// spool already holds.
+struct SpoolSink<'a> {
+    spool: &'a Mutex<Spool>,
+    enc: &'a mut JsonEncoder,
+    topic: &'a mut String,
+    prefix: &'a str,
+    gateway: &'a str,
+    input_seq: u64,
+    idx: u32,
+    skip_through: Option<(u64, u32)>,
+    counters: &'a ServiceCounters,
+}
+
+impl Sink for SpoolSink<'_> {
+    fn emit(&mut self, p: &Pipeline, out: Output<'_>) {
+        let idx = self.idx;
+        self.idx += 1;
+        if self.skip_through.is_some_and(|last| (self.input_seq, idx) <= last) {
+            return;
+        }
+        let (tpl, name, key) = match out {
+            Output::Window(r) => {
+                let d = &p.windows[r.window as usize];
+                (d.topic.as_ref().expect("only windows with a topic are emitted"), &d.name, r.key.as_str())
+            }
+            Output::Join(r) => {
+                let d = &p.joins[r.join as usize];
+                (&d.topic, &d.name, r.key.as_str())
+            }
+            Output::Late(r) => {
+                let d = &p.streams[r.stream as usize];
+                match &d.late {
+                    LatePolicy::Route(t) => (t, &d.name, r.key.as_str()),
+                    LatePolicy::Drop => return,
+                }
+            }
+        };
+        let mut rendered = String::new();
+        tpl.render(&TemplateVars { name, key, gateway: self.gateway }, &mut rendered);
+        self.topic.clear();
+        self.topic.push_str(self.prefix);
+        self.topic.push('/');
+        self.topic.push_str(&rendered);
+        let payload = self.enc.encode(p, out);
+        let mut spool = self.spool.lock().expect("spool lock");
+        match spool.append(self.input_seq, idx, self.topic, payload) {
+            Ok(true) => {
+                self.counters.results.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(false) => {}
+            Err(e) => {
+                self.counters.spool_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!("spool: cannot append a result: {e}");
+            }
+        }
+    }
+}
+
+/// What start-up recovered: the engine, the last input sequence number, the
+/// log to append to, and recently logged messages (packet id, content hash)
+/// to recognise the broker's redeliveries of them.
+struct Recovered {
+    engine: Engine,
+    last_seq: u64,
+    wal: Option<Wal>,
+    recent: VecDeque<(u16, u64)>,
+}
+
+/// Recovery: checkpoint + write-ahead log replay.
+fn recover(
+    p: &Pipeline,
+    seed: u64,
+    spool: &Mutex<Spool>,
+    counters: &ServiceCounters,
+) -> Result<Recovered, ServiceError> {
+    let dir = &p.gateway.state_dir;
+    let (mut engine, ckpt_seq) = match checkpoint::load(dir, p, seed) {
+        Ok(Some((e, seq))) => {
+            tracing::info!("restored the checkpoint covering input {seq}");
+            (e, seq)
+        }
+        Ok(None) => (Engine::new(p.clone(), seed).map_err(|e| ServiceError::Config(e.to_string()))?, 0),
+        Err(e) => {
+            let aside = checkpoint::set_aside(dir).map_err(io_err("setting the checkpoint aside"))?;
+            tracing::error!(
+                "checkpoint unusable ({e}); set aside as {}; starting from empty state",
+                aside.display()
+            );
+            counters.checkpoint_failures.fetch_add(1, Ordering::Relaxed);
+            (Engine::new(p.clone(), seed).map_err(|e| ServiceError::Config(e.to_string()))?, 0)
+        }
+    };
+    let mut recent: VecDeque<(u16, u64)> = VecDeque::with_capacity(256);
+    if p.gateway.service.delivery == Delivery::Fast {
+        return Ok(Recovered { engine, last_seq: ckpt_seq, wal: None, recent });
+    }
+    let skip = spool.lock().expect("spool lock").last_input();
+    let mut enc = JsonEncoder::new();
+    let mut topic = String::new();
+    let prefix = p.upstream.topic_prefix.clone();
+    let mut replayed = 0u64;
+    let (wal, last) = Wal::open(&dir.join("wal"), ckpt_seq, |rec| {
+        replayed += 1;
+        let seq = rec.seq();
+        let mut sink = SpoolSink {
+            spool,
+            enc: &mut enc,
+            topic: &mut topic,
+            prefix: &prefix,
+            gateway: &p.gateway.id,
+            input_seq: seq,
+            idx: 0,
+            skip_through: skip,
+            counters,
+        };
+        match rec {
+            WalRecord::Message { recv_ms, pkid, topic: t, payload, .. } => {
+                if recent.len() == recent.capacity() {
+                    recent.pop_front();
+                }
+                recent.push_back((pkid, message_hash(&t, &payload)));
+                engine.ingest(recv_ms, &t, &payload, &mut sink);
+            }
+            WalRecord::Tick { now_ms, .. } => engine.tick(now_ms, &mut sink),
+        }
+    })
+    .map_err(io_err("write-ahead log"))?;
+    if replayed > 0 {
+        tracing::info!("replayed {replayed} logged inputs after the checkpoint (up to input {last})");
+    }
+    spool.lock().expect("spool lock").flush().map_err(io_err("spool"))?;
+    Ok(Recovered { engine, last_seq: last.max(ckpt_seq), wal: Some(wal), recent })
+}
+
+fn message_hash(topic: &str, payload: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(payload, xxhash_rust::xxh3::xxh3_64(topic.as_bytes()))
+}
+
+/// Runs the service until SIGTERM/SIGINT.
+pub fn run(p: Pipeline) -> Result<(), ServiceError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(io_err("tokio runtime"))?;
+    rt.block_on(run_async(p))
+}
+
+async fn run_async(p: Pipeline) -> Result<(), ServiceError> {
+    let dir = p.gateway.state_dir.clone();
+    std::fs::create_dir_all(&dir).map_err(|source| ServiceError::StateDir { path: dir.clone(), source })?;
+    let svc = p.gateway.service.clone();
+    let counters = Arc::new(ServiceCounters::default());
+    let spool = Arc::new(Mutex::new(
+        Spool::open(&dir.join("spool"), p.upstream.spool, p.upstream.spool_full).map_err(io_err("spool"))?,
+    ));
+    let seed = (now_ms() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ u64::from(std::process::id());
+    let Recovered { engine, last_seq, wal, recent } = recover(&p, seed, &spool, &counters)?;
+
+    // the source connection
+    let src_opts = mqtt_options(
+        &p.source.client_id,
+        &p.source.broker,
+        &p.source.credentials,
+        (p.source.max_payload + 64 * 1024).max(1 << 20),
+        false,
+    )?;
+    let mut src_opts = src_opts;
+    src_opts.set_manual_acks(p.gateway.service.delivery == Delivery::Durable);
+    let (src_client, src_loop) = AsyncClient::new(src_opts, 1024);
+    let filters: Vec<String> = {
+        let mut f: Vec<String> =
+            p.streams.iter().flat_map(|s| s.topics.iter().map(|t| t.filter().to_string())).collect();
+        f.sort();
+        f.dedup();
+        f
+    };
+
+    // the uplink connection (clean session: the spool, not the client, keeps what is undelivered)
+    let up_opts =
+        mqtt_options(&p.upstream.client_id, &p.upstream.broker, &p.upstream.credentials, 16 << 20, true)?;
+    let (up_client, up_loop) = AsyncClient::new(up_opts, 512);
+
+    let (in_tx, in_rx) = std_mpsc::sync_channel::<Inbound>(4096);
+    let notify = Arc::new(Notify::new());
+    let stopping = Arc::new(AtomicBool::new(false));
+    let (stats_tx, stats_rx) = tokio::sync::mpsc::channel::<(String, Vec<u8>)>(8);
+    let metrics_text = Arc::new(Mutex::new(String::new()));
+    let ready = Arc::new(Notify::new());
+
+    let source = tokio::spawn(source_task(
+        src_loop,
+        src_client.clone(),
+        filters,
+        in_tx.clone(),
+        counters.clone(),
+        ready.clone(),
+    ));
+    let uplink = tokio::spawn(uplink_task(
+        up_loop,
+        up_client.clone(),
+        spool.clone(),
+        notify.clone(),
+        stats_rx,
+        stopping.clone(),
+        counters.clone(),
+        svc.shutdown_ms,
+    ));
+    if let Some(addr) = svc.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(io_err("metrics_addr"))?;
+        tracing::info!("serving Prometheus metrics on http://{addr}/metrics");
+        tokio::spawn(metrics_server(listener, metrics_text.clone()));
+    }
+
+    let engine_thread = {
+        let p = p.clone();
+        let spool = spool.clone();
+        let notify = notify.clone();
+        let counters = counters.clone();
+        let metrics_text = metrics_text.clone();
+        let src_client = src_client.clone();
+        std::thread::Builder::new()
+            .name("engine".into())
+            .spawn(move || {
+                engine_loop(
+                    p,
+                    engine,
+                    last_seq,
+                    wal,
+                    recent,
+                    in_rx,
+                    src_client,
+                    spool,
+                    notify,
+                    stats_tx,
+                    metrics_text,
+                    counters,
+                )
+            })
+            .map_err(io_err("engine thread"))?
+    };
+
+    // READY once subscriptions are confirmed
+    tokio::select! {
+        _ = ready.notified() => {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+            tracing::info!("subscribed; ready");
+        }
+        _ = shutdown_signal() => {
+            tracing::info!("stopping before the broker answered");
+            stopping.store(true, Ordering::SeqCst);
+            let _ = in_tx.send(Inbound::Shutdown);
+            let _ = tokio::task::spawn_blocking(move || engine_thread.join()).await;
+            return Ok(());
+        }
+    }
+    shutdown_signal().await;
+    tracing::info!("stopping: finishing in-flight work, checkpointing, draining the uplink");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    let _ = src_client.try_disconnect();
+    source.abort();
+    let _ = in_tx.send(Inbound::Shutdown);
+    let res = tokio::task::spawn_blocking(move || engine_thread.join()).await;
+    stopping.store(true, Ordering::SeqCst);
+    notify.notify_one();
+    let _ = tokio::time::timeout(Duration::from_millis(svc.shutdown_ms as u64 + 1000), uplink).await;
+    if let Ok(mut s) = spool.lock() {
+        let _ = s.sync();
+    }
+    match res {
+        Ok(Ok(r)) => r,
+        _ => Err(ServiceError::Config("the engine thread failed".into())),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+async fn source_task(
+    mut ev: EventLoop,
+    client: AsyncClient,
+    filters: Vec<String>,
+    tx: std_mpsc::SyncSender<Inbound>,
+    counters: Arc<ServiceCounters>,
+    ready: Arc<Notify>,
+) {
+    let mut backoff = Backoff::new(now_ms() as u64);
+    let mut announced = false;
+    loop {
+        match ev.poll().await {
+            Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
+                backoff.reset();
+                counters.source_connects.fetch_add(1, Ordering::Relaxed);
+                tracing::info!("source connected (session present: {})", ack.session_present);
+                if !ack.session_present || !announced {
+                    let subs =
+                        filters.iter().map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
+                    if let Err(e) = client.try_subscribe_many(subs) {
+                        tracing::error!("cannot subscribe: {e}");
+                    }
+                }
+            }
+            Ok(Event::Incoming(Incoming::SubAck(_))) => {
+                if !announced {
+                    announced = true;
+                    ready.notify_one();
+                }
+            }
+            Ok(Event::Incoming(Incoming::Publish(publish))) => {
+                counters.received.fetch_add(1, Ordering::Relaxed);
+                let msg = Inbound::Message(publish, now_ms());
+                // back-pressure: wait here while the engine is behind (the broker holds the rest)
+                let sent = tokio::task::block_in_place(|| tx.send(msg));
+                if sent.is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                counters.source_errors.fetch_add(1, Ordering::Relaxed);
+                let wait = backoff.wait();
+                tracing::warn!("source broker: {e}; reconnecting in {wait:?}");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn engine_loop(
+    p: Pipeline,
+    mut engine: Engine,
+    mut seq: u64,
+    mut wal: Option<Wal>,
+    mut recent: VecDeque<(u16, u64)>,
+    rx: std_mpsc::Receiver<Inbound>,
+    src: AsyncClient,
+    spool: Arc<Mutex<Spool>>,
+    notify: Arc<Notify>,
+    stats_tx: tokio::sync::mpsc::Sender<(String, Vec<u8>)>,
+    metrics_text: Arc<Mutex<String>>,
+    counters: Arc<ServiceCounters>,
+) -> Result<(), ServiceError> {
+    let svc = p.gateway.service.clone();
+    let dir = p.gateway.state_dir.clone();
+    let durable = svc.delivery == Delivery::Durable;
+    let mut enc = JsonEncoder::new();
+    let mut topic = String::new();
+    let prefix = p.upstream.topic_prefix.clone();
+    let stats_topic = format!("{prefix}/{}", svc.stats_topic);
+    let mut batch: Vec<(Publish, i64)> = Vec::with_capacity(256);
+    let tick = Duration::from_millis(svc.tick_ms as u64);
+    let mut last_tick = Instant::now();
+    let mut last_ckpt = Instant::now();
+    let mut last_stats = Instant::now();
+    let started = Instant::now();
+    let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
+    let mut last_watchdog = Instant::now();
+    let mut processed_at_stats = 0u64;
+    let mut stop = false;
+    while !stop {
+        batch.clear();
+        match rx.recv_timeout(tick.min(Duration::from_millis(250))) {
+            Ok(Inbound::Message(m, t)) => batch.push((m, t)),
+            Ok(Inbound::Shutdown) => stop = true,
+            Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => stop = true,
+        }
+        while batch.len() < 256 && !stop {
+            match rx.try_recv() {
+                Ok(Inbound::Message(m, t)) => batch.push((m, t)),
+                Ok(Inbound::Shutdown) => stop = true,
+                Err(_) => break,
+            }
+        }
+        // a redelivery of a message logged before a crash: acknowledge, do not process twice
+        batch.retain(|(m, _)| {
+            let h = message_hash(&m.topic, &m.payload);
+            let dup = m.dup && recent.iter().any(|&(pkid, hh)| pkid == m.pkid && hh == h);
+            if dup {
+                counters.redeliveries_skipped.fetch_add(1, Ordering::Relaxed);
+                if durable {
+                    let _ = src.try_ack(m);
+                }
+            }
+            !dup
+        });
+        if !batch.is_empty() {
+            let first = seq + 1;
+            if let Some(w) = wal.as_mut() {
+                for (i, (m, recv)) in batch.iter().enumerate() {
+                    w.append_message(first + i as u64, *recv, m.pkid, &m.topic, &m.payload)
+                        .map_err(io_err("write-ahead log"))?;
+                }
+                w.sync().map_err(io_err("write-ahead log"))?;
+            }
+            if durable {
+                for (m, _) in &batch {
+                    if src.try_ack(m).is_err() {
+                        counters.ack_failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            for (m, recv) in &batch {
+                seq += 1;
+                if recent.len() == recent.capacity().max(1) {
+                    recent.pop_front();
+                }
+                recent.push_back((m.pkid, message_hash(&m.topic, &m.payload)));
+                let mut sink = SpoolSink {
+                    spool: &spool,
+                    enc: &mut enc,
+                    topic: &mut topic,
+                    prefix: &prefix,
+                    gateway: &p.gateway.id,
+                    input_seq: seq,
+                    idx: 0,
+                    skip_through: None,
+                    counters: &counters,
+                };
+                let topic_str = match std::str::from_utf8(m.topic.as_bytes()) {
+                    Ok(t) => t,
+                    Err(_) => continue,
+                };
+                engine.ingest(*recv, topic_str, &m.payload, &mut sink);
+                counters.processed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if last_tick.elapsed() >= tick || stop {
+            last_tick = Instant::now();
+            seq += 1;
+            let now = now_ms();
+            if let Some(w) = wal.as_mut() {
+                w.append_tick(seq, now).map_err(io_err("write-ahead log"))?;
+            }
+            let mut sink = SpoolSink {
+                spool: &spool,
+                enc: &mut enc,
+                topic: &mut topic,
+                prefix: &prefix,
+                gateway: &p.gateway.id,
+                input_seq: seq,
+                idx: 0,
+                skip_through: None,
+                counters: &counters,
+            };
+            engine.tick(now, &mut sink);
+        }
+        spool.lock().expect("spool lock").flush().map_err(io_err("spool"))?;
+        notify.notify_one();
+        if last_ckpt.elapsed() >= Duration::from_millis(svc.checkpoint_ms as u64) || stop {
+            last_ckpt = Instant::now();
+            // results of everything the checkpoint covers must be durable before the log goes
+            spool.lock().expect("spool lock").sync().map_err(io_err("spool"))?;
+            match checkpoint::save(&dir, &engine, seq) {
+                Ok(bytes) => {
+                    counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+                    counters.checkpoint_bytes.store(bytes, Ordering::Relaxed);
+                    if let Some(w) = wal.as_mut() {
+                        w.checkpointed(seq).map_err(io_err("write-ahead log"))?;
+                    }
+                }
+                Err(e) => {
+                    counters.checkpoint_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!("checkpoint failed: {e}");
+                }
+            }
+        }
+        if last_stats.elapsed() >= Duration::from_millis(svc.stats_ms as u64) || stop {
+            let secs = last_stats.elapsed().as_secs_f64().max(1e-3);
+            last_stats = Instant::now();
+            let processed = counters.processed.load(Ordering::Relaxed);
+            let rate = (processed - processed_at_stats) as f64 / secs;
+            processed_at_stats = processed;
+            let (depth, disk, dropped, refused) = {
+                let s = spool.lock().expect("spool lock");
+                (s.depth(), s.disk_bytes(), s.dropped, s.refused)
+            };
+            counters.spool_depth.store(depth, Ordering::Relaxed);
+            counters.spool_bytes.store(disk, Ordering::Relaxed);
+            counters.spool_dropped.store(dropped, Ordering::Relaxed);
+            counters.spool_refused.store(refused, Ordering::Relaxed);
+            let snap = metrics::stats_json(&engine, &counters, rate, started.elapsed());
+            let _ = stats_tx.try_send((stats_topic.clone(), snap.into_bytes()));
+            if let Ok(mut m) = metrics_text.lock() {
+                *m = metrics::prometheus(&engine, &counters);
+            }
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&format!(
+                "{rate:.0} msg/s, {} results, spool depth {depth}",
+                counters.results.load(Ordering::Relaxed)
+            ))]);
+        }
+        if let Some(every) = watchdog {
+            if last_watchdog.elapsed() >= every {
+                last_watchdog = Instant::now();
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+        }
+    }
+    tracing::info!("engine stopped at input {seq}");
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn uplink_task(
+    mut ev: EventLoop,
+    client: AsyncClient,
+    spool: Arc<Mutex<Spool>>,
+    notify: Arc<Notify>,
+    mut stats_rx: tokio::sync::mpsc::Receiver<(String, Vec<u8>)>,
+    stopping: Arc<AtomicBool>,
+    counters: Arc<ServiceCounters>,
+    shutdown_ms: i64,
+) {
+    const WINDOW: usize = 64;
+    let mut backoff = Backoff::new(now_ms() as u64 ^ 0x5555);
+    let mut connected = false;
+    // spool positions in the order they were handed to the client (u64::MAX: a stats message)
+    let mut sent_order: VecDeque<u64> = VecDeque::new();
+    let mut by_pkid: HashMap<u16, u64> = HashMap::new();
+    let mut done: BTreeSet<u64> = BTreeSet::new();
+    let mut next_send = spool.lock().expect("spool lock").acked();
+    let mut inflight = 0usize;
+    let mut buf = Vec::new();
+    let mut stop_deadline: Option<Instant> = None;
+    loop {
+        if stopping.load(Ordering::SeqCst) && stop_deadline.is_none() {
+            stop_deadline = Some(Instant::now() + Duration::from_millis(shutdown_ms as u64));
+        }
+        if let Some(d) = stop_deadline {
+            let drained = spool.lock().expect("spool lock").depth() == 0;
+            if drained || Instant::now() >= d {
+                if !drained {
+                    tracing::warn!(
+                        "shutdown: {} results still undelivered stay in the spool",
+                        spool.lock().expect("spool lock").depth()
+                    );
+                }
+                let _ = client.try_disconnect();
+                if let Ok(mut s) = spool.lock() {
+                    let _ = s.save_acked();
+                }
+                return;
+            }
+        }
+        // hand the client as many spooled results as the window allows
+        if connected {
+            while inflight < WINDOW {
+                buf.clear();
+                {
+                    let mut s = spool.lock().expect("spool lock");
+                    next_send = next_send.max(s.acked());
+                    if let Err(e) = s.read(next_send, WINDOW - inflight, &mut buf) {
+                        tracing::error!("spool: cannot read: {e}");
+                        break;
+                    }
+                }
+                if buf.is_empty() {
+                    break;
+                }
+                for rec in buf.drain(..) {
+                    if done.contains(&rec.seq) {
+                        next_send = rec.seq + 1;
+                        continue;
+                    }
+                    match client.try_publish(rec.topic, QoS::AtLeastOnce, false, rec.payload) {
+                        Ok(()) => {
+                            sent_order.push_back(rec.seq);
+                            next_send = rec.seq + 1;
+                            inflight += 1;
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            e = ev.poll() => match e {
+                Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                    connected = true;
+                    backoff.reset();
+                    counters.uplink_connects.fetch_add(1, Ordering::Relaxed);
+                    // the broker kept nothing (clean session): send again from the delivered position
+                    by_pkid.clear();
+                    inflight = sent_order.len();
+                    next_send = spool.lock().expect("spool lock").acked();
+                    tracing::info!("uplink connected; resending from result {next_send}");
+                }
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                    if let Some(seq) = sent_order.pop_front() {
+                        if seq != u64::MAX && pkid != 0 {
+                            by_pkid.insert(pkid, seq);
+                        }
+                    }
+                }
+                Ok(Event::Incoming(Incoming::PubAck(ack))) => {
+                    if let Some(seq) = by_pkid.remove(&ack.pkid) {
+                        inflight = inflight.saturating_sub(1);
+                        counters.delivered.fetch_add(1, Ordering::Relaxed);
+                        done.insert(seq);
+                        let mut s = spool.lock().expect("spool lock");
+                        let mut acked = s.acked();
+                        while done.remove(&acked) {
+                            acked += 1;
+                        }
+                        done.retain(|&d| d >= acked);
+                        if let Err(e) = s.ack(acked) {
+                            tracing::error!("spool: cannot record delivery: {e}");
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if connected {
+                        tracing::warn!("uplink broker: {e}");
+                    }
+                    connected = false;
+                    counters.uplink_errors.fetch_add(1, Ordering::Relaxed);
+                    inflight = sent_order.len();
+                    if stop_deadline.is_some() {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    } else {
+                        tokio::time::sleep(backoff.wait()).await;
+                    }
+                }
+            },
+            _ = notify.notified() => {}
+            Some((topic, payload)) = stats_rx.recv() => {
+                if connected && client.try_publish(topic, QoS::AtMostOnce, false, payload).is_ok() {
+                    sent_order.push_back(u64::MAX);
+                }
+            }
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+}
+
+async fn metrics_server(listener: tokio::net::TcpListener, text: Arc<Mutex<String>>) {
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else { continue };
+        let text = text.clone();
+        tokio::spawn(async move {
+            let mut req = [0u8; 1024];
+            let _ = tokio::time::timeout(Duration::from_secs(2), sock.read(&mut req)).await;
+            let body = text.lock().map(|t| t.clone()).unwrap_or_default();
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(resp.as_bytes()).await;
+        });
+    }
+}
