@@ -725,7 +725,8 @@ async fn uplink_task(
                     counters.uplink_connects.fetch_add(1, Ordering::Relaxed);
                     // the broker kept nothing (clean session): send again from the delivered position
                     by_pkid.clear();
-                    inflight = sent_order.len();
+                    sent_order.clear();
+                    inflight = 0;
                     next_send = spool.lock().expect("spool lock").acked();
                     tracing::info!("uplink connected; resending from result {next_send}");
                 }
@@ -759,7 +760,11 @@ async fn uplink_task(
                     }
                     connected = false;
                     counters.uplink_errors.fetch_add(1, Ordering::Relaxed);
-                    inflight = sent_order.len();
+                    // rumqttc moves everything unsent or unacknowledged to its pending list and
+                    // drops it at the next (clean-session) CONNACK: it is all sent again from the spool
+                    sent_order.clear();
+                    by_pkid.clear();
+                    inflight = 0;
                     if stop_deadline.is_some() {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     } else {

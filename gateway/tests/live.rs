@@ -1,0 +1,428 @@
+//! End-to-end tests of `edgejoin run` against real Mosquitto brokers started
+//! here on free ports: what the gateway publishes equals what the engine
+//! computes offline from the same messages, and nothing is lost when the
+//! broker restarts mid-stream, the upstream is down for a while, or the
+//! gateway is killed with SIGKILL and restarted.
+//!
+//! Needs `mosquitto` on PATH (`.ci/run` installs it); skipped with a notice
+//! when it is missing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use edgejoin::config;
+use edgejoin::engine::{Engine, Output};
+use edgejoin::output::JsonEncoder;
+use edgejoin::pipeline::Pipeline;
+use rumqttc::{Client, Event, Incoming, MqttOptions, QoS};
+
+fn mosquitto() -> Option<PathBuf> {
+    ["/usr/sbin/mosquitto", "/usr/bin/mosquitto", "/usr/local/sbin/mosquitto"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Broker {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Broker {
+    fn start() -> Broker {
+        let dir = tempfile::tempdir().unwrap();
+        // mosquitto started as root drops to its own user: it must be able to write its database here
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let mut b = Broker { port: free_port(), dir, child: None };
+        b.up();
+        b
+    }
+
+    fn up(&mut self) {
+        let conf = self.dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 100000\n",
+                self.port,
+                self.dir.path().display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(mosquitto().unwrap())
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "mosquitto did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn down(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc_kill(c.id() as i32, 15) };
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+struct Gateway {
+    child: Child,
+    ready: mpsc::Receiver<()>,
+}
+
+impl Gateway {
+    fn start(config: &Path) -> Gateway {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_edgejoin"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("EDGEJOIN_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, ready) = mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if std::env::var_os("EDGEJOIN_TEST_LOG").is_some() {
+                    eprintln!("gateway: {line}");
+                }
+                if line.contains("subscribed; ready") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let g = Gateway { child, ready };
+        g.ready.recv_timeout(Duration::from_secs(15)).expect("the gateway became ready");
+        g
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+
+    fn stop(mut self) {
+        unsafe { libc_kill(self.child.id() as i32, 15) };
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A QoS 1 subscriber with a persistent session, collecting result ids.
+struct Collector {
+    ids: Arc<Mutex<Vec<String>>>,
+    _client: Client,
+}
+
+impl Collector {
+    fn start(port: u16, filter: &str) -> Collector {
+        let mut o = MqttOptions::new(format!("collector-{port}"), "127.0.0.1", port);
+        o.set_clean_session(false);
+        o.set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut conn) = Client::new(o, 100);
+        client.subscribe(filter, QoS::AtLeastOnce).unwrap();
+        let ids = Arc::new(Mutex::new(Vec::new()));
+        let out = ids.clone();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut told = false;
+            for ev in conn.iter() {
+                match ev {
+                    Ok(Event::Incoming(Incoming::SubAck(_))) if !told => {
+                        told = true;
+                        let _ = tx.send(());
+                    }
+                    Ok(Event::Incoming(Incoming::Publish(p))) => {
+                        if p.topic.ends_with("/stats") {
+                            continue;
+                        }
+                        let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+                        out.lock().unwrap().push(v["id"].as_str().unwrap().to_string());
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                    _ => {}
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(5)).expect("subscribed");
+        Collector { ids, _client: client }
+    }
+
+    fn distinct(&self) -> BTreeSet<String> {
+        self.ids.lock().unwrap().iter().cloned().collect()
+    }
+
+    /// Waits until every expected id arrived (or the time is up).
+    fn wait_for(&self, want: &BTreeSet<String>, secs: u64) -> BTreeSet<String> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let got = self.distinct();
+            if want.is_subset(&got) || Instant::now() > deadline {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Publishes messages with QoS 1, in order, and waits for the broker's PUBACKs.
+fn publish(port: u16, msgs: &[(String, Vec<u8>)]) {
+    let o = MqttOptions::new(format!("publisher-{port}-{}", free_port()), "127.0.0.1", port);
+    let (client, mut conn) = Client::new(o, 1000);
+    let n = msgs.len();
+    let (tx, rx) = mpsc::channel();
+    let driver = std::thread::spawn(move || {
+        let mut acks = 0;
+        for ev in conn.iter() {
+            match ev {
+                Ok(Event::Incoming(Incoming::PubAck(_))) => {
+                    acks += 1;
+                    if acks == n {
+                        let _ = tx.send(());
+                        return;
+                    }
+                }
+                Err(e) => panic!("publisher: {e}"),
+                _ => {}
+            }
+        }
+    });
+    for (topic, payload) in msgs {
+        client.publish(topic, QoS::AtLeastOnce, false, payload.clone()).unwrap();
+    }
+    if n > 0 {
+        rx.recv_timeout(Duration::from_secs(30)).expect("all published");
+    }
+    let _ = client.disconnect();
+    let _ = driver.join();
+}
+
+fn example(name: &str) -> (String, Vec<(i64, String, Vec<u8>)>) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/examples");
+    let cfg = std::fs::read_to_string(dir.join(format!("{name}.toml"))).unwrap();
+    let msgs = std::fs::read_to_string(dir.join(format!("{name}.jsonl")))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["recv_ms"].as_i64().unwrap(),
+                v["topic"].as_str().unwrap().to_string(),
+                v["payload"].as_str().unwrap().as_bytes().to_vec(),
+            )
+        })
+        .collect();
+    (cfg, msgs)
+}
+
+/// The example's config pointed at the brokers, with its state in `state`.
+fn live_config(example_cfg: &str, source: &Broker, upstream: &Broker, state: &Path) -> (PathBuf, Pipeline) {
+    live_config_with(example_cfg, source, upstream, state, "500ms")
+}
+
+fn live_config_with(
+    example_cfg: &str,
+    source: &Broker,
+    upstream: &Broker,
+    state: &Path,
+    checkpoint: &str,
+) -> (PathBuf, Pipeline) {
+    let mut text = String::new();
+    let mut in_gateway = false;
+    for line in example_cfg.lines() {
+        if line.trim_start().starts_with('[') {
+            in_gateway = line.trim() == "[gateway]";
+        }
+        if in_gateway && (line.starts_with("state_dir") || line.starts_with("checkpoint_interval")) {
+            continue;
+        }
+        text.push_str(line);
+        text.push('\n');
+        if line.trim() == "[gateway]" {
+            text.push_str(&format!(
+                "state_dir = \"{}\"\ncheckpoint_interval = \"{checkpoint}\"\nstats_interval = \"1s\"\n",
+                state.display()
+            ));
+        }
+    }
+    text.push_str(&format!(
+        "\n[source]\nurl = \"{}\"\n\n[upstream]\nurl = \"{}\"\ntopic_prefix = \"gw/test\"\nspool = \"4MiB\"\n",
+        source.url(),
+        upstream.url()
+    ));
+    let path = state.parent().unwrap().join("gateway.toml");
+    std::fs::write(&path, &text).unwrap();
+    let p = config::parse(&path, &text).unwrap();
+    (path, p)
+}
+
+/// What the engine computes offline from the same messages (no end-of-input flush: a live gateway does not flush).
+fn expected(p: &Pipeline, msgs: &[(i64, String, Vec<u8>)]) -> BTreeSet<String> {
+    let mut e = Engine::new(p.clone(), 1).unwrap();
+    let mut enc = JsonEncoder::new();
+    let mut ids = BTreeSet::new();
+    let mut sink = |p: &Pipeline, o: Output<'_>| {
+        let v: serde_json::Value = serde_json::from_slice(enc.encode(p, o)).unwrap();
+        ids.insert(v["id"].as_str().unwrap().to_string());
+    };
+    for (recv, topic, payload) in msgs {
+        e.ingest(*recv, topic, payload, &mut sink);
+    }
+    ids
+}
+
+fn to_publish(msgs: &[(i64, String, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
+    msgs.iter().map(|(_, t, p)| (t.clone(), p.clone())).collect()
+}
+
+macro_rules! need_mosquitto {
+    () => {
+        if mosquitto().is_none() {
+            eprintln!("mosquitto not installed: live test skipped");
+            return;
+        }
+    };
+}
+
+#[test]
+fn live_results_equal_the_engine_offline() {
+    need_mosquitto!();
+    for name in ["tolerance", "rollup", "session_join", "sessions"] {
+        let broker = Broker::start();
+        let work = tempfile::tempdir().unwrap();
+        let (cfg, msgs) = example(name);
+        let (path, p) = live_config(&cfg, &broker, &broker, &work.path().join("state"));
+        let want = expected(&p, &msgs);
+        assert!(!want.is_empty(), "{name}: the example produces results before its end");
+        let collector = Collector::start(broker.port, "gw/test/#");
+        let gw = Gateway::start(&path);
+        publish(broker.port, &to_publish(&msgs));
+        let got = collector.wait_for(&want, 20);
+        assert_eq!(got, want, "{name}: live results differ from the engine's");
+        gw.stop();
+    }
+}
+
+#[test]
+fn nothing_lost_when_the_broker_restarts_mid_stream() {
+    need_mosquitto!();
+    let mut broker = Broker::start();
+    let work = tempfile::tempdir().unwrap();
+    let (cfg, msgs) = example("tolerance");
+    let (path, p) = live_config(&cfg, &broker, &broker, &work.path().join("state"));
+    let want = expected(&p, &msgs);
+    let collector = Collector::start(broker.port, "gw/test/#");
+    let _gw = Gateway::start(&path);
+    let half = msgs.len() / 2;
+    publish(broker.port, &to_publish(&msgs[..half]));
+    std::thread::sleep(Duration::from_millis(300));
+    broker.down();
+    std::thread::sleep(Duration::from_millis(500));
+    broker.up();
+    publish(broker.port, &to_publish(&msgs[half..]));
+    let got = collector.wait_for(&want, 30);
+    assert_eq!(got, want);
+}
+
+#[test]
+fn results_wait_in_the_spool_while_the_upstream_is_down() {
+    need_mosquitto!();
+    let source = Broker::start();
+    let mut upstream = Broker::start();
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("state");
+    let (cfg, msgs) = example("tolerance");
+    let (path, p) = live_config(&cfg, &source, &upstream, &state);
+    let want = expected(&p, &msgs);
+    let collector = Collector::start(upstream.port, "gw/test/#");
+    let _gw = Gateway::start(&path);
+    upstream.down();
+    publish(source.port, &to_publish(&msgs));
+    std::thread::sleep(Duration::from_millis(1500));
+    // the results are on disk, undelivered
+    let spooled: u64 = std::fs::read_dir(state.join("spool"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "spool"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    assert!(spooled > 0, "results spooled on disk during the outage");
+    assert!(collector.distinct().is_empty());
+    upstream.up();
+    let got = collector.wait_for(&want, 30);
+    assert_eq!(got, want, "every result delivered, in the end");
+}
+
+#[test]
+fn nothing_lost_when_the_gateway_is_killed() {
+    need_mosquitto!();
+    let broker = Broker::start();
+    let work = tempfile::tempdir().unwrap();
+    let (cfg, msgs) = example("rollup");
+    // no checkpoint before the kill: recovery has to come from the write-ahead log
+    let (path, p) = live_config_with(&cfg, &broker, &broker, &work.path().join("state"), "1h");
+    let want = expected(&p, &msgs);
+    let collector = Collector::start(broker.port, "gw/test/#");
+    let half = msgs.len() / 2;
+    let gw = Gateway::start(&path);
+    publish(broker.port, &to_publish(&msgs[..half]));
+    std::thread::sleep(Duration::from_millis(200));
+    gw.kill();
+    // published while the gateway is dead: the broker keeps them for its session
+    publish(broker.port, &to_publish(&msgs[half..half + 2]));
+    let gw = Gateway::start(&path);
+    publish(broker.port, &to_publish(&msgs[half + 2..]));
+    let got = collector.wait_for(&want, 30);
+    assert_eq!(got, want, "every result delivered after SIGKILL and restart");
+    // duplicates (re-sent after the crash) carry the same ids: nothing unexpected arrived
+    let all: BTreeMap<String, usize> =
+        collector.ids.lock().unwrap().iter().fold(BTreeMap::new(), |mut m, id| {
+            *m.entry(id.clone()).or_default() += 1;
+            m
+        });
+    assert!(all.keys().all(|id| want.contains(id)));
+    gw.stop();
+}
