@@ -426,3 +426,51 @@ fn nothing_lost_when_the_gateway_is_killed() {
     assert!(all.keys().all(|id| want.contains(id)));
     gw.stop();
 }
+
+#[test]
+fn stats_topic_and_prometheus_metrics() {
+    need_mosquitto!();
+    let broker = Broker::start();
+    let work = tempfile::tempdir().unwrap();
+    let (cfg, msgs) = example("tolerance");
+    let metrics_port = free_port();
+    let cfg =
+        cfg.replace("[gateway]\n", &format!("[gateway]\nmetrics_addr = \"127.0.0.1:{metrics_port}\"\n"));
+    let (path, _) = live_config(&cfg, &broker, &broker, &work.path().join("state"));
+    // a raw subscriber for the stats topic
+    let (tx, rx) = mpsc::channel::<serde_json::Value>();
+    let mut o = MqttOptions::new("stats-reader", "127.0.0.1", broker.port);
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut conn) = Client::new(o, 10);
+    client.subscribe("gw/test/stats", QoS::AtMostOnce).unwrap();
+    std::thread::spawn(move || {
+        for ev in conn.iter() {
+            if let Ok(Event::Incoming(Incoming::Publish(p))) = ev {
+                let _ = tx.send(serde_json::from_slice(&p.payload).unwrap());
+            }
+        }
+    });
+    let gw = Gateway::start(&path);
+    publish(broker.port, &to_publish(&msgs));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let stats = loop {
+        let s = rx.recv_timeout(Duration::from_secs(5)).expect("a stats message");
+        if s["service"]["processed"].as_u64() == Some(msgs.len() as u64) || Instant::now() > deadline {
+            break s;
+        }
+    };
+    assert_eq!(stats["service"]["processed"], msgs.len() as u64);
+    assert_eq!(stats["streams"]["payments"]["late_dropped"], 1);
+    assert!(stats["joins"]["orders_payments"]["matches"].as_u64().unwrap() >= 5);
+    // Prometheus text over HTTP
+    use std::io::{Read, Write};
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
+    sock.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    sock.read_to_string(&mut body).unwrap();
+    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+    assert!(body.contains(&format!("edgejoin_processed {}", msgs.len())), "{body}");
+    assert!(body.contains("edgejoin_stream_late_dropped_total{stream=\"payments\"} 1"), "{body}");
+    assert!(body.contains("edgejoin_join_matches_total{join=\"orders_payments\"}"), "{body}");
+    gw.stop();
+}
