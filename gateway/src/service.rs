@@ -32,7 +32,7 @@ use crate::checkpoint;
 use crate::engine::{Engine, Output, Sink};
 use crate::metrics::{self, ServiceCounters};
 use crate::output::JsonEncoder;
-use crate::pipeline::{Credentials, Delivery, LatePolicy, Pipeline};
+use crate::pipeline::{Credentials, Delivery, LatePolicy, Pipeline, TlsFiles};
 use crate::spool::Spool;
 use crate::topic::TemplateVars;
 use crate::wal::{Wal, WalRecord};
@@ -64,21 +64,62 @@ fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> ServiceError {
     move |source| ServiceError::Io { what, source }
 }
 
+/// A rustls client configuration from PEM files: the CA to trust, and
+/// optionally a client certificate and key (mutual TLS).
+fn tls_config(files: &TlsFiles) -> Result<rustls::ClientConfig, ServiceError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let bad = |what: &str, f: &Path, e: &dyn std::fmt::Display| {
+        ServiceError::Config(format!("{what} {}: {e}", f.display()))
+    };
+    let ca = files.ca_file.as_ref().ok_or_else(|| {
+        ServiceError::Config("mqtts:// needs `ca_file` (the CA that signed the broker's certificate)".into())
+    })?;
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca).map_err(|e| bad("ca_file", ca, &e))?;
+    for cert in certs {
+        roots.add(cert.map_err(|e| bad("ca_file", ca, &e))?).map_err(|e| bad("ca_file", ca, &e))?;
+    }
+    if roots.is_empty() {
+        return Err(ServiceError::Config(format!("ca_file {}: no certificate in it", ca.display())));
+    }
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    match (&files.cert_file, &files.key_file) {
+        (Some(cert), Some(key)) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| bad("cert_file", cert, &e))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| bad("cert_file", cert, &e))?;
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| bad("key_file", key, &e))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| ServiceError::Config(format!("client certificate: {e}")))
+        }
+        _ => Ok(builder.with_no_client_auth()),
+    }
+}
+
 /// The MQTT options of one connection.
 fn mqtt_options(
     client_id: &str,
     broker: &crate::pipeline::Broker,
     credentials: &Option<Credentials>,
+    tls: Option<&TlsFiles>,
     max_packet: usize,
     clean: bool,
 ) -> Result<MqttOptions, ServiceError> {
-    if broker.tls {
-        return Err(ServiceError::Config(format!(
-            "{}:{}: mqtts:// (TLS) is not built into this version yet; use mqtt:// or a local bridge",
-            broker.host, broker.port
-        )));
-    }
     let mut o = MqttOptions::new(client_id, broker.host.clone(), broker.port);
+    if broker.tls {
+        let files = tls.ok_or_else(|| {
+            ServiceError::Config(format!(
+                "{}:{}: mqtts:// is supported for [upstream] (with ca_file); use mqtt:// for the source broker",
+                broker.host, broker.port
+            ))
+        })?;
+        let cfg = tls_config(files)?;
+        o.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(Arc::new(cfg))));
+    }
     o.set_keep_alive(Duration::from_secs(30));
     o.set_clean_session(clean);
     o.set_max_packet_size(max_packet, max_packet);
@@ -298,6 +339,7 @@ async fn run_async(p: Pipeline) -> Result<(), ServiceError> {
         &p.source.client_id,
         &p.source.broker,
         &p.source.credentials,
+        None,
         (p.source.max_payload + 64 * 1024).max(1 << 20),
         false,
     )?;
@@ -313,8 +355,14 @@ async fn run_async(p: Pipeline) -> Result<(), ServiceError> {
     };
 
     // the uplink connection (clean session: the spool, not the client, keeps what is undelivered)
-    let up_opts =
-        mqtt_options(&p.upstream.client_id, &p.upstream.broker, &p.upstream.credentials, 16 << 20, true)?;
+    let up_opts = mqtt_options(
+        &p.upstream.client_id,
+        &p.upstream.broker,
+        &p.upstream.credentials,
+        p.upstream.tls.as_ref(),
+        16 << 20,
+        true,
+    )?;
     let (up_client, up_loop) = AsyncClient::new(up_opts, 512);
 
     let (in_tx, in_rx) = std_mpsc::sync_channel::<Inbound>(4096);

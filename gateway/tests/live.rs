@@ -474,3 +474,117 @@ fn stats_topic_and_prometheus_metrics() {
     assert!(body.contains("edgejoin_join_matches_total{join=\"orders_payments\"}"), "{body}");
     gw.stop();
 }
+
+fn sh(cmd: &str, dir: &Path) {
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "{cmd}");
+}
+
+/// Results go upstream over mutual TLS (rustls) with a username and a
+/// password read from a file, as systemd's LoadCredential provides it.
+#[test]
+fn upstream_over_mutual_tls_with_password_file() {
+    need_mosquitto!();
+    if Command::new("openssl").arg("version").output().is_err()
+        || !Path::new("/usr/bin/mosquitto_passwd").exists()
+    {
+        eprintln!("openssl or mosquitto_passwd missing: TLS test skipped");
+        return;
+    }
+    let pki = tempfile::tempdir().unwrap();
+    let d = pki.path();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=test-ca -keyout ca.key -out ca.crt", d);
+    sh("openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out server.csr", d);
+    std::fs::write(d.join("san.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
+    sh("openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile san.ext -out server.crt", d);
+    sh("openssl req -newkey rsa:2048 -nodes -subj /CN=gateway -keyout client.key -out client.csr", d);
+    std::fs::write(d.join("client.ext"), "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n").unwrap();
+    sh("openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile client.ext -out client.crt", d);
+    sh("mosquitto_passwd -b -c passwd gw s3cret", d);
+    for f in ["server.key", "passwd", "ca.crt", "server.crt"] {
+        std::fs::set_permissions(d.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+
+    let source = Broker::start();
+    // the upstream: a TLS listener requiring a client certificate and a password, and a plain one for the test's reader
+    let tls_port = free_port();
+    let mut upstream = Broker { port: free_port(), dir: tempfile::tempdir().unwrap(), child: None };
+    std::fs::set_permissions(upstream.dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let conf = upstream.dir.path().join("tls.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "per_listener_settings true\nlistener {} 127.0.0.1\nallow_anonymous true\nlistener {tls_port} 127.0.0.1\nallow_anonymous false\npassword_file {d}/passwd\ncafile {d}/ca.crt\ncertfile {d}/server.crt\nkeyfile {d}/server.key\nrequire_certificate true\n",
+            upstream.port,
+            d = d.display()
+        ),
+    )
+    .unwrap();
+    upstream.child = Some(
+        Command::new(mosquitto().unwrap())
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(("127.0.0.1", tls_port)).is_err() {
+        assert!(Instant::now() < deadline, "TLS broker did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let work = tempfile::tempdir().unwrap();
+    let (cfg, msgs) = example("tolerance");
+    let (path, p) = live_config(&cfg, &source, &source, &work.path().join("state"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    let upstream_section = format!(
+        "[upstream]\nurl = \"mqtts://localhost:{tls_port}\"\ntopic_prefix = \"gw/test\"\nusername = \"gw\"\npassword_file = \"upstream-password\"\nca_file = \"{d}/ca.crt\"\ncert_file = \"{d}/client.crt\"\nkey_file = \"{d}/client.key\"\n",
+        d = d.display()
+    );
+    let text = text[..text.find("[upstream]").unwrap()].to_string() + &upstream_section;
+    std::fs::write(&path, text).unwrap();
+    let creds = tempfile::tempdir().unwrap();
+    std::fs::write(creds.path().join("upstream-password"), "s3cret\n").unwrap();
+    std::fs::set_permissions(creds.path().join("upstream-password"), std::fs::Permissions::from_mode(0o600))
+        .unwrap();
+
+    let want = expected(&p, &msgs);
+    let collector = Collector::start(upstream.port, "gw/test/#");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edgejoin"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("CREDENTIALS_DIRECTORY", creds.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = child.stderr.take().unwrap();
+    let (tx, ready) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            if std::env::var_os("EDGEJOIN_TEST_LOG").is_some() {
+                eprintln!("gateway: {line}");
+            }
+            if line.contains("subscribed; ready") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    ready.recv_timeout(Duration::from_secs(15)).expect("ready");
+    publish(source.port, &to_publish(&msgs));
+    let got = collector.wait_for(&want, 20);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(got, want, "results delivered over mutual TLS");
+}
