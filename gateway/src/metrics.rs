@@ -30,10 +30,12 @@ pub struct ServiceCounters {
     pub source_errors: AtomicU64,
     pub uplink_connects: AtomicU64,
     pub uplink_errors: AtomicU64,
+    /// Receipt of a batch's oldest message to its results spooled (ms), last batch.
+    pub processing_delay_ms: AtomicU64,
 }
 
 impl ServiceCounters {
-    fn all(&self) -> [(&'static str, u64); 18] {
+    fn all(&self) -> [(&'static str, u64); 19] {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         [
             ("received", g(&self.received)),
@@ -54,6 +56,7 @@ impl ServiceCounters {
             ("source_errors", g(&self.source_errors)),
             ("uplink_connects", g(&self.uplink_connects)),
             ("uplink_errors", g(&self.uplink_errors)),
+            ("processing_delay_ms", g(&self.processing_delay_ms)),
         ]
     }
 }
@@ -83,7 +86,11 @@ pub fn prometheus(e: &Engine, c: &ServiceCounters) -> String {
         let _ = writeln!(
             o,
             "# TYPE edgejoin_{k} {}",
-            if k.starts_with("spool_depth") || k.ends_with("bytes") { "gauge" } else { "counter" }
+            if k.starts_with("spool_depth") || k.ends_with("bytes") || k.ends_with("_ms") {
+                "gauge"
+            } else {
+                "counter"
+            }
         );
         let _ = writeln!(o, "edgejoin_{k} {n}");
     }

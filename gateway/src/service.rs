@@ -616,6 +616,11 @@ fn engine_loop(
                 engine.ingest(*recv, topic_str, &m.payload, &mut sink);
                 counters.processed.fetch_add(1, Ordering::Relaxed);
             }
+            if let Some(oldest) = batch.iter().map(|b| b.1).min() {
+                counters
+                    .processing_delay_ms
+                    .store(now_ms().saturating_sub(oldest).max(0) as u64, Ordering::Relaxed);
+            }
         }
         if last_tick.elapsed() >= tick || stop {
             last_tick = Instant::now();

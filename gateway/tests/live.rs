@@ -588,3 +588,50 @@ fn upstream_over_mutual_tls_with_password_file() {
     let _ = child.wait();
     assert_eq!(got, want, "results delivered over mutual TLS");
 }
+
+/// systemd's notify protocol: READY=1 once subscribed, STATUS= lines, and
+/// STOPPING=1 on SIGTERM, sent to $NOTIFY_SOCKET; `delivery = "fast"` runs too.
+#[test]
+fn systemd_notify_and_fast_delivery() {
+    need_mosquitto!();
+    use std::os::unix::net::UnixDatagram;
+    let broker = Broker::start();
+    let work = tempfile::tempdir().unwrap();
+    let (cfg, msgs) = example("tolerance");
+    let cfg = cfg.replace("[gateway]\n", "[gateway]\ndelivery = \"fast\"\n");
+    let (path, p) = live_config(&cfg, &broker, &broker, &work.path().join("state"));
+    let sock_path = work.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let want = expected(&p, &msgs);
+    let collector = Collector::start(broker.port, "gw/test/#");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edgejoin"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let mut seen = Vec::new();
+    while !seen.iter().any(|m: &String| m.contains("READY=1")) {
+        let n = sock.recv(&mut buf).expect("a notification");
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    publish(broker.port, &to_publish(&msgs));
+    assert_eq!(collector.wait_for(&want, 20), want, "fast delivery delivers too");
+    unsafe { libc_kill(child.id() as i32, 15) };
+    while !seen.iter().any(|m| m.contains("STOPPING=1")) {
+        let n = sock.recv(&mut buf).expect("STOPPING after SIGTERM");
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "clean exit on SIGTERM");
+    sock.set_nonblocking(true).unwrap();
+    while let Ok(n) = sock.recv(&mut buf) {
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(seen.iter().any(|m| m.contains("STATUS=") && m.contains("msg/s")), "{seen:?}");
+    assert!(work.path().join("state/checkpoint.bin").exists(), "checkpoint written at shutdown");
+}
