@@ -1,1 +1,219 @@
-fn main() {}
+//! `sensors-sim`: simulated sensor fleets for edgejoin — devices with their
+//! own rates, wrong and drifting clocks, delayed, reordered and duplicated
+//! delivery — published to an MQTT broker in real time or as fast as it
+//! takes, and/or recorded (SPEC §10, with the truth per message). And
+//! `sensors-sim demo`: a broker, the simulator and the gateway in one
+//! process, printing correlated results as they appear.
+
+mod demo;
+mod gen;
+mod rng;
+mod scenario;
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand};
+use rumqttc::{Client, Event, Incoming, MqttOptions, QoS};
+
+#[derive(Parser)]
+#[command(
+    name = "sensors-sim",
+    version,
+    about = "Simulated MQTT sensor fleets for edgejoin",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The scenario (TOML).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Publish to this broker (mqtt://host:port). Without it, only --record.
+    #[arg(long)]
+    broker: Option<String>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Publish as fast as the broker takes (timestamps still follow the simulated clock).
+    #[arg(long)]
+    fast: bool,
+    /// Override the scenario's duration ("10m").
+    #[arg(long)]
+    duration: Option<String>,
+    /// Simulated start: "now" or RFC 3339 (default: the scenario's, else now).
+    #[arg(long)]
+    start: Option<String>,
+    /// Write what was published, with the truth per message, as JSON lines.
+    #[arg(long)]
+    record: Option<PathBuf>,
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// A broker (embedded, or --broker), the simulator and the gateway together, printing results.
+    Demo {
+        /// Use this broker instead of the embedded one.
+        #[arg(long)]
+        broker: Option<String>,
+        /// The scenario to simulate.
+        #[arg(long, default_value = "config/scenarios/demo.toml")]
+        scenario: PathBuf,
+        /// The gateway config that joins it.
+        #[arg(long, default_value = "config/scenarios/demo-gateway.toml")]
+        gateway: PathBuf,
+    },
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Some(Cmd::Demo { broker, scenario, gateway }) => demo::run(broker, &scenario, &gateway),
+        None => run(cli.run),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sensors-sim: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Parses "now" or an RFC 3339 time.
+fn start_ms(s: Option<&str>) -> Result<i64, String> {
+    match s {
+        None | Some("now") => Ok(now_ms()),
+        Some(t) => {
+            edgejoin::decode::rfc3339_to_ms(t.as_bytes()).map_err(|_| format!("start `{t}`: not RFC 3339"))
+        }
+    }
+}
+
+fn run(a: RunArgs) -> Result<(), String> {
+    let path = a.config.ok_or("--config SCENARIO is required (or `sensors-sim demo`)")?;
+    let mut sc = scenario::load(&path)?;
+    if let Some(d) = &a.duration {
+        sc.scenario.duration = d.clone();
+    }
+    if a.broker.is_none() && a.record.is_none() {
+        return Err("nothing to do: give --broker to publish and/or --record to write a recording".into());
+    }
+    let real_time = a.broker.is_some() && !a.fast;
+    let start =
+        if real_time { now_ms() } else { start_ms(a.start.as_deref().or(sc.scenario.start.as_deref()))? };
+    let seed = a.seed.or(sc.scenario.seed).unwrap_or(1);
+    let msgs = gen::generate(&sc, start, seed)?;
+    if let Some(rec) = &a.record {
+        let mut f = std::io::BufWriter::new(
+            std::fs::File::create(rec).map_err(|e| format!("{}: {e}", rec.display()))?,
+        );
+        for m in &msgs {
+            writeln!(f, "{}", gen::record_line(m)).map_err(|e| e.to_string())?;
+        }
+        f.flush().map_err(|e| e.to_string())?;
+    }
+    if let Some(url) = &a.broker {
+        let progress = !a.quiet && std::io::stderr().is_terminal();
+        publish(url, &msgs, real_time, progress)?;
+    }
+    if !a.quiet {
+        eprintln!("sensors-sim: {} messages from scenario `{}` (seed {seed})", msgs.len(), sc.scenario.name);
+    }
+    Ok(())
+}
+
+/// A broker url's host and port.
+pub fn host_port(url: &str) -> Result<(String, u16), String> {
+    let b = edgejoin::pipeline::Broker::parse(url)?;
+    if b.tls {
+        return Err("the simulator publishes over plain mqtt://".into());
+    }
+    Ok((b.host, b.port))
+}
+
+/// Publishes with QoS 1 in order; real time waits for each message's arrival time.
+pub fn publish(url: &str, msgs: &[gen::Msg], real_time: bool, progress: bool) -> Result<(), String> {
+    let (host, port) = host_port(url)?;
+    let mut o = MqttOptions::new(format!("sensors-sim-{}", std::process::id()), host, port);
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    o.set_keep_alive(Duration::from_secs(30));
+    let (client, mut conn) = Client::new(o, 1000);
+    let (acks_tx, acks_rx) = mpsc::channel::<()>();
+    let (err_tx, err_rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        let mut failures = 0;
+        for ev in conn.iter() {
+            match ev {
+                Ok(Event::Incoming(Incoming::PubAck(_))) => {
+                    failures = 0;
+                    if acks_tx.send(()).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    failures += 1;
+                    if failures > 50 {
+                        let _ = err_tx.send(format!("broker {e}"));
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+    });
+    let wall0 = now_ms();
+    let sim0 = msgs.first().map_or(0, |m| m.recv_ms);
+    let started = Instant::now();
+    let mut per_topic: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    let mut last_report = Instant::now();
+    for (i, m) in msgs.iter().enumerate() {
+        if let Ok(e) = err_rx.try_recv() {
+            return Err(e);
+        }
+        if real_time {
+            let due = wall0 + (m.recv_ms - sim0);
+            let wait = due - now_ms();
+            if wait > 0 {
+                std::thread::sleep(Duration::from_millis(wait as u64));
+            }
+        }
+        client
+            .publish(m.topic.clone(), QoS::AtLeastOnce, false, m.payload.clone())
+            .map_err(|e| e.to_string())?;
+        let stream = m.topic.rsplit('/').next().unwrap_or("").to_string();
+        *per_topic.entry(stream).or_default() += 1;
+        if progress && last_report.elapsed() >= Duration::from_secs(1) {
+            last_report = Instant::now();
+            let rate = (i + 1) as f64 / started.elapsed().as_secs_f64().max(1e-3);
+            let streams: Vec<String> = per_topic.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            eprint!("\rsent {}/{} ({rate:.0}/s)  {}   ", i + 1, msgs.len(), streams.join("  "));
+        }
+    }
+    for _ in 0..msgs.len() {
+        match acks_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(()) => {}
+            Err(_) => return Err("the broker stopped acknowledging".into()),
+        }
+    }
+    if progress {
+        eprintln!();
+    }
+    let _ = client.disconnect();
+    Ok(())
+}
