@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use rumqttc::{Client, Event, Incoming, MqttOptions, QoS};
 
-use crate::{gen, publish, scenario};
+use crate::publish;
+use sensors_sim::{gen, scenario};
 
 fn free_port() -> Result<u16, String> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;

@@ -199,10 +199,19 @@ fn emit(
     }
 }
 
+/// A device's clock is its own, whichever of its sensors stamps a reading:
+/// drawn from the scenario seed and the device name only.
+fn device_clock(m: &ClockModel, start: i64, seed: u64, device: &str) -> Result<DeviceClock, String> {
+    let mut r = Rng::new(seed).fork(&format!("clock/{device}"));
+    DeviceClock::new(m, start, &mut r)
+}
+
+#[allow(clippy::too_many_arguments)]
 fn sensor(
     s: &Sensor,
     start: i64,
     end: i64,
+    seed: u64,
     rng: &mut Rng,
     out: &mut Vec<(i64, u64, Msg)>,
     order: &mut u64,
@@ -220,7 +229,7 @@ fn sensor(
     for n in 0..s.devices {
         let device = device_name(&s.device_prefix, &s.name, n);
         let mut r = rng.fork(&format!("{}/{device}", s.name));
-        let clock = DeviceClock::new(&s.clock, start, &mut r)?;
+        let clock = device_clock(&s.clock, start, seed, &device)?;
         let mut vals = Vec::new();
         let session_phase = r.range(0.0, 1.0);
         let mut t = start as f64 + r.range(0.0, every);
@@ -256,10 +265,12 @@ fn sensor(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn pair(
     pr: &Pair,
     start: i64,
     end: i64,
+    seed: u64,
     rng: &mut Rng,
     out: &mut Vec<(i64, u64, Msg)>,
     order: &mut u64,
@@ -271,7 +282,7 @@ fn pair(
     for n in 0..pr.devices {
         let device = device_name(&pr.device_prefix, &pr.name, n);
         let mut r = rng.fork(&format!("{}/{device}", pr.name));
-        let clock = DeviceClock::new(&pr.clock, start, &mut r)?;
+        let clock = device_clock(&pr.clock, start, seed, &device)?;
         let mut vals = Vec::new();
         let mut t = start as f64 + r.range(0.0, every);
         while (t as i64) < end {
@@ -331,11 +342,11 @@ pub fn generate(sc: &Scenario, start_ms: i64, seed: u64) -> Result<Vec<Msg>, Str
     let mut order = 0u64;
     for s in &sc.sensor {
         let mut r = rng.fork(&s.name);
-        sensor(s, start_ms, end, &mut r, &mut all, &mut order)?;
+        sensor(s, start_ms, end, seed, &mut r, &mut all, &mut order)?;
     }
     for p in &sc.pair {
         let mut r = rng.fork(&p.name);
-        pair(p, start_ms, end, &mut r, &mut all, &mut order)?;
+        pair(p, start_ms, end, seed, &mut r, &mut all, &mut order)?;
     }
     all.sort_by_key(|(recv, order, _)| (*recv, *order));
     Ok(all.into_iter().map(|x| x.2).collect())

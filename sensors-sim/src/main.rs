@@ -6,9 +6,8 @@
 //! process, printing correlated results as they appear.
 
 mod demo;
-mod gen;
-mod rng;
-mod scenario;
+
+use sensors_sim::{gen, scenario};
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
