@@ -182,30 +182,34 @@ fn publishes_live_what_it_records() {
         }
     });
     rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap();
-    let rec = dir.path().join("rec.jsonl");
-    let st = Command::new(env!("CARGO_BIN_EXE_sensors-sim"))
-        .args(["--config"])
-        .arg(scenarios_dir().join("gaming.toml"))
-        .args(["--fast", "--quiet", "--duration", "10m", "--broker"])
-        .arg(format!("mqtt://127.0.0.1:{port}"))
-        .arg("--record")
-        .arg(&rec)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let recorded: Vec<(String, Vec<u8>)> = std::fs::read_to_string(&rec)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (v["topic"].as_str().unwrap().to_string(), v["payload"].as_str().unwrap().as_bytes().to_vec())
-        })
-        .collect();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while got.lock().unwrap().len() < recorded.len() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(50));
+    for name in ["iot", "orders", "web", "rfid", "gaming"] {
+        got.lock().unwrap().clear();
+        let rec = dir.path().join(format!("{name}.jsonl"));
+        let st = Command::new(env!("CARGO_BIN_EXE_sensors-sim"))
+            .args(["--config"])
+            .arg(scenarios_dir().join(format!("{name}.toml")))
+            .args(["--fast", "--quiet", "--duration", "3m", "--broker"])
+            .arg(format!("mqtt://127.0.0.1:{port}"))
+            .arg("--record")
+            .arg(&rec)
+            .status()
+            .unwrap();
+        assert!(st.success(), "{name}");
+        let recorded: Vec<(String, Vec<u8>)> = std::fs::read_to_string(&rec)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (v["topic"].as_str().unwrap().to_string(), v["payload"].as_str().unwrap().as_bytes().to_vec())
+            })
+            .collect();
+        assert!(!recorded.is_empty(), "{name}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while got.lock().unwrap().len() < recorded.len() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert_eq!(*got.lock().unwrap(), recorded, "{name}: the broker saw exactly the recorded messages, in order");
     }
-    assert_eq!(*got.lock().unwrap(), recorded, "the broker saw exactly the recorded messages, in order");
     let _ = broker.kill();
     let _ = broker.wait();
 }
