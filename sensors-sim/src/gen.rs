@@ -247,6 +247,14 @@ fn sensor(
             let dev_ts = clock.at(ti);
             let payload = if s.format == "number" {
                 format!("{:.3}", vals.first().copied().unwrap_or(0.0)).into_bytes()
+            } else if s.format == "postcard" {
+                // edgejoin's postcard payload: ts in ms, values positional (sorted by name)
+                let mut values = heapless::Vec::new();
+                for v in vals.iter().take(edgejoin::event::MAX_VALUES) {
+                    let _ = values.push(Some((v * 1000.0).round() / 1000.0));
+                }
+                let p = edgejoin::decode::PostcardPayload { ts: dev_ts, key: None, device: None, values };
+                postcard::to_stdvec(&p).map_err(|e| e.to_string())?
             } else {
                 let mut obj = serde_json::Map::new();
                 obj.insert("ts".into(), timestamp(&s.time_unit, dev_ts));

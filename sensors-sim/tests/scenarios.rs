@@ -208,8 +208,93 @@ fn publishes_live_what_it_records() {
         while got.lock().unwrap().len() < recorded.len() && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        assert_eq!(*got.lock().unwrap(), recorded, "{name}: the broker saw exactly the recorded messages, in order");
+        assert_eq!(
+            *got.lock().unwrap(),
+            recorded,
+            "{name}: the broker saw exactly the recorded messages, in order"
+        );
     }
     let _ = broker.kill();
     let _ = broker.wait();
+}
+
+#[test]
+fn payload_shapes_decode_in_edgejoin() {
+    // json with s / rfc3339 timestamps, bare numbers, postcard: every reading decodes and lands in a window
+    let dir = tempfile::tempdir().unwrap();
+    let sc = dir.path().join("shapes.toml");
+    std::fs::write(
+        &sc,
+        r#"
+[scenario]
+name = "shapes"
+duration = "2m"
+start = "2026-01-05T08:00:00Z"
+seed = 3
+
+[[sensor]]
+name = "a"
+topic = "s/{device}/a"
+every = "1s"
+time_unit = "s"
+values = { v = [0.0, 1.0] }
+
+[[sensor]]
+name = "b"
+topic = "s/{device}/b"
+every = "1s"
+time_unit = "rfc3339"
+values = { v = [0.0, 1.0] }
+
+[[sensor]]
+name = "c"
+topic = "s/{device}/c"
+every = "1s"
+format = "number"
+values = { v = [0.0, 1.0] }
+
+[[sensor]]
+name = "d"
+topic = "s/{device}/d"
+every = "1s"
+format = "postcard"
+values = { v = [0.0, 1.0] }
+"#,
+    )
+    .unwrap();
+    let s = scenario::load(&sc).unwrap();
+    let msgs = generate(&s, 1_767_600_000_000, 3).unwrap();
+    let mut text = String::new();
+    for (name, extra) in [
+        ("a", "time_unit = \"s\""),
+        ("b", "time_unit = \"rfc3339\""),
+        ("c", "format = \"number\""),
+        ("d", "format = \"postcard\""),
+    ] {
+        text.push_str(&format!(
+            "[[stream]]\nname = \"{name}\"\ntopics = [\"s/{{device}}/{name}\"]\nkey = \"{{device}}\"\n{extra}\nvalues = [\"v\"]\n\n[[window]]\nname = \"w{name}\"\ninput = \"{name}\"\nsize = \"10m\"\naggregates = {{ n = \"count()\", v = \"mean(v)\" }}\n\n"
+        ));
+    }
+    let p = edgejoin::config::parse(Path::new("shapes-gateway.toml"), &text).unwrap();
+    let mut e = Engine::new(p, 1).unwrap();
+    let mut counts = std::collections::BTreeMap::<String, u64>::new();
+    let mut sink = |p: &Pipeline, o: Output<'_>| {
+        if let Output::Window(r) = o {
+            *counts.entry(p.windows[r.window as usize].name.clone()).or_default() += r.count;
+        }
+    };
+    for m in &msgs {
+        e.ingest(m.recv_ms, &m.topic, &m.payload, &mut sink);
+    }
+    e.flush(&mut sink);
+    for s in 0..4 {
+        let c = e.stream_counters(s);
+        assert_eq!(c.decode_errors.iter().sum::<u64>(), 0, "stream {s}: {c:?}");
+        assert_eq!(
+            c.decoded,
+            msgs.iter().filter(|m| m.topic.ends_with(["a", "b", "c", "d"][s])).count() as u64
+        );
+    }
+    assert_eq!(counts.len(), 4);
+    assert!(counts.values().all(|&n| (110..=130).contains(&n)), "{counts:?}");
 }
