@@ -446,7 +446,7 @@ fn run_window_join(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 
     #[test]
     fn bucket_matches_the_reference(evs in gen_events(), la in 0i64..40, lb in 0i64..40, size in 1i64..50, offset in -60i64..60, outer in any::<bool>()) {
