@@ -236,7 +236,7 @@ fn idle_opt() -> impl Strategy<Value = Option<i64>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1500, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 
     #[test]
     fn tolerance_matches_the_reference(
