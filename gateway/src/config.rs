@@ -15,6 +15,8 @@ use crate::pipeline::*;
 use crate::topic::{TopicPattern, TopicTemplate, Var};
 use crate::units::{parse_duration_ms, parse_size};
 
+/// The most engine state a config may imply (it is all allocated at start).
+pub const MAX_STATE_BYTES: u64 = 2 << 30;
 /// Largest `capacity` (slots per key) accepted.
 pub const MAX_CAPACITY: u32 = 1 << 20;
 /// Largest `max_keys` accepted.
@@ -279,6 +281,18 @@ fn build(ck: &Checker<'_>, raw: RawConfig) -> Result<Pipeline, ConfigError> {
     }
 
     let mut p = Pipeline { gateway, source, upstream, streams, windows, joins };
+    // everything is allocated at start: refuse what could not be, before trying
+    let bound = crate::engine::Engine::memory_bytes(&p);
+    if bound > MAX_STATE_BYTES {
+        return Err(ck.err(
+            0..0,
+            format!(
+                "this config implies {} of engine state, more than the {} a gateway allocates at most; lower max_keys, capacity, or the windows' lateness/slide ratio (see check-config)",
+                crate::units::format_bytes(bound),
+                crate::units::format_bytes(MAX_STATE_BYTES)
+            ),
+        ));
+    }
     // the gateway's own topics must not feed its streams (a loop)
     for st in &p.streams {
         for t in &st.topics {
@@ -1224,6 +1238,15 @@ right = "b5"
         let (line, msg) = err(extra);
         assert_eq!(line, line_of(extra, "5 fortnights"));
         assert!(msg.contains("window `w`: size: `5 fortnights` is not a duration"), "{msg}");
+    }
+
+    #[test]
+    fn state_too_large_to_allocate() {
+        // 1 ms slides with a day of lateness: 86 million windows per key
+        let extra = "\n[[window]]\nname = \"w\"\ninput = \"a\"\nsize = \"1s\"\nslide = \"1ms\"\n";
+        let text = format!("{BASE}{extra}").replace("values = [\"v\"]", "values = [\"v\"]\nlateness = \"1d\"");
+        let err = parse(Path::new("gw.toml"), &text).unwrap_err().to_string();
+        assert!(err.contains("of engine state, more than the 2.0 GiB"), "{err}");
     }
 
     #[test]

@@ -121,7 +121,7 @@ pub fn describe(p: &Pipeline) -> String {
             w.max_keys,
             ring,
             w.aggregates.len(),
-            format_bytes(WindowOp::memory_bytes(w) as u64)
+            format_bytes(WindowOp::memory_bytes(w))
         );
     }
     for (i, j) in p.joins.iter().enumerate() {
@@ -131,7 +131,7 @@ pub fn describe(p: &Pipeline) -> String {
             j.name,
             crate::join::side_capacity(p, j.left),
             crate::join::side_capacity(p, j.right),
-            format_bytes(crate::join::JoinOp::memory_bytes(p, i) as u64)
+            format_bytes(crate::join::JoinOp::memory_bytes(p, i))
         );
     }
     let skew = Engine::skew_memory_bytes(p);
@@ -140,9 +140,9 @@ pub fn describe(p: &Pipeline) -> String {
             o,
             "  clock estimators       {} devices = {}",
             p.gateway.max_devices,
-            format_bytes(skew as u64)
+            format_bytes(skew)
         );
     }
-    let _ = writeln!(o, "  total {}", format_bytes(Engine::memory_bytes(p) as u64));
+    let _ = writeln!(o, "  total {}", format_bytes(Engine::memory_bytes(p)));
     o
 }

@@ -278,17 +278,19 @@ impl Engine {
     }
 
     /// Bytes of state the engine allocated (fixed for its lifetime).
-    pub fn memory_bytes(p: &Pipeline) -> usize {
-        p.windows.iter().map(WindowOp::memory_bytes).sum::<usize>()
-            + (0..p.joins.len()).map(|j| JoinOp::memory_bytes(p, j)).sum::<usize>()
-            + Self::skew_memory_bytes(p)
-            + p.streams.len() * core::mem::size_of::<StreamCounters>()
+    pub fn memory_bytes(p: &Pipeline) -> u64 {
+        let windows = p.windows.iter().map(WindowOp::memory_bytes).fold(0u64, u64::saturating_add);
+        let joins = (0..p.joins.len()).map(|j| JoinOp::memory_bytes(p, j)).fold(0u64, u64::saturating_add);
+        windows
+            .saturating_add(joins)
+            .saturating_add(Self::skew_memory_bytes(p))
+            .saturating_add((p.streams.len() * core::mem::size_of::<StreamCounters>()) as u64)
     }
 
     /// Bytes of the per-device clock estimators (0 without `clock = "corrected"`).
-    pub fn skew_memory_bytes(p: &Pipeline) -> usize {
+    pub fn skew_memory_bytes(p: &Pipeline) -> u64 {
         if p.streams.iter().any(|s| s.clock == Clock::Corrected) {
-            SkewTable::memory_bytes(p.gateway.max_devices.get() as usize)
+            SkewTable::memory_bytes(u64::from(p.gateway.max_devices.get()))
         } else {
             0
         }

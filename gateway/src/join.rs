@@ -99,8 +99,8 @@ impl SideBuf {
         }
     }
 
-    fn memory_bytes(cap: usize, nvals: usize, keys: usize) -> usize {
-        keys * (cap * (core::mem::size_of::<Elem>() + nvals * 8) + 4)
+    fn memory_bytes(cap: u64, nvals: u64, keys: u64) -> u64 {
+        keys.saturating_mul(cap.saturating_mul(core::mem::size_of::<Elem>() as u64 + nvals * 8).saturating_add(4))
     }
 
     #[inline]
@@ -280,14 +280,15 @@ impl JoinOp {
     }
 
     /// Bytes allocated for join `index` of `p`.
-    pub fn memory_bytes(p: &Pipeline, index: usize) -> usize {
+    pub fn memory_bytes(p: &Pipeline, index: usize) -> u64 {
         let d = &p.joins[index];
-        let keys = join_keys(p, d);
+        let keys = join_keys(p, d) as u64;
+        let side = |i: Input| SideBuf::memory_bytes(side_capacity(p, i) as u64, nvals(p, i) as u64, keys);
         KeyTable::memory_bytes(keys)
-            + 2 * SlotHeap::memory_bytes(keys)
-            + keys * 2 * 16
-            + SideBuf::memory_bytes(side_capacity(p, d.left), nvals(p, d.left), keys)
-            + SideBuf::memory_bytes(side_capacity(p, d.right), nvals(p, d.right), keys)
+            .saturating_add(2 * SlotHeap::memory_bytes(keys))
+            .saturating_add(keys * 2 * 16)
+            .saturating_add(side(d.left))
+            .saturating_add(side(d.right))
     }
 
     /// The join's frontier (combined watermark).

@@ -64,9 +64,9 @@ impl KeyTable {
     }
 
     /// Bytes this table allocated.
-    pub fn memory_bytes(capacity: usize) -> usize {
-        let size = (capacity * 2).next_power_of_two().max(4);
-        capacity * (core::mem::size_of::<Key>() + 8 + 4 + 1 + 4 + 4) + size * 4
+    pub fn memory_bytes(capacity: u64) -> u64 {
+        let size = (capacity.saturating_mul(2)).checked_next_power_of_two().unwrap_or(u64::MAX).max(4);
+        capacity.saturating_mul((core::mem::size_of::<Key>() + 8 + 4 + 1 + 4 + 4) as u64).saturating_add(size.saturating_mul(4))
     }
 
     pub fn capacity(&self) -> usize {
@@ -243,8 +243,8 @@ impl SlotHeap {
         }
     }
 
-    pub fn memory_bytes(capacity: usize) -> usize {
-        capacity * (16 + 4)
+    pub fn memory_bytes(capacity: u64) -> u64 {
+        capacity.saturating_mul(16 + 4)
     }
 
     pub fn peek(&self) -> Option<(i64, u32)> {

@@ -3,40 +3,81 @@
 //! plus the service's), and the same in Prometheus text format.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::decode::DecodeError;
 use crate::engine::Engine;
 
-/// Counters of the live service (atomics: several tasks update them).
+/// A counter several tasks update: a 64-bit atomic where the target has
+/// them, a mutex where it does not (so 32-bit ARM without 64-bit atomics
+/// builds too).
+#[derive(Default, Debug)]
+pub struct Counter(
+    #[cfg(target_has_atomic = "64")] std::sync::atomic::AtomicU64,
+    #[cfg(not(target_has_atomic = "64"))] std::sync::Mutex<u64>,
+);
+
+/// The ordering argument of [`Counter`]'s methods (kept for readability at call sites).
+pub use std::sync::atomic::Ordering;
+
+impl Counter {
+    #[cfg(target_has_atomic = "64")]
+    pub fn fetch_add(&self, n: u64, o: Ordering) -> u64 {
+        self.0.fetch_add(n, o)
+    }
+    #[cfg(target_has_atomic = "64")]
+    pub fn load(&self, o: Ordering) -> u64 {
+        self.0.load(o)
+    }
+    #[cfg(target_has_atomic = "64")]
+    pub fn store(&self, n: u64, o: Ordering) {
+        self.0.store(n, o)
+    }
+    #[cfg(not(target_has_atomic = "64"))]
+    pub fn fetch_add(&self, n: u64, _: Ordering) -> u64 {
+        let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let old = *v;
+        *v = old.wrapping_add(n);
+        old
+    }
+    #[cfg(not(target_has_atomic = "64"))]
+    pub fn load(&self, _: Ordering) -> u64 {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    #[cfg(not(target_has_atomic = "64"))]
+    pub fn store(&self, n: u64, _: Ordering) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = n;
+    }
+}
+
+/// Counters of the live service (several tasks update them).
 #[derive(Default, Debug)]
 pub struct ServiceCounters {
-    pub received: AtomicU64,
-    pub processed: AtomicU64,
-    pub redeliveries_skipped: AtomicU64,
-    pub ack_failures: AtomicU64,
-    pub results: AtomicU64,
-    pub delivered: AtomicU64,
-    pub spool_depth: AtomicU64,
-    pub spool_bytes: AtomicU64,
-    pub spool_dropped: AtomicU64,
-    pub spool_refused: AtomicU64,
-    pub spool_errors: AtomicU64,
-    pub checkpoints: AtomicU64,
-    pub checkpoint_failures: AtomicU64,
-    pub checkpoint_bytes: AtomicU64,
-    pub source_connects: AtomicU64,
-    pub source_errors: AtomicU64,
-    pub uplink_connects: AtomicU64,
-    pub uplink_errors: AtomicU64,
+    pub received: Counter,
+    pub processed: Counter,
+    pub redeliveries_skipped: Counter,
+    pub ack_failures: Counter,
+    pub results: Counter,
+    pub delivered: Counter,
+    pub spool_depth: Counter,
+    pub spool_bytes: Counter,
+    pub spool_dropped: Counter,
+    pub spool_refused: Counter,
+    pub spool_errors: Counter,
+    pub checkpoints: Counter,
+    pub checkpoint_failures: Counter,
+    pub checkpoint_bytes: Counter,
+    pub source_connects: Counter,
+    pub source_errors: Counter,
+    pub uplink_connects: Counter,
+    pub uplink_errors: Counter,
     /// Receipt of a batch's oldest message to its results spooled (ms), last batch.
-    pub processing_delay_ms: AtomicU64,
+    pub processing_delay_ms: Counter,
 }
 
 impl ServiceCounters {
     fn all(&self) -> [(&'static str, u64); 19] {
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let g = |a: &Counter| a.load(Ordering::Relaxed);
         [
             ("received", g(&self.received)),
             ("processed", g(&self.processed)),

@@ -538,8 +538,8 @@ impl SkewTable {
         }
     }
 
-    pub fn memory_bytes(capacity: usize) -> usize {
-        KeyTable::memory_bytes(capacity) + capacity * core::mem::size_of::<Estimator>()
+    pub fn memory_bytes(capacity: u64) -> u64 {
+        KeyTable::memory_bytes(capacity).saturating_add(capacity.saturating_mul(core::mem::size_of::<Estimator>() as u64))
     }
 
     /// After a restore from a checkpoint: checks the capacity and gives the

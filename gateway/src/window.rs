@@ -82,11 +82,16 @@ pub struct WindowOp {
 /// `ceil((lateness + gap) / gap)` for sessions (open sessions are more than
 /// `gap` apart and all end after `wm - gap`).
 pub fn ring_size(kind: WindowKind, lateness_ms: i64) -> usize {
+    ring_len(kind, lateness_ms) as usize
+}
+
+/// [`ring_size`] as a number (config validation checks it fits before anything is allocated).
+pub fn ring_len(kind: WindowKind, lateness_ms: i64) -> u64 {
     let (span, step) = match kind {
         WindowKind::Fixed { size_ms, slide_ms, .. } => (lateness_ms + size_ms, slide_ms),
         WindowKind::Session { gap_ms } => (lateness_ms + gap_ms, gap_ms),
     };
-    ((span + step - 1) / step).max(1) as usize
+    ((span + step - 1) / step).max(1) as u64
 }
 
 impl WindowOp {
@@ -135,14 +140,16 @@ impl WindowOp {
     }
 
     /// Bytes allocated for a window of this definition.
-    pub fn memory_bytes(def: &WindowDef) -> usize {
-        let keys = def.max_keys.get() as usize;
-        let ring = ring_size(def.kind, def.input_lateness_ms);
+    pub fn memory_bytes(def: &WindowDef) -> u64 {
+        let keys = u64::from(def.max_keys.get());
+        let ring = ring_len(def.kind, def.input_lateness_ms);
+        let per_slot = (core::mem::size_of::<Slot>()
+            + core::mem::size_of::<Closing>()
+            + def.aggregates.len() * core::mem::size_of::<AggState>()) as u64;
         KeyTable::memory_bytes(keys)
-            + SlotHeap::memory_bytes(keys)
-            + keys * 4
-            + keys * ring * (core::mem::size_of::<Slot>() + core::mem::size_of::<Closing>())
-            + keys * ring * def.aggregates.len() * core::mem::size_of::<AggState>()
+            .saturating_add(SlotHeap::memory_bytes(keys))
+            .saturating_add(keys * 4)
+            .saturating_add(keys.saturating_mul(ring).saturating_mul(per_slot))
     }
 
     /// Slots per key.
