@@ -1244,7 +1244,8 @@ right = "b5"
     fn state_too_large_to_allocate() {
         // 1 ms slides with a day of lateness: 86 million windows per key
         let extra = "\n[[window]]\nname = \"w\"\ninput = \"a\"\nsize = \"1s\"\nslide = \"1ms\"\n";
-        let text = format!("{BASE}{extra}").replace("values = [\"v\"]", "values = [\"v\"]\nlateness = \"1d\"");
+        let text =
+            format!("{BASE}{extra}").replace("values = [\"v\"]", "values = [\"v\"]\nlateness = \"1d\"");
         let err = parse(Path::new("gw.toml"), &text).unwrap_err().to_string();
         assert!(err.contains("of engine state, more than the 2.0 GiB"), "{err}");
     }

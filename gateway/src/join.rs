@@ -100,7 +100,9 @@ impl SideBuf {
     }
 
     fn memory_bytes(cap: u64, nvals: u64, keys: u64) -> u64 {
-        keys.saturating_mul(cap.saturating_mul(core::mem::size_of::<Elem>() as u64 + nvals * 8).saturating_add(4))
+        keys.saturating_mul(
+            cap.saturating_mul(core::mem::size_of::<Elem>() as u64 + nvals * 8).saturating_add(4),
+        )
     }
 
     #[inline]

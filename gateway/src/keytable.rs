@@ -66,7 +66,9 @@ impl KeyTable {
     /// Bytes this table allocated.
     pub fn memory_bytes(capacity: u64) -> u64 {
         let size = (capacity.saturating_mul(2)).checked_next_power_of_two().unwrap_or(u64::MAX).max(4);
-        capacity.saturating_mul((core::mem::size_of::<Key>() + 8 + 4 + 1 + 4 + 4) as u64).saturating_add(size.saturating_mul(4))
+        capacity
+            .saturating_mul((core::mem::size_of::<Key>() + 8 + 4 + 1 + 4 + 4) as u64)
+            .saturating_add(size.saturating_mul(4))
     }
 
     pub fn capacity(&self) -> usize {

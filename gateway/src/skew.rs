@@ -539,7 +539,8 @@ impl SkewTable {
     }
 
     pub fn memory_bytes(capacity: u64) -> u64 {
-        KeyTable::memory_bytes(capacity).saturating_add(capacity.saturating_mul(core::mem::size_of::<Estimator>() as u64))
+        KeyTable::memory_bytes(capacity)
+            .saturating_add(capacity.saturating_mul(core::mem::size_of::<Estimator>() as u64))
     }
 
     /// After a restore from a checkpoint: checks the capacity and gives the

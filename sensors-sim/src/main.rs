@@ -60,6 +60,21 @@ struct RunArgs {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// A minimal subscriber that only counts messages (the benchmark's baseline).
+    Count {
+        #[arg(long)]
+        broker: String,
+        #[arg(long, default_value = "#")]
+        topic: String,
+        /// Stop after this many messages.
+        #[arg(long)]
+        n: u64,
+        #[arg(long, default_value_t = 1)]
+        qos: u8,
+        /// Write "ready" to stdout once subscribed.
+        #[arg(long)]
+        announce: bool,
+    },
     /// A broker (embedded, or --broker), the simulator and the gateway together, printing results.
     Demo {
         /// Use this broker instead of the embedded one.
@@ -82,6 +97,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.cmd {
         Some(Cmd::Demo { broker, scenario, gateway }) => demo::run(broker, &scenario, &gateway),
+        Some(Cmd::Count { broker, topic, n, qos, announce }) => count(&broker, &topic, n, qos, announce),
         None => run(cli.run),
     };
     match res {
@@ -91,6 +107,38 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Counts messages; prints `<n> messages in <s> s = <rate>/s` (first to last message).
+fn count(url: &str, topic: &str, n: u64, qos: u8, announce: bool) -> Result<(), String> {
+    let (host, port) = host_port(url)?;
+    let mut o = MqttOptions::new(format!("counter-{}", std::process::id()), host, port);
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    o.set_keep_alive(Duration::from_secs(60));
+    let (client, mut conn) = Client::new(o, 1000);
+    let q = if qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce };
+    client.subscribe(topic, q).map_err(|e| e.to_string())?;
+    let mut got = 0u64;
+    let mut first: Option<Instant> = None;
+    for ev in conn.iter() {
+        match ev.map_err(|e| e.to_string())? {
+            Event::Incoming(Incoming::SubAck(_)) if announce => {
+                println!("ready");
+                let _ = std::io::stdout().flush();
+            }
+            Event::Incoming(Incoming::Publish(_)) => {
+                first.get_or_insert_with(Instant::now);
+                got += 1;
+                if got >= n {
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    let secs = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
+    println!("{got} messages in {secs:.3} s = {:.0}/s", got as f64 / secs.max(1e-9));
+    Ok(())
 }
 
 /// Parses "now" or an RFC 3339 time.
