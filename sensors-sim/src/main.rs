@@ -56,6 +56,9 @@ struct RunArgs {
     record: Option<PathBuf>,
     #[arg(long, short)]
     quiet: bool,
+    /// QoS of the publishes (0 or 1).
+    #[arg(long, default_value_t = 1)]
+    qos: u8,
 }
 
 #[derive(Subcommand)]
@@ -120,7 +123,13 @@ fn count(url: &str, topic: &str, n: u64, qos: u8, announce: bool) -> Result<(), 
     client.subscribe(topic, q).map_err(|e| e.to_string())?;
     let mut got = 0u64;
     let mut first: Option<Instant> = None;
-    for ev in conn.iter() {
+    let mut last = Instant::now();
+    loop {
+        // give up after 10 s without a message (QoS 0 may lose some)
+        let ev = match conn.recv_timeout(Duration::from_secs(10)) {
+            Ok(ev) => ev,
+            Err(_) => break,
+        };
         match ev.map_err(|e| e.to_string())? {
             Event::Incoming(Incoming::SubAck(_)) if announce => {
                 println!("ready");
@@ -128,6 +137,7 @@ fn count(url: &str, topic: &str, n: u64, qos: u8, announce: bool) -> Result<(), 
             }
             Event::Incoming(Incoming::Publish(_)) => {
                 first.get_or_insert_with(Instant::now);
+                last = Instant::now();
                 got += 1;
                 if got >= n {
                     break;
@@ -136,7 +146,7 @@ fn count(url: &str, topic: &str, n: u64, qos: u8, announce: bool) -> Result<(), 
             _ => {}
         }
     }
-    let secs = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
+    let secs = first.map_or(0.0, |f| last.duration_since(f).as_secs_f64());
     println!("{got} messages in {secs:.3} s = {:.0}/s", got as f64 / secs.max(1e-9));
     Ok(())
 }
@@ -176,7 +186,7 @@ fn run(a: RunArgs) -> Result<(), String> {
     }
     if let Some(url) = &a.broker {
         let progress = !a.quiet && std::io::stderr().is_terminal();
-        publish(url, &msgs, real_time, progress)?;
+        publish_qos(url, &msgs, real_time, progress, a.qos)?;
     }
     if !a.quiet {
         eprintln!("sensors-sim: {} messages from scenario `{}` (seed {seed})", msgs.len(), sc.scenario.name);
@@ -195,6 +205,18 @@ pub fn host_port(url: &str) -> Result<(String, u16), String> {
 
 /// Publishes with QoS 1 in order; real time waits for each message's arrival time.
 pub fn publish(url: &str, msgs: &[gen::Msg], real_time: bool, progress: bool) -> Result<(), String> {
+    publish_qos(url, msgs, real_time, progress, 1)
+}
+
+/// Publishes in order with the given QoS (0 or 1).
+pub fn publish_qos(
+    url: &str,
+    msgs: &[gen::Msg],
+    real_time: bool,
+    progress: bool,
+    qos: u8,
+) -> Result<(), String> {
+    let q = if qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce };
     let (host, port) = host_port(url)?;
     let mut o = MqttOptions::new(format!("sensors-sim-{}", std::process::id()), host, port);
     o.set_max_packet_size(1 << 20, 1 << 20);
@@ -240,9 +262,7 @@ pub fn publish(url: &str, msgs: &[gen::Msg], real_time: bool, progress: bool) ->
                 std::thread::sleep(Duration::from_millis(wait as u64));
             }
         }
-        client
-            .publish(m.topic.clone(), QoS::AtLeastOnce, false, m.payload.clone())
-            .map_err(|e| e.to_string())?;
+        client.publish(m.topic.clone(), q, false, m.payload.clone()).map_err(|e| e.to_string())?;
         let stream = m.topic.rsplit('/').next().unwrap_or("").to_string();
         *per_topic.entry(stream).or_default() += 1;
         if progress && last_report.elapsed() >= Duration::from_secs(1) {
@@ -252,7 +272,8 @@ pub fn publish(url: &str, msgs: &[gen::Msg], real_time: bool, progress: bool) ->
             eprint!("\rsent {}/{} ({rate:.0}/s)  {}   ", i + 1, msgs.len(), streams.join("  "));
         }
     }
-    for _ in 0..msgs.len() {
+    let expected_acks = if qos == 0 { 0 } else { msgs.len() };
+    for _ in 0..expected_acks {
         match acks_rx.recv_timeout(Duration::from_secs(30)) {
             Ok(()) => {}
             Err(_) => return Err("the broker stopped acknowledging".into()),
