@@ -212,12 +212,10 @@ impl Sink for SpoolSink<'_> {
                 }
             }
         };
-        let mut rendered = String::new();
-        tpl.render(&TemplateVars { name, key, gateway: self.gateway }, &mut rendered);
         self.topic.clear();
         self.topic.push_str(self.prefix);
         self.topic.push('/');
-        self.topic.push_str(&rendered);
+        tpl.render_append(&TemplateVars { name, key, gateway: self.gateway }, self.topic);
         let payload = self.enc.encode(p, out);
         let mut spool = self.spool.lock().expect("spool lock");
         match spool.append(self.input_seq, idx, self.topic, payload) {

@@ -242,6 +242,11 @@ impl TopicTemplate {
     /// NUL in substituted values become `_` so the result is always publishable.
     pub fn render(&self, vars: &TemplateVars<'_>, out: &mut String) {
         out.clear();
+        self.render_append(vars, out);
+    }
+
+    /// Renders the topic at the end of `out`.
+    pub fn render_append(&self, vars: &TemplateVars<'_>, out: &mut String) {
         for p in &self.parts {
             match p {
                 Part::Text(t) => out.push_str(t),
