@@ -112,7 +112,8 @@ type S<T> = Spanned<T>;
 #[serde(deny_unknown_fields)]
 struct RawStream {
     name: S<String>,
-    topics: S<Vec<S<String>>>,
+    topics: Option<S<Vec<S<String>>>>,
+    i2c: Option<S<RawI2c>>,
     key: Option<S<String>>,
     device: Option<S<String>>,
     format: Option<S<Format>>,
@@ -127,6 +128,15 @@ struct RawStream {
     late: Option<S<RawLate>>,
     late_topic: Option<S<String>>,
     values: Option<S<Vec<S<String>>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawI2c {
+    bus: String,
+    sensor: crate::i2c::Model,
+    address: Option<i64>,
+    period: Option<S<String>>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq)]
@@ -581,12 +591,57 @@ fn field_ref(
 fn build_stream(ck: &Checker<'_>, s: &RawStream) -> Result<StreamDef, ConfigError> {
     let name = s.name.get_ref().clone();
     let ctx = |what: &str| format!("stream `{name}`: {what}");
-    if s.topics.get_ref().is_empty() {
-        return Err(ck.err(s.topics.span(), ctx("`topics` needs at least one topic pattern")));
-    }
+    let i2c = match &s.i2c {
+        Some(i) => {
+            let r = i.get_ref();
+            if let Some(t) = &s.topics {
+                return Err(
+                    ck.err(t.span(), ctx("an `i2c` stream has no topics: its readings come from the bus"))
+                );
+            }
+            if s.clock.as_ref().is_some_and(|c| *c.get_ref() != Clock::Receive) {
+                return Err(ck.err(
+                    i.span(),
+                    ctx("an `i2c` reading is stamped with its receive time: clock = \"receive\""),
+                ));
+            }
+            let address = match r.address {
+                Some(a) if (0x03..=0x77).contains(&a) => a as u8,
+                Some(a) => {
+                    return Err(ck.err(i.span(), ctx(&format!("i2c address {a:#x} is outside 0x03..0x77"))))
+                }
+                None => r.sensor.default_address(),
+            };
+            Some(I2cSource {
+                bus: r.bus.clone().into(),
+                model: r.sensor,
+                address,
+                period_ms: match &r.period {
+                    Some(p) => positive(ck, p, &ctx("i2c period"))?,
+                    None => 2_000,
+                },
+            })
+        }
+        None => None,
+    };
     let mut topics = Vec::new();
-    for t in s.topics.get_ref() {
-        topics.push(TopicPattern::parse(t.get_ref()).map_err(|e| ck.err(t.span(), ctx(&e)))?);
+    match (&s.topics, &i2c) {
+        (Some(ts), _) => {
+            if ts.get_ref().is_empty() {
+                return Err(ck.err(ts.span(), ctx("`topics` needs at least one topic pattern")));
+            }
+            for t in ts.get_ref() {
+                topics.push(TopicPattern::parse(t.get_ref()).map_err(|e| ck.err(t.span(), ctx(&e)))?);
+            }
+        }
+        (None, Some(_)) => topics.push(
+            TopicPattern::parse(&crate::i2c::topic(&name)).map_err(|e| ck.err(s.name.span(), ctx(&e)))?,
+        ),
+        (None, None) => {
+            return Err(
+                ck.err(s.name.span(), ctx("needs `topics` (MQTT) or `i2c` (a sensor on the local bus)"))
+            )
+        }
     }
     let format = s.format.as_ref().map_or(Format::Json, |f| *f.get_ref());
     let key = field_ref(ck, s.key.as_ref(), &topics, format, &ctx("key"))?.unwrap_or(FieldRef::Constant);
@@ -607,7 +662,7 @@ fn build_stream(ck: &Checker<'_>, s: &RawStream) -> Result<StreamDef, ConfigErro
         let t = s.time_unit.as_ref().expect("set when rfc3339");
         return Err(ck.err(t.span(), ctx("a postcard payload's `ts` is an integer: pick s, ms, us or ns")));
     }
-    let clock = if format == Format::Number { Clock::Receive } else { clock };
+    let clock = if format == Format::Number || i2c.is_some() { Clock::Receive } else { clock };
     let lateness_ms = match &s.lateness {
         Some(l) => nonneg(ck, l, &ctx("lateness"))?,
         None => 0,
@@ -673,8 +728,20 @@ fn build_stream(ck: &Checker<'_>, s: &RawStream) -> Result<StreamDef, ConfigErro
             out
         }
         None if format == Format::Number => vec!["value".into()],
-        None => Vec::new(),
+        None => match &i2c {
+            Some(src) => src.model.fields().iter().map(|f| f.to_string()).collect(),
+            None => Vec::new(),
+        },
     };
+    if let Some(src) = &i2c {
+        if let Some(bad) = values.iter().find(|v| !src.model.fields().contains(&v.as_str())) {
+            let sp = s.values.as_ref().map_or(s.name.span(), |v| v.span());
+            return Err(ck.err(
+                sp,
+                ctx(&format!("a {:?} reads {}, not `{bad}`", src.model, src.model.fields().join(" and "))),
+            ));
+        }
+    }
     if format == Format::Number && values.len() != 1 {
         let sp = s.values.as_ref().expect("checked").span();
         return Err(ck.err(sp, ctx("a `number` payload is one value: list exactly one name")));
@@ -696,6 +763,7 @@ fn build_stream(ck: &Checker<'_>, s: &RawStream) -> Result<StreamDef, ConfigErro
         max_keys,
         late,
         values,
+        i2c,
     })
 }
 

@@ -11,6 +11,7 @@ pub mod describe;
 pub mod engine;
 pub mod event;
 pub mod frame;
+pub mod i2c;
 pub mod join;
 pub mod json;
 pub mod keytable;

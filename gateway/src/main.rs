@@ -110,8 +110,10 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Cmd::CheckConfig { config } => {
             let p = config::load(&config)?;
             Engine::new(p.clone(), 0)?;
-            print!("{}", describe::describe(&p));
-            println!("{}: OK", config.display());
+            // a closed pipe (`| head`) is not an error worth a panic
+            let mut out = io::stdout().lock();
+            let _ = write!(out, "{}", describe::describe(&p))
+                .and_then(|_| writeln!(out, "{}: OK", config.display()));
             Ok(())
         }
         Cmd::Replay { config, input, output, stats: want_stats } => {

@@ -73,10 +73,12 @@ pub struct ServiceCounters {
     pub uplink_errors: Counter,
     /// Receipt of a batch's oldest message to its results spooled (ms), last batch.
     pub processing_delay_ms: Counter,
+    /// Failed reads or opens of local I2C sensors.
+    pub i2c_errors: Counter,
 }
 
 impl ServiceCounters {
-    fn all(&self) -> [(&'static str, u64); 19] {
+    fn all(&self) -> [(&'static str, u64); 20] {
         let g = |a: &Counter| a.load(Ordering::Relaxed);
         [
             ("received", g(&self.received)),
@@ -98,6 +100,7 @@ impl ServiceCounters {
             ("uplink_connects", g(&self.uplink_connects)),
             ("uplink_errors", g(&self.uplink_errors)),
             ("processing_delay_ms", g(&self.processing_delay_ms)),
+            ("i2c_errors", g(&self.i2c_errors)),
         ]
     }
 }

@@ -202,6 +202,18 @@ pub struct StreamDef {
     pub late: LatePolicy,
     /// Names of the numeric payload fields carried along (at most [`MAX_VALUES`]).
     pub values: Vec<String>,
+    /// A sensor on the local I2C bus instead of MQTT topics.
+    pub i2c: Option<I2cSource>,
+}
+
+/// A sensor on the gateway's own I2C bus.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct I2cSource {
+    /// e.g. `/dev/i2c-1`
+    pub bus: PathBuf,
+    pub model: crate::i2c::Model,
+    pub address: u8,
+    pub period_ms: i64,
 }
 
 /// What a window reads.

@@ -322,6 +322,13 @@ pub fn run(p: Pipeline) -> Result<(), ServiceError> {
 }
 
 async fn run_async(p: Pipeline) -> Result<(), ServiceError> {
+    #[cfg(not(feature = "i2c"))]
+    if let Some(s) = p.streams.iter().find(|s| s.i2c.is_some()) {
+        return Err(ServiceError::Config(format!(
+            "stream `{}` reads an I2C sensor, and this build has no I2C support: build with `cargo build --release --features i2c`",
+            s.name
+        )));
+    }
     let dir = p.gateway.state_dir.clone();
     std::fs::create_dir_all(&dir).map_err(|source| ServiceError::StateDir { path: dir.clone(), source })?;
     let svc = p.gateway.service.clone();
@@ -421,6 +428,30 @@ async fn run_async(p: Pipeline) -> Result<(), ServiceError> {
             })
             .map_err(io_err("engine thread"))?
     };
+
+    // sensors on the local I2C bus: their readings enter like MQTT messages
+    #[cfg(feature = "i2c")]
+    for s in &p.streams {
+        if let Some(src) = s.i2c.clone() {
+            let tx = in_tx.clone();
+            let counters = counters.clone();
+            let name = s.name.clone();
+            std::thread::Builder::new()
+                .name(format!("i2c-{name}"))
+                .spawn(move || {
+                    crate::i2c::linux::run(
+                        name,
+                        src,
+                        |topic, payload| {
+                            let m = Publish::new(topic, QoS::AtMostOnce, payload.into_bytes());
+                            tx.send(Inbound::Message(m, now_ms())).is_ok()
+                        },
+                        &counters.i2c_errors,
+                    )
+                })
+                .map_err(io_err("i2c thread"))?;
+        }
+    }
 
     // READY once subscriptions are confirmed
     tokio::select! {
