@@ -188,6 +188,43 @@ struct SpoolSink<'a> {
     counters: &'a ServiceCounters,
 }
 
+impl<'a> SpoolSink<'a> {
+    /// A sink for the results of input `input_seq`, skipping those the spool
+    /// already holds (`skip_through`, while replaying the log).
+    fn new(
+        p: &'a Pipeline,
+        spool: &'a Mutex<Spool>,
+        enc: &'a mut JsonEncoder,
+        topic: &'a mut String,
+        counters: &'a ServiceCounters,
+        input_seq: u64,
+        skip_through: Option<(u64, u32)>,
+    ) -> Self {
+        SpoolSink {
+            spool,
+            enc,
+            topic,
+            prefix: &p.upstream.topic_prefix,
+            gateway: &p.gateway.id,
+            input_seq,
+            idx: 0,
+            skip_through,
+            counters,
+        }
+    }
+}
+
+/// How many recently logged messages are remembered to recognise redeliveries.
+const RECENT: usize = 256;
+
+/// Remembers a logged message (packet id, content hash).
+fn remember(recent: &mut VecDeque<(u16, u64)>, pkid: u16, topic: &str, payload: &[u8]) {
+    if recent.len() >= RECENT {
+        recent.pop_front();
+    }
+    recent.push_back((pkid, message_hash(topic, payload)));
+}
+
 impl Sink for SpoolSink<'_> {
     fn emit(&mut self, p: &Pipeline, out: Output<'_>) {
         let idx = self.idx;
@@ -265,35 +302,21 @@ fn recover(
             (Engine::new(p.clone(), seed).map_err(|e| ServiceError::Config(e.to_string()))?, 0)
         }
     };
-    let mut recent: VecDeque<(u16, u64)> = VecDeque::with_capacity(256);
+    let mut recent: VecDeque<(u16, u64)> = VecDeque::with_capacity(RECENT);
     if p.gateway.service.delivery == Delivery::Fast {
         return Ok(Recovered { engine, last_seq: ckpt_seq, wal: None, recent });
     }
     let skip = spool.lock().expect("spool lock").last_input();
     let mut enc = JsonEncoder::new();
     let mut topic = String::new();
-    let prefix = p.upstream.topic_prefix.clone();
     let mut replayed = 0u64;
     let (wal, last) = Wal::open(&dir.join("wal"), ckpt_seq, |rec| {
         replayed += 1;
         let seq = rec.seq();
-        let mut sink = SpoolSink {
-            spool,
-            enc: &mut enc,
-            topic: &mut topic,
-            prefix: &prefix,
-            gateway: &p.gateway.id,
-            input_seq: seq,
-            idx: 0,
-            skip_through: skip,
-            counters,
-        };
+        let mut sink = SpoolSink::new(p, spool, &mut enc, &mut topic, counters, seq, skip);
         match rec {
             WalRecord::Message { recv_ms, pkid, topic: t, payload, .. } => {
-                if recent.len() == recent.capacity() {
-                    recent.pop_front();
-                }
-                recent.push_back((pkid, message_hash(&t, &payload)));
+                remember(&mut recent, pkid, &t, &payload);
                 engine.ingest(recv_ms, &t, &payload, &mut sink);
             }
             WalRecord::Tick { now_ms, .. } => engine.tick(now_ms, &mut sink),
@@ -623,26 +646,9 @@ fn engine_loop(
             }
             for (m, recv) in &batch {
                 seq += 1;
-                if recent.len() == recent.capacity().max(1) {
-                    recent.pop_front();
-                }
-                recent.push_back((m.pkid, message_hash(&m.topic, &m.payload)));
-                let mut sink = SpoolSink {
-                    spool: &spool,
-                    enc: &mut enc,
-                    topic: &mut topic,
-                    prefix: &prefix,
-                    gateway: &p.gateway.id,
-                    input_seq: seq,
-                    idx: 0,
-                    skip_through: None,
-                    counters: &counters,
-                };
-                let topic_str = match std::str::from_utf8(m.topic.as_bytes()) {
-                    Ok(t) => t,
-                    Err(_) => continue,
-                };
-                engine.ingest(*recv, topic_str, &m.payload, &mut sink);
+                remember(&mut recent, m.pkid, &m.topic, &m.payload);
+                let mut sink = SpoolSink::new(&p, &spool, &mut enc, &mut topic, &counters, seq, None);
+                engine.ingest(*recv, &m.topic, &m.payload, &mut sink);
                 counters.processed.fetch_add(1, Ordering::Relaxed);
             }
             if let Some(oldest) = batch.iter().map(|b| b.1).min() {
@@ -658,17 +664,7 @@ fn engine_loop(
             if let Some(w) = wal.as_mut() {
                 w.append_tick(seq, now).map_err(io_err("write-ahead log"))?;
             }
-            let mut sink = SpoolSink {
-                spool: &spool,
-                enc: &mut enc,
-                topic: &mut topic,
-                prefix: &prefix,
-                gateway: &p.gateway.id,
-                input_seq: seq,
-                idx: 0,
-                skip_through: None,
-                counters: &counters,
-            };
+            let mut sink = SpoolSink::new(&p, &spool, &mut enc, &mut topic, &counters, seq, None);
             engine.tick(now, &mut sink);
         }
         spool.lock().expect("spool lock").flush().map_err(io_err("spool"))?;

@@ -108,9 +108,15 @@ struct Gateway {
 
 impl Gateway {
     fn start(config: &Path) -> Gateway {
+        Gateway::start_with(config, &[])
+    }
+
+    /// Starts `edgejoin run` with extra environment variables and waits until it is ready.
+    fn start_with(config: &Path, env: &[(&str, &Path)]) -> Gateway {
         let mut child = Command::new(env!("CARGO_BIN_EXE_edgejoin"))
             .args(["run", "--config"])
             .arg(config)
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .env("EDGEJOIN_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -561,31 +567,10 @@ fn upstream_over_mutual_tls_with_password_file() {
 
     let want = expected(&p, &msgs);
     let collector = Collector::start(upstream.port, "gw/test/#");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_edgejoin"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .env("CREDENTIALS_DIRECTORY", creds.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let err = child.stderr.take().unwrap();
-    let (tx, ready) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            if std::env::var_os("EDGEJOIN_TEST_LOG").is_some() {
-                eprintln!("gateway: {line}");
-            }
-            if line.contains("subscribed; ready") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    ready.recv_timeout(Duration::from_secs(15)).expect("ready");
+    let gw = Gateway::start_with(&path, &[("CREDENTIALS_DIRECTORY", creds.path())]);
     publish(source.port, &to_publish(&msgs));
     let got = collector.wait_for(&want, 20);
-    let _ = child.kill();
-    let _ = child.wait();
+    gw.kill();
     assert_eq!(got, want, "results delivered over mutual TLS");
 }
 
