@@ -612,14 +612,7 @@ mod tests {
     }
 
     fn blank() -> Event {
-        Event {
-            stream: 0,
-            key: Key::empty(),
-            device: Key::empty(),
-            ts: 0,
-            recv_ms: 0,
-            values: Values::ABSENT,
-        }
+        Event::blank()
     }
 
     fn run(def: &StreamDef, topic: &str, payload: &[u8]) -> Result<(Event, Notes), DecodeError> {

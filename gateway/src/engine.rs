@@ -194,14 +194,7 @@ impl Engine {
             now: NO_WM,
             started: false,
             seq: 0,
-            scratch: Event {
-                stream: 0,
-                key: Key::empty(),
-                device: Key::empty(),
-                ts: 0,
-                recv_ms: 0,
-                values: Values::ABSENT,
-            },
+            scratch: Event::blank(),
             global: GlobalCounters::default(),
         };
         Ok(Engine { p, st })
@@ -376,17 +369,7 @@ impl Engine {
                 st.streams[s].counters.decode_errors[DecodeError::TooLarge.index()] += 1;
                 continue;
             }
-            let mut ev = core::mem::replace(
-                &mut st.scratch,
-                Event {
-                    stream: 0,
-                    key: Key::empty(),
-                    device: Key::empty(),
-                    ts: 0,
-                    recv_ms: 0,
-                    values: Values::ABSENT,
-                },
-            );
+            let mut ev = core::mem::replace(&mut st.scratch, Event::blank());
             match st.decoders[s].decode(topic, pattern, &caps, payload, &mut ev) {
                 Ok(notes) => {
                     let c = &mut st.streams[s].counters;

@@ -105,3 +105,17 @@ pub struct Event {
     pub recv_ms: i64,
     pub values: Values,
 }
+
+impl Event {
+    /// An empty event of stream 0, to decode into.
+    pub fn blank() -> Self {
+        Event {
+            stream: 0,
+            key: Key::empty(),
+            device: Key::empty(),
+            ts: 0,
+            recv_ms: 0,
+            values: Values::ABSENT,
+        }
+    }
+}

@@ -398,15 +398,7 @@ impl JoinOp {
                 }
                 let orec = self.sides[other].record(k, i);
                 let (left, right) = if side == L { (rec.clone(), orec) } else { (orec, rec.clone()) };
-                let row = JoinRecord {
-                    join: self.index,
-                    key: key.clone(),
-                    left,
-                    right: Some(right),
-                    emitted_ms: now,
-                };
-                sink(p, &row);
-                self.counters.matches += 1;
+                self.emit(p, key, left, Some(right), now, sink);
                 if side == L {
                     e_matches += 1;
                 } else {
@@ -421,7 +413,7 @@ impl JoinOp {
             self.release_at(side, &e) <= self.eff[1 - side] && self.open_min_allows(side, key, &e, ctx);
         if done && !matches!(self.strategy, Strategy::Asof { .. }) {
             if side == L && e_matches == 0 && self.kind == JoinType::LeftOuter {
-                self.emit_unmatched(p, key, rec.clone(), now, sink);
+                self.emit(p, key, rec.clone(), None, now, sink);
             }
         } else if self.sides[side].push(k, e, &rec.values) {
             self.counters.capacity_evictions[side] += 1;
@@ -429,17 +421,22 @@ impl JoinOp {
         self.check_key(p, k, now, ctx, sink);
     }
 
-    fn emit_unmatched(
+    /// Emits a row: a match, or (`right: None`) a left-outer left without one.
+    fn emit(
         &mut self,
         p: &Pipeline,
         key: &Key,
         left: SideRecord,
+        right: Option<SideRecord>,
         now: i64,
         sink: &mut impl FnMut(&Pipeline, &JoinRecord),
     ) {
-        let row = JoinRecord { join: self.index, key: key.clone(), left, right: None, emitted_ms: now };
+        match right {
+            Some(_) => self.counters.matches += 1,
+            None => self.counters.unmatched += 1,
+        }
+        let row = JoinRecord { join: self.index, key: key.clone(), left, right, emitted_ms: now };
         sink(p, &row);
-        self.counters.unmatched += 1;
     }
 
     /// For session joins: the earliest start among the other side's open sessions of `key`.
@@ -519,21 +516,13 @@ impl JoinOp {
                 match asof_best(self.sides[R].elems(k), e.t0, tolerance_ms) {
                     Some(j) => {
                         let right = self.sides[R].record(k, j);
-                        let row = JoinRecord {
-                            join: self.index,
-                            key: key.clone(),
-                            left,
-                            right: Some(right),
-                            emitted_ms: now,
-                        };
-                        sink(p, &row);
-                        self.counters.matches += 1;
+                        self.emit(p, &key, left, Some(right), now, sink);
                     }
-                    None if self.kind == JoinType::LeftOuter => self.emit_unmatched(p, &key, left, now, sink),
+                    None if self.kind == JoinType::LeftOuter => self.emit(p, &key, left, None, now, sink),
                     None => {}
                 }
             } else if e.matches == 0 && self.kind == JoinType::LeftOuter {
-                self.emit_unmatched(p, &key, left, now, sink);
+                self.emit(p, &key, left, None, now, sink);
             }
             self.sides[L].remove_where(k, |j, _| j == i);
         }
