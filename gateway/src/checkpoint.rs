@@ -16,7 +16,7 @@ use crate::pipeline::Pipeline;
 
 const MAGIC: &[u8; 8] = b"EJCKPT\r\n";
 /// Bumped when the state's encoding changes; older checkpoints are set aside.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {

@@ -66,7 +66,9 @@ pub struct JoinCounters {
     pub evicted_elements: u64,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, bytemuck::Zeroable,
+)]
 struct Elem {
     t0: i64,
     t1: i64,
@@ -76,15 +78,85 @@ struct Elem {
     matches: u32,
 }
 
-/// One side's buffers: `cap` elements per key slot, values stored compactly.
-#[derive(serde::Serialize, serde::Deserialize)]
+/// One side's buffers: up to `cap` elements per key slot, values stored
+/// compactly beside them.
+///
+/// The layout is slot-major — element `i` of key `k` lives at `i * keys + k` —
+/// and the arrays are allocated zeroed, so the operating system maps a page
+/// only once an element lands on it: resident memory follows how deep the
+/// buffers actually get (in steps of one page ≈ 100 keys × one element), while
+/// [`JoinOp::memory_bytes`] stays the bound if every key fills up. Nothing is
+/// allocated after construction.
+#[derive(serde::Deserialize)]
+#[serde(try_from = "SideBufData")]
 struct SideBuf {
     input: Input,
     cap: usize,
     nvals: usize,
+    keys: usize,
     elems: Box<[Elem]>,
     vals: Box<[f64]>,
     len: Box<[u32]>,
+}
+
+/// A side's buffers as checkpointed: only the elements held, key by key.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SideBufData {
+    input: Input,
+    cap: usize,
+    nvals: usize,
+    len: Vec<u32>,
+    elems: Vec<Elem>,
+    vals: Vec<f64>,
+}
+
+impl serde::Serialize for SideBuf {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        SideBufData::from(self).serialize(s)
+    }
+}
+
+impl From<&SideBuf> for SideBufData {
+    fn from(s: &SideBuf) -> Self {
+        let held: usize = s.len.iter().map(|&n| n as usize).sum();
+        let mut elems = Vec::with_capacity(held);
+        let mut vals = Vec::with_capacity(held * s.nvals);
+        for k in 0..s.keys as u32 {
+            for i in 0..s.len[k as usize] as usize {
+                elems.push(*s.elem(k, i));
+                vals.extend_from_slice(s.vals_of(k, i));
+            }
+        }
+        SideBufData { input: s.input, cap: s.cap, nvals: s.nvals, len: s.len.to_vec(), elems, vals }
+    }
+}
+
+impl TryFrom<SideBufData> for SideBuf {
+    type Error = String;
+    fn try_from(d: SideBufData) -> Result<Self, String> {
+        let held: usize = d.len.iter().map(|&n| n as usize).sum();
+        if d.cap == 0
+            || d.nvals > MAX_VALUES
+            || d.len.iter().any(|&n| n as usize > d.cap)
+            || d.elems.len() != held
+            || d.vals.len() != held * d.nvals
+        {
+            return Err("join buffers do not add up".into());
+        }
+        let mut s = SideBuf::new(d.input, d.cap, d.nvals, d.len.len());
+        let mut at = 0;
+        for (k, &n) in d.len.iter().enumerate() {
+            for i in 0..n as usize {
+                let slot = s.slot(k as u32, i);
+                s.elems[slot] = d.elems[at];
+                s.vals[slot * s.nvals..(slot + 1) * s.nvals]
+                    .copy_from_slice(&d.vals[at * d.nvals..(at + 1) * d.nvals]);
+                at += 1;
+            }
+        }
+        s.len.copy_from_slice(&d.len);
+        Ok(s)
+    }
 }
 
 impl SideBuf {
@@ -93,9 +165,10 @@ impl SideBuf {
             input,
             cap,
             nvals,
-            elems: vec![Elem::default(); keys * cap].into_boxed_slice(),
-            vals: vec![f64::NAN; keys * cap * nvals].into_boxed_slice(),
-            len: vec![0; keys].into_boxed_slice(),
+            keys,
+            elems: bytemuck::zeroed_slice_box(keys * cap),
+            vals: bytemuck::zeroed_slice_box(keys * cap * nvals),
+            len: bytemuck::zeroed_slice_box(keys),
         }
     }
 
@@ -105,29 +178,49 @@ impl SideBuf {
         )
     }
 
+    /// Where element `i` of key `k` lives.
     #[inline]
-    fn elems(&self, k: u32) -> &[Elem] {
-        let base = k as usize * self.cap;
-        &self.elems[base..base + self.len[k as usize] as usize]
+    fn slot(&self, k: u32, i: usize) -> usize {
+        i * self.keys + k as usize
+    }
+
+    #[inline]
+    fn held(&self, k: u32) -> usize {
+        self.len[k as usize] as usize
+    }
+
+    #[inline]
+    fn elem(&self, k: u32, i: usize) -> &Elem {
+        &self.elems[self.slot(k, i)]
+    }
+
+    #[inline]
+    fn vals_of(&self, k: u32, i: usize) -> &[f64] {
+        let at = self.slot(k, i) * self.nvals;
+        &self.vals[at..at + self.nvals]
+    }
+
+    /// Key `k`'s elements, in arrival order.
+    #[inline]
+    fn iter(&self, k: u32) -> impl Iterator<Item = &Elem> + Clone + '_ {
+        (0..self.held(k)).map(move |i| self.elem(k, i))
     }
 
     fn record(&self, k: u32, i: usize) -> SideRecord {
-        let e = self.elems(k)[i];
+        let e = *self.elem(k, i);
         let mut values = Values::ABSENT;
-        let at = (k as usize * self.cap + i) * self.nvals;
-        values.0[..self.nvals].copy_from_slice(&self.vals[at..at + self.nvals]);
+        values.0[..self.nvals].copy_from_slice(self.vals_of(k, i));
         SideRecord { input: self.input, t0: e.t0, t1: e.t1, count: e.count, values }
     }
 
     /// Appends; when full, the oldest arrival is pushed out first (returns true).
     fn push(&mut self, k: u32, e: Elem, values: &Values) -> bool {
         let mut evicted = false;
-        if self.len[k as usize] as usize == self.cap {
+        if self.held(k) == self.cap {
             self.remove_where(k, |i, _| i == 0);
             evicted = true;
         }
-        let i = self.len[k as usize] as usize;
-        let slot = k as usize * self.cap + i;
+        let slot = self.slot(k, self.held(k));
         self.elems[slot] = e;
         self.vals[slot * self.nvals..(slot + 1) * self.nvals].copy_from_slice(&values.0[..self.nvals]);
         self.len[k as usize] += 1;
@@ -136,17 +229,18 @@ impl SideBuf {
 
     /// Removes the elements for which `f(index, elem)` holds, keeping the order of the rest.
     fn remove_where(&mut self, k: u32, mut f: impl FnMut(usize, &Elem) -> bool) -> usize {
-        let base = k as usize * self.cap;
-        let n = self.len[k as usize] as usize;
+        let n = self.held(k);
         let mut w = 0;
         for r in 0..n {
-            if f(r, &self.elems[base + r]) {
+            let src = self.slot(k, r);
+            if f(r, &self.elems[src]) {
                 continue;
             }
             if w != r {
-                self.elems[base + w] = self.elems[base + r];
-                let (dst, src) = ((base + w) * self.nvals, (base + r) * self.nvals);
-                self.vals.copy_within(src..src + self.nvals, dst);
+                let dst = self.slot(k, w);
+                self.elems[dst] = self.elems[src];
+                let nv = self.nvals;
+                self.vals.copy_within(src * nv..src * nv + nv, dst * nv);
             }
             w += 1;
         }
@@ -253,24 +347,18 @@ impl JoinOp {
     /// After a restore from a checkpoint: checks the state has the shape the
     /// pipeline implies and gives its buffers their full capacity again.
     pub fn after_restore(&mut self, index: usize, p: &Pipeline) -> Result<(), String> {
-        let fresh = JoinOp::new(index, p, 0);
-        let side_ok = |a: &SideBuf, b: &SideBuf| {
-            a.input == b.input
-                && a.cap == b.cap
-                && a.nvals == b.nvals
-                && a.elems.len() == b.elems.len()
-                && a.vals.len() == b.vals.len()
-                && a.len.len() == b.len.len()
-                && a.len.iter().all(|&n| n as usize <= a.cap)
+        let d = &p.joins[index];
+        let keys = join_keys(p, d);
+        let side_ok = |s: &SideBuf, i: Input| {
+            s.input == i && s.cap == side_capacity(p, i) && s.nvals == nvals(p, i) && s.keys == keys
         };
-        let keys = fresh.keys.capacity();
-        let ok = self.index == fresh.index
-            && self.strategy == fresh.strategy
-            && self.kind == fresh.kind
-            && self.max_matches == fresh.max_matches
-            && self.size == fresh.size
-            && side_ok(&self.sides[0], &fresh.sides[0])
-            && side_ok(&self.sides[1], &fresh.sides[1])
+        let ok = self.index as usize == index
+            && self.strategy == d.strategy
+            && self.kind == d.kind
+            && self.max_matches == d.max_matches.get()
+            && self.size == [fixed_size(p, d.left), fixed_size(p, d.right)]
+            && side_ok(&self.sides[0], d.left)
+            && side_ok(&self.sides[1], d.right)
             && self.keys.shape_matches(keys)
             && self.heaps.iter().all(|h| h.shape_matches(keys));
         if !ok {
@@ -329,16 +417,16 @@ impl JoinOp {
     /// When key `k`'s elements of `side` next need a look: the earliest
     /// release among them, against the other side's effective progress.
     fn key_due(&self, k: u32, side: usize) -> Option<i64> {
-        let elems = self.sides[side].elems(k);
+        let elems = self.sides[side].iter(k);
         match (self.strategy, side) {
             (Strategy::Asof { tolerance_ms }, R) => asof_right_due(elems, self.asof_bound(k), tolerance_ms),
-            _ => elems.iter().map(|e| self.release_at(side, e)).min(),
+            _ => elems.map(|e| self.release_at(side, e)).min(),
         }
     }
 
     /// As-of: every left still to be answered for key `k` has `ts >=` this.
     fn asof_bound(&self, k: u32) -> i64 {
-        self.sides[L].elems(k).iter().map(|e| e.t0).min().map_or(self.eff[L], |t| t.min(self.eff[L]))
+        self.sides[L].iter(k).map(|e| e.t0).min().map_or(self.eff[L], |t| t.min(self.eff[L]))
     }
 
     fn key_slot(&mut self, key: &Key) -> u32 {
@@ -385,8 +473,8 @@ impl JoinOp {
         if !matches!(self.strategy, Strategy::Asof { .. }) {
             // pair with every buffered element of the other side, in arrival order
             let other = 1 - side;
-            for i in 0..self.sides[other].len[k as usize] as usize {
-                let o = self.sides[other].elems(k)[i];
+            for i in 0..self.sides[other].held(k) {
+                let o = *self.sides[other].elem(k, i);
                 let (l, r) = if side == L { (&e, &o) } else { (&o, &e) };
                 if !self.matches(l, r) {
                     continue;
@@ -402,8 +490,8 @@ impl JoinOp {
                 if side == L {
                     e_matches += 1;
                 } else {
-                    let base = k as usize * self.sides[L].cap;
-                    self.sides[L].elems[base + i].matches += 1;
+                    let slot = self.sides[L].slot(k, i);
+                    self.sides[L].elems[slot].matches += 1;
                 }
             }
         }
@@ -505,15 +593,15 @@ impl JoinOp {
         let key = self.keys.key(k).clone();
         // left side, in arrival order
         let mut i = 0;
-        while i < self.sides[L].len[k as usize] as usize {
-            let e = self.sides[L].elems(k)[i];
+        while i < self.sides[L].held(k) {
+            let e = *self.sides[L].elem(k, i);
             if self.release_at(L, &e) > self.eff[R] || !self.open_min_allows(L, &key, &e, ctx) {
                 i += 1;
                 continue;
             }
             let left = self.sides[L].record(k, i);
             if let Strategy::Asof { tolerance_ms } = self.strategy {
-                match asof_best(self.sides[R].elems(k), e.t0, tolerance_ms) {
+                match asof_best(self.sides[R].iter(k), e.t0, tolerance_ms) {
                     Some(j) => {
                         let right = self.sides[R].record(k, j);
                         self.emit(p, &key, left, Some(right), now, sink);
@@ -582,17 +670,14 @@ fn session_open_ok(strategy: Strategy, open_min: Option<i64>, e: &Elem) -> bool 
 
 /// The as-of match for a left at `ts`: the right with the greatest
 /// `(ts, arrival)` such that `r.ts <= ts` and `ts - r.ts <= tolerance`.
-fn asof_best(rights: &[Elem], ts: i64, tolerance: i64) -> Option<usize> {
-    let mut best: Option<usize> = None;
-    for (j, r) in rights.iter().enumerate() {
-        if r.t0 <= ts
-            && ts - r.t0 <= tolerance
-            && best.is_none_or(|b| (r.t0, r.seq) > (rights[b].t0, rights[b].seq))
-        {
-            best = Some(j);
+fn asof_best<'a>(rights: impl Iterator<Item = &'a Elem>, ts: i64, tolerance: i64) -> Option<usize> {
+    let mut best: Option<(usize, (i64, u64))> = None;
+    for (j, r) in rights.enumerate() {
+        if r.t0 <= ts && ts - r.t0 <= tolerance && best.is_none_or(|(_, b)| (r.t0, r.seq) > b) {
+            best = Some((j, (r.t0, r.seq)));
         }
     }
-    best
+    best.map(|(j, _)| j)
 }
 
 /// Drops rights no pending or future left can pick: every left still to be
@@ -601,8 +686,7 @@ fn asof_best(rights: &[Elem], ts: i64, tolerance: i64) -> Option<usize> {
 /// `tolerance` of `wm`.
 fn asof_prune(side: &mut SideBuf, k: u32, wm: i64, tolerance: i64) {
     let best = side
-        .elems(k)
-        .iter()
+        .iter(k)
         .enumerate()
         .filter(|(_, r)| r.t0 <= wm)
         .max_by_key(|(_, r)| (r.t0, r.seq))
@@ -614,15 +698,15 @@ fn asof_prune(side: &mut SideBuf, k: u32, wm: i64, tolerance: i64) {
 }
 
 /// When the rights of a key next need pruning.
-fn asof_right_due(rights: &[Elem], wm: i64, tolerance: i64) -> Option<i64> {
-    if rights.is_empty() {
-        return None;
-    }
+fn asof_right_due<'a>(
+    rights: impl Iterator<Item = &'a Elem> + Clone,
+    wm: i64,
+    tolerance: i64,
+) -> Option<i64> {
     // the next right above wm makes the current best obsolete once wm reaches it;
     // the best itself expires at ts + tolerance + 1
-    let next_above = rights.iter().filter(|r| r.t0 > wm).map(|r| r.t0).min();
+    let next_above = rights.clone().filter(|r| r.t0 > wm).map(|r| r.t0).min();
     let best_expiry = rights
-        .iter()
         .filter(|r| r.t0 <= wm)
         .map(|r| r.t0)
         .max()

@@ -50,6 +50,75 @@ impl Counter {
     }
 }
 
+/// Upper bounds (µs) of the result-latency histogram's buckets (then +Inf).
+pub const LATENCY_BOUNDS_US: [u64; 20] = [
+    25, 50, 100, 150, 200, 300, 400, 500, 750, 1_000, 1_500, 2_000, 3_000, 5_000, 10_000, 25_000, 50_000,
+    100_000, 250_000, 1_000_000,
+];
+
+/// Latency of results from the broker's delivery of the message that
+/// completed them to the publish of the result upstream: the time edgejoin
+/// itself adds on top of the watermark's hold.
+#[derive(Default, Debug)]
+pub struct LatencyHistogram {
+    buckets: [Counter; LATENCY_BOUNDS_US.len() + 1],
+    sum_us: Counter,
+}
+
+impl LatencyHistogram {
+    pub fn observe(&self, d: Duration) {
+        let us = d.as_micros().min(u128::from(u64::MAX)) as u64;
+        let b = LATENCY_BOUNDS_US.partition_point(|&bound| bound < us);
+        self.buckets[b].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    /// The `q` quantile in µs, interpolated linearly within its bucket (as
+    /// Prometheus' `histogram_quantile` does); `None` before any observation.
+    /// Past the last bound it answers that bound.
+    pub fn quantile_us(&self, q: f64) -> Option<f64> {
+        let counts: Vec<u64> = self.buckets.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = q.clamp(0.0, 1.0) * total as f64;
+        let mut seen = 0u64;
+        for (i, &n) in counts.iter().enumerate() {
+            if n > 0 && (seen + n) as f64 >= rank {
+                let lo = if i == 0 { 0.0 } else { LATENCY_BOUNDS_US[i - 1] as f64 };
+                let Some(&hi) = LATENCY_BOUNDS_US.get(i) else { return Some(lo) };
+                return Some(lo + (hi as f64 - lo) * ((rank - seen as f64) / n as f64).clamp(0.0, 1.0));
+            }
+            seen += n;
+        }
+        Some(*LATENCY_BOUNDS_US.last().expect("bounds") as f64)
+    }
+
+    fn prometheus(&self, o: &mut String) {
+        let name = "edgejoin_result_latency_seconds";
+        let _ = writeln!(o, "# TYPE {name} histogram");
+        let mut cum = 0u64;
+        for (i, c) in self.buckets.iter().enumerate() {
+            cum += c.load(Ordering::Relaxed);
+            match LATENCY_BOUNDS_US.get(i) {
+                Some(b) => {
+                    let _ = writeln!(o, "{name}_bucket{{le=\"{}\"}} {cum}", *b as f64 / 1e6);
+                }
+                None => {
+                    let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {cum}");
+                }
+            }
+        }
+        let _ = writeln!(o, "{name}_sum {}", self.sum_us.load(Ordering::Relaxed) as f64 / 1e6);
+        let _ = writeln!(o, "{name}_count {cum}");
+    }
+}
+
 /// Counters of the live service (several tasks update them).
 #[derive(Default, Debug)]
 pub struct ServiceCounters {
@@ -75,10 +144,14 @@ pub struct ServiceCounters {
     pub processing_delay_ms: Counter,
     /// Failed reads or opens of local I2C sensors.
     pub i2c_errors: Counter,
+    /// Wall clock (Unix ms) when the engine last finished a batch of messages.
+    pub last_processed_unix_ms: Counter,
+    /// Broker delivery of a message → publish of the results it completed.
+    pub result_latency: LatencyHistogram,
 }
 
 impl ServiceCounters {
-    fn all(&self) -> [(&'static str, u64); 20] {
+    fn all(&self) -> [(&'static str, u64); 21] {
         let g = |a: &Counter| a.load(Ordering::Relaxed);
         [
             ("received", g(&self.received)),
@@ -101,6 +174,7 @@ impl ServiceCounters {
             ("uplink_errors", g(&self.uplink_errors)),
             ("processing_delay_ms", g(&self.processing_delay_ms)),
             ("i2c_errors", g(&self.i2c_errors)),
+            ("last_processed_unix_ms", g(&self.last_processed_unix_ms)),
         ]
     }
 }
@@ -115,6 +189,11 @@ pub fn stats_json(e: &Engine, c: &ServiceCounters, rate: f64, uptime: Duration) 
     svc.insert("rate_per_s".into(), ((rate * 10.0).round() / 10.0).into());
     svc.insert("uptime_s".into(), uptime.as_secs().into());
     svc.insert("gateway_ms".into(), e.now().into());
+    for (name, q) in [("result_latency_p50_us", 0.5), ("result_latency_p99_us", 0.99)] {
+        if let Some(us) = c.result_latency.quantile_us(q) {
+            svc.insert(name.into(), (us.round() as u64).into());
+        }
+    }
     v["service"] = serde_json::Value::Object(svc);
     v.to_string()
 }
@@ -138,6 +217,7 @@ pub fn prometheus(e: &Engine, c: &ServiceCounters) -> String {
         );
         let _ = writeln!(o, "edgejoin_{k} {n}");
     }
+    c.result_latency.prometheus(&mut o);
     let p = e.pipeline();
     let now = e.now();
     for (i, s) in p.streams.iter().enumerate() {
@@ -211,4 +291,35 @@ pub fn prometheus(e: &Engine, c: &ServiceCounters) -> String {
         let _ = writeln!(o, "edgejoin_device_spread_ms{{device=\"{l}\"}} {:.3}", r.spread_ms);
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_quantiles_interpolate_within_buckets() {
+        let h = LatencyHistogram::default();
+        assert_eq!(h.quantile_us(0.99), None);
+        // 98 fast results (10 µs: first bucket), 2 slow (1.2 ms: the 1..1.5 ms bucket)
+        for _ in 0..98 {
+            h.observe(Duration::from_micros(10));
+        }
+        for _ in 0..2 {
+            h.observe(Duration::from_micros(1200));
+        }
+        assert_eq!(h.count(), 100);
+        let p50 = h.quantile_us(0.5).unwrap();
+        assert!(p50 > 0.0 && p50 <= 25.0, "{p50}");
+        let p99 = h.quantile_us(0.99).unwrap();
+        assert!((1000.0..=1500.0).contains(&p99), "{p99}");
+        // past the last bound: the last bound
+        h.observe(Duration::from_secs(5));
+        assert_eq!(h.quantile_us(1.0), Some(1e6));
+        let mut o = String::new();
+        h.prometheus(&mut o);
+        assert!(o.contains("edgejoin_result_latency_seconds_bucket{le=\"0.000025\"} 98\n"), "{o}");
+        assert!(o.contains("edgejoin_result_latency_seconds_bucket{le=\"+Inf\"} 101\n"), "{o}");
+        assert!(o.contains("edgejoin_result_latency_seconds_count 101\n"), "{o}");
+    }
 }

@@ -20,7 +20,6 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -167,9 +166,11 @@ impl Backoff {
     }
 }
 
-/// A message for the engine thread.
+/// A message for the engine thread: the message, its wall-clock receive
+/// time (the event clock of `clock = "receive"` streams) and the instant the
+/// broker delivered it (for the result latency histogram).
 enum Inbound {
-    Message(Publish, i64),
+    Message(Publish, i64, Instant),
     Shutdown,
 }
 
@@ -186,6 +187,8 @@ struct SpoolSink<'a> {
     idx: u32,
     skip_through: Option<(u64, u32)>,
     counters: &'a ServiceCounters,
+    /// Spool positions of the results appended through this sink (first, end).
+    appended: Option<(u64, u64)>,
 }
 
 impl<'a> SpoolSink<'a> {
@@ -210,7 +213,39 @@ impl<'a> SpoolSink<'a> {
             idx: 0,
             skip_through,
             counters,
+            appended: None,
         }
+    }
+}
+
+/// Which spool positions the results of each recent message got, and when
+/// the broker delivered that message: the uplink turns them into the result
+/// latency histogram. Bounded; when the uplink is behind, the oldest marks
+/// go first (those results then go unmeasured, never undelivered).
+struct LatencyMarks(Mutex<VecDeque<(u64, u64, Instant)>>);
+
+impl LatencyMarks {
+    const CAP: usize = 4096;
+
+    fn new() -> Self {
+        LatencyMarks(Mutex::new(VecDeque::with_capacity(Self::CAP)))
+    }
+
+    fn mark(&self, first: u64, end: u64, delivered: Instant) {
+        let mut m = self.0.lock().expect("latency marks lock");
+        if m.len() == Self::CAP {
+            m.pop_front();
+        }
+        m.push_back((first, end, delivered));
+    }
+
+    /// The delivery instant of the message whose result sits at spool position `seq`.
+    fn take(&self, seq: u64) -> Option<Instant> {
+        let mut m = self.0.lock().expect("latency marks lock");
+        while m.front().is_some_and(|&(_, end, _)| end <= seq) {
+            m.pop_front();
+        }
+        m.front().filter(|&&(first, _, _)| first <= seq).map(|&(_, _, at)| at)
     }
 }
 
@@ -255,9 +290,11 @@ impl Sink for SpoolSink<'_> {
         tpl.render_append(&TemplateVars { name, key, gateway: self.gateway }, self.topic);
         let payload = self.enc.encode(p, out);
         let mut spool = self.spool.lock().expect("spool lock");
+        let at = spool.end();
         match spool.append(self.input_seq, idx, self.topic, payload) {
             Ok(true) => {
                 self.counters.results.fetch_add(1, Ordering::Relaxed);
+                self.appended = Some((self.appended.map_or(at, |a| a.0), at + 1));
             }
             Ok(false) => {}
             Err(e) => {
@@ -393,12 +430,13 @@ async fn run_async(p: Pipeline) -> Result<(), ServiceError> {
     )?;
     let (up_client, up_loop) = AsyncClient::new(up_opts, 512);
 
-    let (in_tx, in_rx) = std_mpsc::sync_channel::<Inbound>(4096);
+    let (in_tx, in_rx) = tokio::sync::mpsc::channel::<Inbound>(4096);
     let notify = Arc::new(Notify::new());
     let stopping = Arc::new(AtomicBool::new(false));
     let (stats_tx, stats_rx) = tokio::sync::mpsc::channel::<(String, Vec<u8>)>(8);
     let metrics_text = Arc::new(Mutex::new(String::new()));
     let ready = Arc::new(Notify::new());
+    let marks = Arc::new(LatencyMarks::new());
 
     let source = tokio::spawn(source_task(
         src_loop,
@@ -416,6 +454,7 @@ async fn run_async(p: Pipeline) -> Result<(), ServiceError> {
         stats_rx,
         stopping.clone(),
         counters.clone(),
+        marks.clone(),
         svc.shutdown_ms,
     ));
     if let Some(addr) = svc.metrics_addr {
@@ -431,6 +470,7 @@ async fn run_async(p: Pipeline) -> Result<(), ServiceError> {
         let counters = counters.clone();
         let metrics_text = metrics_text.clone();
         let src_client = src_client.clone();
+        let rt = tokio::runtime::Handle::current();
         std::thread::Builder::new()
             .name("engine".into())
             .spawn(move || {
@@ -441,12 +481,14 @@ async fn run_async(p: Pipeline) -> Result<(), ServiceError> {
                     wal,
                     recent,
                     in_rx,
+                    rt,
                     src_client,
                     spool,
                     notify,
                     stats_tx,
                     metrics_text,
                     counters,
+                    marks,
                 )
             })
             .map_err(io_err("engine thread"))?
@@ -467,7 +509,7 @@ async fn run_async(p: Pipeline) -> Result<(), ServiceError> {
                         src,
                         |topic, payload| {
                             let m = Publish::new(topic, QoS::AtMostOnce, payload.into_bytes());
-                            tx.send(Inbound::Message(m, now_ms())).is_ok()
+                            tx.blocking_send(Inbound::Message(m, now_ms(), Instant::now())).is_ok()
                         },
                         &counters.i2c_errors,
                     )
@@ -485,7 +527,7 @@ async fn run_async(p: Pipeline) -> Result<(), ServiceError> {
         _ = shutdown_signal() => {
             tracing::info!("stopping before the broker answered");
             stopping.store(true, Ordering::SeqCst);
-            let _ = in_tx.send(Inbound::Shutdown);
+            let _ = in_tx.send(Inbound::Shutdown).await;
             let _ = tokio::task::spawn_blocking(move || engine_thread.join()).await;
             return Ok(());
         }
@@ -495,7 +537,7 @@ async fn run_async(p: Pipeline) -> Result<(), ServiceError> {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     let _ = src_client.try_disconnect();
     source.abort();
-    let _ = in_tx.send(Inbound::Shutdown);
+    let _ = in_tx.send(Inbound::Shutdown).await;
     let res = tokio::task::spawn_blocking(move || engine_thread.join()).await;
     stopping.store(true, Ordering::SeqCst);
     notify.notify_one();
@@ -523,7 +565,7 @@ async fn source_task(
     mut ev: EventLoop,
     client: AsyncClient,
     filters: Vec<String>,
-    tx: std_mpsc::SyncSender<Inbound>,
+    tx: tokio::sync::mpsc::Sender<Inbound>,
     counters: Arc<ServiceCounters>,
     ready: Arc<Notify>,
 ) {
@@ -551,10 +593,9 @@ async fn source_task(
             }
             Ok(Event::Incoming(Incoming::Publish(publish))) => {
                 counters.received.fetch_add(1, Ordering::Relaxed);
-                let msg = Inbound::Message(publish, now_ms());
+                let msg = Inbound::Message(publish, now_ms(), Instant::now());
                 // back-pressure: wait here while the engine is behind (the broker holds the rest)
-                let sent = tokio::task::block_in_place(|| tx.send(msg));
-                if sent.is_err() {
+                if tx.send(msg).await.is_err() {
                     return;
                 }
             }
@@ -576,13 +617,15 @@ fn engine_loop(
     mut seq: u64,
     mut wal: Option<Wal>,
     mut recent: VecDeque<(u16, u64)>,
-    rx: std_mpsc::Receiver<Inbound>,
+    mut rx: tokio::sync::mpsc::Receiver<Inbound>,
+    rt: tokio::runtime::Handle,
     src: AsyncClient,
     spool: Arc<Mutex<Spool>>,
     notify: Arc<Notify>,
     stats_tx: tokio::sync::mpsc::Sender<(String, Vec<u8>)>,
     metrics_text: Arc<Mutex<String>>,
     counters: Arc<ServiceCounters>,
+    marks: Arc<LatencyMarks>,
 ) -> Result<(), ServiceError> {
     let svc = p.gateway.service.clone();
     let dir = p.gateway.state_dir.clone();
@@ -591,7 +634,7 @@ fn engine_loop(
     let mut topic = String::new();
     let prefix = p.upstream.topic_prefix.clone();
     let stats_topic = format!("{prefix}/{}", svc.stats_topic);
-    let mut batch: Vec<(Publish, i64)> = Vec::with_capacity(256);
+    let mut batch: Vec<(Publish, i64, Instant)> = Vec::with_capacity(256);
     let tick = Duration::from_millis(svc.tick_ms as u64);
     let mut last_tick = Instant::now();
     let mut last_ckpt = Instant::now();
@@ -603,21 +646,21 @@ fn engine_loop(
     let mut stop = false;
     while !stop {
         batch.clear();
-        match rx.recv_timeout(tick.min(Duration::from_millis(250))) {
-            Ok(Inbound::Message(m, t)) => batch.push((m, t)),
-            Ok(Inbound::Shutdown) => stop = true,
-            Err(std_mpsc::RecvTimeoutError::Timeout) => {}
-            Err(std_mpsc::RecvTimeoutError::Disconnected) => stop = true,
+        let wait = tick.min(Duration::from_millis(250));
+        match rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
+            Ok(Some(Inbound::Message(m, t, at))) => batch.push((m, t, at)),
+            Ok(Some(Inbound::Shutdown)) | Ok(None) => stop = true,
+            Err(_) => {}
         }
         while batch.len() < 256 && !stop {
             match rx.try_recv() {
-                Ok(Inbound::Message(m, t)) => batch.push((m, t)),
+                Ok(Inbound::Message(m, t, at)) => batch.push((m, t, at)),
                 Ok(Inbound::Shutdown) => stop = true,
                 Err(_) => break,
             }
         }
         // a redelivery of a message logged before a crash: acknowledge, do not process twice
-        batch.retain(|(m, _)| {
+        batch.retain(|(m, _, _)| {
             let h = message_hash(&m.topic, &m.payload);
             let dup = m.dup && recent.iter().any(|&(pkid, hh)| pkid == m.pkid && hh == h);
             if dup {
@@ -631,26 +674,30 @@ fn engine_loop(
         if !batch.is_empty() {
             let first = seq + 1;
             if let Some(w) = wal.as_mut() {
-                for (i, (m, recv)) in batch.iter().enumerate() {
+                for (i, (m, recv, _)) in batch.iter().enumerate() {
                     w.append_message(first + i as u64, *recv, m.pkid, &m.topic, &m.payload)
                         .map_err(io_err("write-ahead log"))?;
                 }
                 w.sync().map_err(io_err("write-ahead log"))?;
             }
             if durable {
-                for (m, _) in &batch {
+                for (m, _, _) in &batch {
                     if src.try_ack(m).is_err() {
                         counters.ack_failures.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
-            for (m, recv) in &batch {
+            for (m, recv, delivered) in &batch {
                 seq += 1;
                 remember(&mut recent, m.pkid, &m.topic, &m.payload);
                 let mut sink = SpoolSink::new(&p, &spool, &mut enc, &mut topic, &counters, seq, None);
                 engine.ingest(*recv, &m.topic, &m.payload, &mut sink);
+                if let Some((first, end)) = sink.appended {
+                    marks.mark(first, end, *delivered);
+                }
                 counters.processed.fetch_add(1, Ordering::Relaxed);
             }
+            counters.last_processed_unix_ms.store(now_ms() as u64, Ordering::Relaxed);
             if let Some(oldest) = batch.iter().map(|b| b.1).min() {
                 counters
                     .processing_delay_ms
@@ -731,6 +778,7 @@ async fn uplink_task(
     mut stats_rx: tokio::sync::mpsc::Receiver<(String, Vec<u8>)>,
     stopping: Arc<AtomicBool>,
     counters: Arc<ServiceCounters>,
+    marks: Arc<LatencyMarks>,
     shutdown_ms: i64,
 ) {
     const WINDOW: usize = 64;
@@ -812,6 +860,9 @@ async fn uplink_task(
                     if let Some(seq) = sent_order.pop_front() {
                         if seq != u64::MAX && pkid != 0 {
                             by_pkid.insert(pkid, seq);
+                            if let Some(delivered) = marks.take(seq) {
+                                counters.result_latency.observe(delivered.elapsed());
+                            }
                         }
                     }
                 }

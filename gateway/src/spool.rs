@@ -139,6 +139,11 @@ impl Spool {
         self.last_input
     }
 
+    /// The sequence number the next appended result gets.
+    pub fn end(&self) -> u64 {
+        self.next_seq
+    }
+
     /// Results not yet delivered.
     pub fn depth(&self) -> u64 {
         self.next_seq - self.acked

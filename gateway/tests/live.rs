@@ -461,10 +461,15 @@ fn stats_topic_and_prometheus_metrics() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let stats = loop {
         let s = rx.recv_timeout(Duration::from_secs(5)).expect("a stats message");
-        if s["service"]["processed"].as_u64() == Some(msgs.len() as u64) || Instant::now() > deadline {
+        let done = s["service"]["processed"].as_u64() == Some(msgs.len() as u64)
+            && s["service"]["result_latency_p99_us"].is_u64();
+        if done || Instant::now() > deadline {
             break s;
         }
     };
+    // results went upstream, each timed from its completing message's delivery
+    let p99 = stats["service"]["result_latency_p99_us"].as_u64().expect("a latency p99 in the stats");
+    assert!(p99 > 0 && p99 < 5_000_000, "{p99}");
     assert_eq!(stats["service"]["processed"], msgs.len() as u64);
     assert_eq!(stats["streams"]["payments"]["late_dropped"], 1);
     assert!(stats["joins"]["orders_payments"]["matches"].as_u64().unwrap() >= 5);
@@ -478,6 +483,17 @@ fn stats_topic_and_prometheus_metrics() {
     assert!(body.contains(&format!("edgejoin_processed {}", msgs.len())), "{body}");
     assert!(body.contains("edgejoin_stream_late_dropped_total{stream=\"payments\"} 1"), "{body}");
     assert!(body.contains("edgejoin_join_matches_total{join=\"orders_payments\"}"), "{body}");
+    let value = |name: &str| -> f64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("{name} in {body}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(value("edgejoin_result_latency_seconds_count") >= 5.0, "{body}");
+    let last = value("edgejoin_last_processed_unix_ms");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as f64;
+    assert!(now - last >= 0.0 && now - last < 60_000.0, "{last} vs {now}");
     gw.stop();
 }
 
