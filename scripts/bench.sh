@@ -1,12 +1,23 @@
 #!/usr/bin/env bash
 # End-to-end figures of edgejoin through Mosquitto on loopback, printed as
-# the table in docs/BENCHMARKS.md: binary size, start to READY, intake
-# against a minimal counting subscriber at QoS 0 and 1 (same run, same
-# broker), peak RSS, CPU and RSS slope at 1,000 msg/s. Needs mosquitto.
-# Usage: scripts/bench.sh [steady-seconds (default 60)]
+# the table in docs/BENCHMARKS.md:
+#   - stripped binary size, start to READY;
+#   - intake at QoS 0 and 1 against a minimal counting subscriber on the same
+#     broker: each subscriber is paused (SIGSTOP) while the simulator publishes
+#     N messages, then resumed alone; the figure is the time from its resume
+#     to its last message (edgejoin: to the end of the batch that completed N,
+#     from its `edgejoin_last_processed_unix_ms` gauge). ROUNDS rounds, medians;
+#   - result latency (broker delivery → publish upstream, which excludes the
+#     watermark's hold) while the same N messages come at half the measured
+#     QoS 1 intake rate, from the `edgejoin_result_latency_seconds` histogram;
+#   - peak RSS with 4 streams × 1000 keys × 256 slots after all of the above;
+#   - CPU and RSS slope at 1,000 msg/s over STEADY seconds.
+# Needs mosquitto, curl, python3.
+# Usage: scripts/bench.sh [steady-seconds (default 600)]   (ROUNDS=3 by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-STEADY=${1:-60}
+STEADY=${1:-600}
+ROUNDS=${ROUNDS:-3}
 cargo build --release --locked -q -p edgejoin -p sensors-sim
 EJ=$PWD/target/release/edgejoin
 SIM=$PWD/target/release/sensors-sim
@@ -14,9 +25,15 @@ MOSQ=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 work=$(mktemp -d)
 chmod 777 "$work"
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+cleanup() {
+    for p in "${pids[@]}"; do kill -CONT "$p" 2>/dev/null || true; kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+now_us() { echo $(( $(date +%s%N) / 1000 )); }
+say() { echo "bench: $*" >&2; }
 
 port=$(free_port)
 printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000000\nmax_inflight_messages 100\n' "$port" > "$work/m.conf"
@@ -28,38 +45,95 @@ mport=$(free_port)
 sed "s#state_dir = \"BENCH\"#state_dir = \"$work/state\"\nmetrics_addr = \"127.0.0.1:$mport\"#" config/scenarios/bench-gateway.toml > "$work/gw.toml"
 printf '\n[source]\nurl = "%s"\n\n[upstream]\nurl = "%s"\ntopic_prefix = "gw/bench"\nspool = "256MiB"\n' "$URL" "$URL" >> "$work/gw.toml"
 
-metric() { curl -s "http://127.0.0.1:$mport/metrics" 2>/dev/null | awk -v k="$1" '$1==k {print $2}'; }
+metrics() { curl -s "http://127.0.0.1:$mport/metrics" 2>/dev/null || true; }
+metric() { metrics | awk -v k="$1" '$1==k {print $2}'; }
 
 # start to READY
 t0=$(date +%s%N)
 EDGEJOIN_LOG=info "$EJ" run --config "$work/gw.toml" 2> "$work/gw.log" & GW=$!; pids+=($GW)
-until grep -q "subscribed; ready" "$work/gw.log"; do sleep 0.005; done
+until grep -q "subscribed; ready" "$work/gw.log"; do sleep 0.002; done
 ready_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
 
 N=$("$SIM" --config config/scenarios/bench.toml --record "$work/bench.jsonl" --quiet && wc -l < "$work/bench.jsonl")
+sleep 1.5   # one stats interval, so metrics are served
 
-intake() { # qos -> "counter_s gateway_s"
+# one drain round at QoS $1: prints "counter_ms gateway_ms"
+drain() {
     local q=$1 before
     before=$(metric edgejoin_processed); before=${before:-0}
     "$SIM" count --broker "$URL" --topic 'bench/#' --n "$N" --qos "$q" --announce > "$work/count.out" & local CP=$!
     until grep -q ready "$work/count.out" 2>/dev/null; do sleep 0.01; done
-    local s=$(date +%s%N)
-    "$SIM" --config config/scenarios/bench.toml --broker "$URL" --fast --quiet --qos "$q" &
-    local gw_done="" deadline=$(( $(date +%s) + 180 ))
-    while [ -z "$gw_done" ] && [ "$(date +%s)" -lt "$deadline" ]; do
-        local p=$(metric edgejoin_processed)
-        if [ "${p:-0}" -ge $((before + N)) ]; then gw_done=$(( ($(date +%s%N) - s) / 1000000 )); fi
-        sleep 0.02
+    kill -STOP "$CP" "$GW"
+    "$SIM" --config config/scenarios/bench.toml --broker "$URL" --fast --quiet --qos "$q"
+    sleep 0.5
+    local s=$(now_us)
+    kill -CONT "$CP"
+    wait "$CP"
+    local c_last=$(awk '/^last_message_unix_us/ {print $2}' "$work/count.out")
+    local c_got=$(awk '/messages in/ {print $1}' "$work/count.out")
+    [ "$c_got" = "$N" ] || say "counter took $c_got of $N at QoS $q"
+    s2=$(now_us)
+    kill -CONT "$GW"
+    local deadline=$(( $(date +%s) + 120 )) p=0
+    while [ "$(date +%s)" -lt "$deadline" ]; do
+        p=$(metric edgejoin_processed); p=${p:-0}
+        [ "$p" -ge $((before + N)) ] && break
+        sleep 0.05
     done
-    gw_done=${gw_done:-timeout}
-    wait $CP
-    local c_ms=$(awk '/messages in/ {print $4*1000}' "$work/count.out")
-    # the counter's own first-to-last time, and the gateway's publish-start-to-all-processed (upper bound)
-    echo "$c_ms $gw_done"
+    [ "$p" -ge $((before + N)) ] || say "gateway took $((p - before)) of $N at QoS $q"
+    local g_last=$(metric edgejoin_last_processed_unix_ms)
+    echo "$(( (c_last - s) / 1000 )) $(( g_last - s2 / 1000 ))"
 }
-sleep 2   # one stats interval so metrics are served
-read c0 g0 < <(intake 0)
-read c1 g1 < <(intake 1)
+median() { python3 -c "import sys,statistics; print(statistics.median(float(x) for x in sys.argv[1:]))" "$@"; }
+
+declare -A C G
+for q in 0 1; do
+    cs=(); gs=()
+    for r in $(seq 1 "$ROUNDS"); do
+        read c g < <(drain "$q")
+        say "QoS $q round $r: counter $c ms, edgejoin $g ms"
+        cs+=("$c"); gs+=("$g")
+    done
+    C[$q]=$(median "${cs[@]}"); G[$q]=$(median "${gs[@]}")
+done
+max_rate=$(python3 -c "print(int($N / (${G[1]} / 1000)))")
+
+# latency at half the QoS 1 intake rate: the same messages, paced
+half=$(( max_rate / 2 ))
+metrics > "$work/lat0.txt"
+p0=$(awk '$1=="edgejoin_processed" {print $2}' "$work/lat0.txt")
+l0=$(now_us)
+"$SIM" --config config/scenarios/bench.toml --broker "$URL" --rate "$half" --quiet --qos 1
+l1=$(now_us)
+sleep 1.5    # one stats interval
+metrics > "$work/lat1.txt"
+p1=$(awk '$1=="edgejoin_processed" {print $2}' "$work/lat1.txt")
+read lat_n p50 p99 < <(python3 - "$work/lat0.txt" "$work/lat1.txt" <<'EOP'
+import sys, re
+def buckets(f):
+    b = {}
+    for l in open(f):
+        m = re.match(r'edgejoin_result_latency_seconds_bucket\{le="([^"]+)"\} (\d+)', l)
+        if m:
+            b[float(m.group(1)) if m.group(1) != "+Inf" else float("inf")] = int(m.group(2))
+    return b
+a, b = buckets(sys.argv[1]), buckets(sys.argv[2])
+les = sorted(b)
+cum = [b[l] - a.get(l, 0) for l in les]
+n = cum[-1]
+def q(x):
+    rank, prev, lo = x * n, 0, 0.0
+    for le, c in zip(les, cum):
+        if c >= rank and c > prev:
+            if le == float("inf"):
+                return lo * 1e6
+            return (lo + (le - lo) * (rank - prev) / (c - prev)) * 1e6
+        prev, lo = c, le
+    return float("nan")
+print(n, round(q(0.5)), round(q(0.99)))
+EOP
+)
+lat_rate=$(( (p1 - p0) * 1000000 / (l1 - l0) ))
 peak_kb=$(awk '/VmHWM/ {print $2}' /proc/$GW/status)
 
 # steady 1,000 msg/s: CPU and RSS slope
@@ -75,32 +149,37 @@ device_prefix = "d"
 every = "1s"
 values = { v = [0.0, 100.0] }
 EOT
+say "steady 1,000 msg/s for ${STEADY} s"
 cpu0=$(awk '{print $14+$15}' /proc/$GW/stat)
 "$SIM" --config "$work/steady.toml" --broker "$URL" --quiet & SP=$!
 rss_log=()
-for i in $(seq 1 $((STEADY / 5))); do sleep 5; rss_log+=("$i $(awk '/VmRSS/ {print $2}' /proc/$GW/status)"); done
+step=$(( STEADY >= 60 ? 10 : 2 ))
+for i in $(seq 1 $((STEADY / step))); do sleep "$step"; rss_log+=("$((i * step)) $(awk '/VmRSS/ {print $2}' /proc/$GW/status)"); done
 wait $SP || true
 cpu1=$(awk '{print $14+$15}' /proc/$GW/stat)
 hz=$(getconf CLK_TCK)
 cpu_pct=$(python3 -c "print(round(($cpu1-$cpu0)/$hz/$STEADY*100,1))")
-slope=$(printf '%s\n' "${rss_log[@]}" | python3 -c "
+read slope rss_first rss_last < <(printf '%s\n' "${rss_log[@]}" | python3 -c "
 import sys
 pts=[tuple(map(float,l.split())) for l in sys.stdin if l.strip()]
 n=len(pts); mx=sum(p[0] for p in pts)/n; my=sum(p[1] for p in pts)/n
 b=sum((p[0]-mx)*(p[1]-my) for p in pts)/max(1e-9,sum((p[0]-mx)**2 for p in pts))
-print(round(b*12,1))")  # KB per minute (samples every 5 s)
+print(round(b*60,1), round(pts[0][1]/1024,1), round(pts[-1][1]/1024,1))")  # KiB per minute
 
 size=$(stat -c %s "$EJ")
 bound=$("$EJ" check-config --config "$work/gw.toml" | awk '/total/ {print $2, $3}')
+ratio() { python3 -c "print(round($1/max(1,$2),3))"; }
 cat <<EOT
 | figure | value |
 |---|---|
 | stripped release binary (x86-64) | $(python3 -c "print(round($size/1e6,2))") MB |
 | start to READY | $ready_ms ms |
-| messages per intake run | $N |
-| QoS 0: counting subscriber / edgejoin (ms to take all) | $c0 / $g0 → ratio $(python3 -c "print(round($c0/max(1,$g0),2))") |
-| QoS 1: counting subscriber / edgejoin (ms to take all) | $c1 / $g1 → ratio $(python3 -c "print(round($c1/max(1,$g1),2))") |
+| messages per intake round | $N (median of $ROUNDS rounds) |
+| QoS 0 drain: counting subscriber / edgejoin | ${C[0]} ms / ${G[0]} ms → ratio $(ratio "${C[0]}" "${G[0]}") |
+| QoS 1 drain: counting subscriber / edgejoin (durable) | ${C[1]} ms / ${G[1]} ms → ratio $(ratio "${C[1]}" "${G[1]}") |
+| edgejoin QoS 1 intake | $max_rate msg/s |
+| result latency at $lat_rate msg/s (half of that), $lat_n results | p50 $p50 µs, p99 $p99 µs |
 | peak RSS (4 streams × 1000 keys × 256 slots; engine bound $bound) | $(python3 -c "print(round($peak_kb/1024,1))") MiB |
 | CPU at 1,000 msg/s over ${STEADY} s | $cpu_pct % of one core |
-| RSS slope at 1,000 msg/s | $slope KiB/min |
+| RSS at 1,000 msg/s: first / last sample, slope | $rss_first MiB / $rss_last MiB, $slope KiB/min |
 EOT

@@ -1,7 +1,9 @@
 //! Checkpoints: the engine's state saved to `state_dir/checkpoint.bin` —
 //! a header (magic, format version, the input sequence number it covers),
-//! the state in postcard compressed with LZ4 (most of the preallocated state
-//! is empty), and a CRC32 of everything after the magic. Written to a
+//! the messages logged most recently (packet id and content hash: a broker
+//! redelivering one after a crash is recognised even when the log before the
+//! checkpoint is gone), the state in postcard compressed with LZ4, and a
+//! CRC32 of everything after the magic. Written to a
 //! temporary file, fsynced and renamed over the old one, so a crash leaves
 //! either the old checkpoint or the new one. A checkpoint that is corrupt or
 //! does not fit the config is reported and set aside; start-up continues.
@@ -60,8 +62,17 @@ pub fn path(state_dir: &Path) -> PathBuf {
     state_dir.join("checkpoint.bin")
 }
 
-/// Saves `engine`'s state as covering inputs up to `input_seq`.
-pub fn save(state_dir: &Path, engine: &Engine, input_seq: u64) -> io::Result<u64> {
+/// Most recently logged messages a checkpoint remembers.
+pub const MAX_RECENT: usize = crate::redelivery::MAX_ORDER;
+
+/// Saves `engine`'s state as covering inputs up to `input_seq`, with the
+/// most recently logged messages (packet id, content hash), oldest first.
+pub fn save(
+    state_dir: &Path,
+    engine: &Engine,
+    input_seq: u64,
+    recent: impl ExactSizeIterator<Item = (u16, u64)>,
+) -> io::Result<u64> {
     let tmp = state_dir.join("checkpoint.tmp");
     let file = File::create(&tmp)?;
     let mut w = io::BufWriter::new(file);
@@ -69,6 +80,12 @@ pub fn save(state_dir: &Path, engine: &Engine, input_seq: u64) -> io::Result<u64
     let mut cw = CrcWriter { inner: w, crc: crc32fast::Hasher::new() };
     cw.write_all(&VERSION.to_le_bytes())?;
     cw.write_all(&input_seq.to_le_bytes())?;
+    let skip = recent.len().saturating_sub(MAX_RECENT);
+    cw.write_all(&((recent.len() - skip) as u32).to_le_bytes())?;
+    for (pkid, hash) in recent.skip(skip) {
+        cw.write_all(&pkid.to_le_bytes())?;
+        cw.write_all(&hash.to_le_bytes())?;
+    }
     {
         let mut enc = lz4_flex::frame::FrameEncoder::new(&mut cw);
         engine.write_state(&mut enc)?;
@@ -86,13 +103,17 @@ pub fn save(state_dir: &Path, engine: &Engine, input_seq: u64) -> io::Result<u64
     Ok(size)
 }
 
-/// Loads the checkpoint, if there is one: the engine and the input sequence
-/// number it covers.
-pub fn load(
-    state_dir: &Path,
-    p: &Pipeline,
-    hash_seed: u64,
-) -> Result<Option<(Engine, u64)>, CheckpointError> {
+/// A loaded checkpoint.
+pub struct Loaded {
+    pub engine: Engine,
+    /// The input sequence number it covers.
+    pub input_seq: u64,
+    /// The most recently logged messages (packet id, content hash), oldest first.
+    pub recent: Vec<(u16, u64)>,
+}
+
+/// Loads the checkpoint, if there is one.
+pub fn load(state_dir: &Path, p: &Pipeline, hash_seed: u64) -> Result<Option<Loaded>, CheckpointError> {
     let path = path(state_dir);
     let io_err = |source| CheckpointError::Io { path: path.clone(), source };
     let mut bytes = Vec::new();
@@ -114,11 +135,20 @@ pub fn load(
         return Err(CheckpointError::Version { path, found: version });
     }
     let input_seq = u64::from_le_bytes(body[4..12].try_into().expect("8 bytes"));
+    let n =
+        body.get(12..16).map_or(usize::MAX, |b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize);
+    let state_at =
+        n.checked_mul(10).and_then(|b| b.checked_add(16)).filter(|&e| e <= body.len() && n <= MAX_RECENT);
+    let Some(state_at) = state_at else { return Err(CheckpointError::Magic(path)) };
+    let recent = body[16..state_at]
+        .chunks_exact(10)
+        .map(|c| (u16::from_le_bytes([c[0], c[1]]), u64::from_le_bytes(c[2..].try_into().expect("8 bytes"))))
+        .collect();
     let mut state = Vec::new();
-    lz4_flex::frame::FrameDecoder::new(&body[12..]).read_to_end(&mut state).map_err(io_err)?;
+    lz4_flex::frame::FrameDecoder::new(&body[state_at..]).read_to_end(&mut state).map_err(io_err)?;
     let engine = Engine::restore(p.clone(), hash_seed, &state)
         .map_err(|source| CheckpointError::Restore { path: path.clone(), source })?;
-    Ok(Some((engine, input_seq)))
+    Ok(Some(Loaded { engine, input_seq, recent }))
 }
 
 /// Moves a checkpoint that could not be used out of the way (kept for inspection).
@@ -150,10 +180,11 @@ mod tests {
         let mut sink = |_: &Pipeline, _: crate::engine::Output<'_>| {};
         e.ingest(1000, "t/a", br#"{"ts":1000,"v":2}"#, &mut sink);
         assert!(load(dir.path(), &p, 5).unwrap().is_none());
-        save(dir.path(), &e, 41).unwrap();
-        let (restored, seq) = load(dir.path(), &p, 5).unwrap().unwrap();
-        assert_eq!(seq, 41);
-        assert_eq!(restored.save_state(), e.save_state());
+        save(dir.path(), &e, 41, [(7u16, 99u64), (8, 100)].into_iter()).unwrap();
+        let l = load(dir.path(), &p, 5).unwrap().unwrap();
+        assert_eq!(l.input_seq, 41);
+        assert_eq!(l.recent, vec![(7, 99), (8, 100)]);
+        assert_eq!(l.engine.save_state(), e.save_state());
 
         // a flipped byte is caught, and the file can be set aside
         let f = path(dir.path());
@@ -167,7 +198,7 @@ mod tests {
         assert!(load(dir.path(), &p, 5).unwrap().is_none());
 
         // another config's checkpoint does not fit
-        save(dir.path(), &e, 7).unwrap();
+        save(dir.path(), &e, 7, std::iter::empty()).unwrap();
         let other =
             crate::config::parse(Path::new("c.toml"), &CFG.replace("max_keys = 8", "max_keys = 9")).unwrap();
         assert!(matches!(load(dir.path(), &other, 5), Err(CheckpointError::Restore { .. })));

@@ -18,6 +18,7 @@ pub mod keytable;
 pub mod metrics;
 pub mod output;
 pub mod pipeline;
+pub mod redelivery;
 pub mod replay;
 pub mod service;
 pub mod skew;

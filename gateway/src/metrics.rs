@@ -125,7 +125,9 @@ pub struct ServiceCounters {
     pub received: Counter,
     pub processed: Counter,
     pub redeliveries_skipped: Counter,
-    pub ack_failures: Counter,
+    /// Times the MQTT client's request queue was full and acknowledgements had
+    /// to wait (all are sent later, in order).
+    pub acks_deferred: Counter,
     pub results: Counter,
     pub delivered: Counter,
     pub spool_depth: Counter,
@@ -157,7 +159,7 @@ impl ServiceCounters {
             ("received", g(&self.received)),
             ("processed", g(&self.processed)),
             ("redeliveries_skipped", g(&self.redeliveries_skipped)),
-            ("ack_failures", g(&self.ack_failures)),
+            ("acks_deferred", g(&self.acks_deferred)),
             ("results", g(&self.results)),
             ("delivered", g(&self.delivered)),
             ("spool_depth", g(&self.spool_depth)),

@@ -32,6 +32,7 @@ use crate::engine::{Engine, Output, Sink};
 use crate::metrics::{self, ServiceCounters};
 use crate::output::JsonEncoder;
 use crate::pipeline::{Credentials, Delivery, LatePolicy, Pipeline, TlsFiles};
+use crate::redelivery::Redeliveries;
 use crate::spool::Spool;
 use crate::topic::TemplateVars;
 use crate::wal::{Wal, WalRecord};
@@ -249,17 +250,6 @@ impl LatencyMarks {
     }
 }
 
-/// How many recently logged messages are remembered to recognise redeliveries.
-const RECENT: usize = 256;
-
-/// Remembers a logged message (packet id, content hash).
-fn remember(recent: &mut VecDeque<(u16, u64)>, pkid: u16, topic: &str, payload: &[u8]) {
-    if recent.len() >= RECENT {
-        recent.pop_front();
-    }
-    recent.push_back((pkid, message_hash(topic, payload)));
-}
-
 impl Sink for SpoolSink<'_> {
     fn emit(&mut self, p: &Pipeline, out: Output<'_>) {
         let idx = self.idx;
@@ -312,7 +302,7 @@ struct Recovered {
     engine: Engine,
     last_seq: u64,
     wal: Option<Wal>,
-    recent: VecDeque<(u16, u64)>,
+    recent: Redeliveries,
 }
 
 /// Recovery: checkpoint + write-ahead log replay.
@@ -323,10 +313,12 @@ fn recover(
     counters: &ServiceCounters,
 ) -> Result<Recovered, ServiceError> {
     let dir = &p.gateway.state_dir;
+    let mut recent = Redeliveries::default();
     let (mut engine, ckpt_seq) = match checkpoint::load(dir, p, seed) {
-        Ok(Some((e, seq))) => {
-            tracing::info!("restored the checkpoint covering input {seq}");
-            (e, seq)
+        Ok(Some(l)) => {
+            tracing::info!("restored the checkpoint covering input {}", l.input_seq);
+            recent.restore(l.recent);
+            (l.engine, l.input_seq)
         }
         Ok(None) => (Engine::new(p.clone(), seed).map_err(|e| ServiceError::Config(e.to_string()))?, 0),
         Err(e) => {
@@ -339,7 +331,6 @@ fn recover(
             (Engine::new(p.clone(), seed).map_err(|e| ServiceError::Config(e.to_string()))?, 0)
         }
     };
-    let mut recent: VecDeque<(u16, u64)> = VecDeque::with_capacity(RECENT);
     if p.gateway.service.delivery == Delivery::Fast {
         return Ok(Recovered { engine, last_seq: ckpt_seq, wal: None, recent });
     }
@@ -353,7 +344,7 @@ fn recover(
         let mut sink = SpoolSink::new(p, spool, &mut enc, &mut topic, counters, seq, skip);
         match rec {
             WalRecord::Message { recv_ms, pkid, topic: t, payload, .. } => {
-                remember(&mut recent, pkid, &t, &payload);
+                recent.logged(pkid, &t, &payload);
                 engine.ingest(recv_ms, &t, &payload, &mut sink);
             }
             WalRecord::Tick { now_ms, .. } => engine.tick(now_ms, &mut sink),
@@ -365,10 +356,6 @@ fn recover(
     }
     spool.lock().expect("spool lock").flush().map_err(io_err("spool"))?;
     Ok(Recovered { engine, last_seq: last.max(ckpt_seq), wal: Some(wal), recent })
-}
-
-fn message_hash(topic: &str, payload: &[u8]) -> u64 {
-    xxhash_rust::xxh3::xxh3_64_with_seed(payload, xxhash_rust::xxh3::xxh3_64(topic.as_bytes()))
 }
 
 /// Runs the service until SIGTERM/SIGINT.
@@ -410,7 +397,7 @@ async fn run_async(p: Pipeline) -> Result<(), ServiceError> {
     )?;
     let mut src_opts = src_opts;
     src_opts.set_manual_acks(p.gateway.service.delivery == Delivery::Durable);
-    let (src_client, src_loop) = AsyncClient::new(src_opts, 1024);
+    let (src_client, src_loop) = AsyncClient::new(src_opts, SOURCE_REQUESTS);
     let filters: Vec<String> = {
         let mut f: Vec<String> =
             p.streams.iter().flat_map(|s| s.topics.iter().map(|t| t.filter().to_string())).collect();
@@ -433,9 +420,11 @@ async fn run_async(p: Pipeline) -> Result<(), ServiceError> {
     let (in_tx, in_rx) = tokio::sync::mpsc::channel::<Inbound>(4096);
     let notify = Arc::new(Notify::new());
     let stopping = Arc::new(AtomicBool::new(false));
+    let engine_stop = Arc::new(AtomicBool::new(false));
     let (stats_tx, stats_rx) = tokio::sync::mpsc::channel::<(String, Vec<u8>)>(8);
     let metrics_text = Arc::new(Mutex::new(String::new()));
     let ready = Arc::new(Notify::new());
+    let barrier = Arc::new(Barrier::default());
     let marks = Arc::new(LatencyMarks::new());
 
     let source = tokio::spawn(source_task(
@@ -445,6 +434,7 @@ async fn run_async(p: Pipeline) -> Result<(), ServiceError> {
         in_tx.clone(),
         counters.clone(),
         ready.clone(),
+        barrier.clone(),
     ));
     let uplink = tokio::spawn(uplink_task(
         up_loop,
@@ -471,6 +461,8 @@ async fn run_async(p: Pipeline) -> Result<(), ServiceError> {
         let metrics_text = metrics_text.clone();
         let src_client = src_client.clone();
         let rt = tokio::runtime::Handle::current();
+        let engine_stop = engine_stop.clone();
+        let barrier = barrier.clone();
         std::thread::Builder::new()
             .name("engine".into())
             .spawn(move || {
@@ -482,6 +474,8 @@ async fn run_async(p: Pipeline) -> Result<(), ServiceError> {
                     recent,
                     in_rx,
                     rt,
+                    engine_stop,
+                    barrier,
                     src_client,
                     spool,
                     notify,
@@ -527,7 +521,8 @@ async fn run_async(p: Pipeline) -> Result<(), ServiceError> {
         _ = shutdown_signal() => {
             tracing::info!("stopping before the broker answered");
             stopping.store(true, Ordering::SeqCst);
-            let _ = in_tx.send(Inbound::Shutdown).await;
+            engine_stop.store(true, Ordering::SeqCst);
+            let _ = in_tx.try_send(Inbound::Shutdown);
             let _ = tokio::task::spawn_blocking(move || engine_thread.join()).await;
             return Ok(());
         }
@@ -535,10 +530,13 @@ async fn run_async(p: Pipeline) -> Result<(), ServiceError> {
     shutdown_signal().await;
     tracing::info!("stopping: finishing in-flight work, checkpointing, draining the uplink");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    // the engine stops taking messages, sends the acknowledgements it still owes (the source
+    // connection stays up for them), checkpoints; then the source connection goes
+    engine_stop.store(true, Ordering::SeqCst);
+    let _ = in_tx.try_send(Inbound::Shutdown);
+    let res = tokio::task::spawn_blocking(move || engine_thread.join()).await;
     let _ = src_client.try_disconnect();
     source.abort();
-    let _ = in_tx.send(Inbound::Shutdown).await;
-    let res = tokio::task::spawn_blocking(move || engine_thread.join()).await;
     stopping.store(true, Ordering::SeqCst);
     notify.notify_one();
     let _ = tokio::time::timeout(Duration::from_millis(svc.shutdown_ms as u64 + 1000), uplink).await;
@@ -568,6 +566,7 @@ async fn source_task(
     tx: tokio::sync::mpsc::Sender<Inbound>,
     counters: Arc<ServiceCounters>,
     ready: Arc<Notify>,
+    barrier: Arc<Barrier>,
 ) {
     let mut backoff = Backoff::new(now_ms() as u64);
     let mut announced = false;
@@ -585,6 +584,7 @@ async fn source_task(
                     }
                 }
             }
+            Ok(Event::Incoming(Incoming::UnsubAck(_))) => barrier.answered(),
             Ok(Event::Incoming(Incoming::SubAck(_))) => {
                 if !announced {
                     announced = true;
@@ -594,10 +594,10 @@ async fn source_task(
             Ok(Event::Incoming(Incoming::Publish(publish))) => {
                 counters.received.fetch_add(1, Ordering::Relaxed);
                 let msg = Inbound::Message(publish, now_ms(), Instant::now());
-                // back-pressure: wait here while the engine is behind (the broker holds the rest)
-                if tx.send(msg).await.is_err() {
-                    return;
-                }
+                // back-pressure: wait here while the engine is behind (the broker holds the rest);
+                // once the engine stopped taking messages, they are left unacknowledged (the broker
+                // sends them again next time) while the connection stays up for its last acks
+                let _ = tx.send(msg).await;
             }
             Ok(_) => {}
             Err(e) => {
@@ -610,15 +610,74 @@ async fn source_task(
     }
 }
 
+/// Most messages the engine thread logs (one fsync), acknowledges and processes at a time.
+const BATCH: usize = 1024;
+
+/// Capacity of the source client's request queue (acknowledgements, subscriptions).
+const SOURCE_REQUESTS: usize = 1024;
+
+/// A round trip to the source broker that proves it has processed every
+/// acknowledgement sent before: an UNSUBSCRIBE of a filter never subscribed,
+/// answered by UNSUBACK in order on the same connection (acknowledgements
+/// themselves are never answered).
+#[derive(Default)]
+struct Barrier {
+    answers: std::sync::atomic::AtomicU64,
+    notify: Notify,
+}
+
+impl Barrier {
+    const FILTER: &'static str = "edgejoin/barrier/never-subscribed";
+
+    /// The source task saw an UNSUBACK.
+    fn answered(&self) {
+        self.answers.fetch_add(1, Ordering::SeqCst);
+        self.notify.notify_one();
+    }
+
+    /// Sends a barrier and waits up to `timeout` for its answer.
+    fn pass(&self, src: &AsyncClient, rt: &tokio::runtime::Handle, timeout: Duration) -> bool {
+        let before = self.answers.load(Ordering::SeqCst);
+        if src.try_unsubscribe(Self::FILTER).is_err() {
+            return false;
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        rt.block_on(async {
+            while self.answers.load(Ordering::SeqCst) == before {
+                if tokio::time::timeout_at(deadline, self.notify.notified()).await.is_err() {
+                    return false;
+                }
+            }
+            true
+        })
+    }
+}
+
+/// Hands the client the acknowledgements it can take, in order; the rest wait
+/// for the next call (each time counted in `acks_deferred`).
+fn send_acks(src: &AsyncClient, unacked: &mut VecDeque<u16>, counters: &ServiceCounters) {
+    while let Some(&pkid) = unacked.front() {
+        let mut m = Publish::new("", QoS::AtLeastOnce, Vec::new());
+        m.pkid = pkid;
+        if src.try_ack(&m).is_err() {
+            counters.acks_deferred.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        unacked.pop_front();
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn engine_loop(
     p: Pipeline,
     mut engine: Engine,
     mut seq: u64,
     mut wal: Option<Wal>,
-    mut recent: VecDeque<(u16, u64)>,
+    mut recent: Redeliveries,
     mut rx: tokio::sync::mpsc::Receiver<Inbound>,
     rt: tokio::runtime::Handle,
+    engine_stop: Arc<AtomicBool>,
+    barrier: Arc<Barrier>,
     src: AsyncClient,
     spool: Arc<Mutex<Spool>>,
     notify: Arc<Notify>,
@@ -634,7 +693,11 @@ fn engine_loop(
     let mut topic = String::new();
     let prefix = p.upstream.topic_prefix.clone();
     let stats_topic = format!("{prefix}/{}", svc.stats_topic);
-    let mut batch: Vec<(Publish, i64, Instant)> = Vec::with_capacity(256);
+    let mut batch: Vec<(Publish, i64, Instant)> = Vec::with_capacity(BATCH);
+    // packet ids logged and due an acknowledgement the client could not take yet (its request
+    // queue was full): retried before anything else, never dropped — a lost PUBACK would hold
+    // the broker's in-flight window for this session until the next reconnect
+    let mut unacked: VecDeque<u16> = VecDeque::new();
     let tick = Duration::from_millis(svc.tick_ms as u64);
     let mut last_tick = Instant::now();
     let mut last_ckpt = Instant::now();
@@ -646,13 +709,24 @@ fn engine_loop(
     let mut stop = false;
     while !stop {
         batch.clear();
-        let wait = tick.min(Duration::from_millis(250));
-        match rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
-            Ok(Some(Inbound::Message(m, t, at))) => batch.push((m, t, at)),
-            Ok(Some(Inbound::Shutdown)) | Ok(None) => stop = true,
-            Err(_) => {}
+        if durable {
+            send_acks(&src, &mut unacked, &counters);
         }
-        while batch.len() < 256 && !stop {
+        if engine_stop.load(Ordering::SeqCst) {
+            stop = true;
+        } else {
+            let wait = if unacked.is_empty() {
+                tick.min(Duration::from_millis(250))
+            } else {
+                Duration::from_millis(1)
+            };
+            match rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
+                Ok(Some(Inbound::Message(m, t, at))) => batch.push((m, t, at)),
+                Ok(Some(Inbound::Shutdown)) | Ok(None) => stop = true,
+                Err(_) => {}
+            }
+        }
+        while batch.len() < BATCH && !stop {
             match rx.try_recv() {
                 Ok(Inbound::Message(m, t, at)) => batch.push((m, t, at)),
                 Ok(Inbound::Shutdown) => stop = true,
@@ -661,12 +735,11 @@ fn engine_loop(
         }
         // a redelivery of a message logged before a crash: acknowledge, do not process twice
         batch.retain(|(m, _, _)| {
-            let h = message_hash(&m.topic, &m.payload);
-            let dup = m.dup && recent.iter().any(|&(pkid, hh)| pkid == m.pkid && hh == h);
+            let dup = recent.is_redelivery(m.dup, m.pkid, &m.topic, &m.payload);
             if dup {
                 counters.redeliveries_skipped.fetch_add(1, Ordering::Relaxed);
-                if durable {
-                    let _ = src.try_ack(m);
+                if durable && m.qos != QoS::AtMostOnce {
+                    unacked.push_back(m.pkid);
                 }
             }
             !dup
@@ -681,15 +754,12 @@ fn engine_loop(
                 w.sync().map_err(io_err("write-ahead log"))?;
             }
             if durable {
-                for (m, _, _) in &batch {
-                    if src.try_ack(m).is_err() {
-                        counters.ack_failures.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
+                unacked.extend(batch.iter().filter(|b| b.0.qos != QoS::AtMostOnce).map(|b| b.0.pkid));
+                send_acks(&src, &mut unacked, &counters);
             }
             for (m, recv, delivered) in &batch {
                 seq += 1;
-                remember(&mut recent, m.pkid, &m.topic, &m.payload);
+                recent.logged(m.pkid, &m.topic, &m.payload);
                 let mut sink = SpoolSink::new(&p, &spool, &mut enc, &mut topic, &counters, seq, None);
                 engine.ingest(*recv, &m.topic, &m.payload, &mut sink);
                 if let Some((first, end)) = sink.appended {
@@ -702,6 +772,15 @@ fn engine_loop(
                 counters
                     .processing_delay_ms
                     .store(now_ms().saturating_sub(oldest).max(0) as u64, Ordering::Relaxed);
+            }
+        }
+        if stop {
+            // what is left in the channel was not logged: the broker sends it again next time
+            rx.close();
+            let until = Instant::now() + Duration::from_secs(2);
+            while durable && !unacked.is_empty() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(1));
+                send_acks(&src, &mut unacked, &counters);
             }
         }
         if last_tick.elapsed() >= tick || stop {
@@ -720,7 +799,19 @@ fn engine_loop(
             last_ckpt = Instant::now();
             // results of everything the checkpoint covers must be durable before the log goes
             spool.lock().expect("spool lock").sync().map_err(io_err("spool"))?;
-            match checkpoint::save(&dir, &engine, seq) {
+            // the messages the broker may still send again: those whose acknowledgement it has
+            // not processed — after a barrier only those still held here, else all remembered
+            let owed = if !durable {
+                0
+            } else {
+                send_acks(&src, &mut unacked, &counters);
+                if barrier.pass(&src, &rt, Duration::from_secs(1)) {
+                    unacked.len()
+                } else {
+                    crate::redelivery::MAX_ORDER
+                }
+            };
+            match checkpoint::save(&dir, &engine, seq, recent.recent(owed)) {
                 Ok(bytes) => {
                     counters.checkpoints.fetch_add(1, Ordering::Relaxed);
                     counters.checkpoint_bytes.store(bytes, Ordering::Relaxed);
@@ -765,7 +856,11 @@ fn engine_loop(
             }
         }
     }
-    tracing::info!("engine stopped at input {seq}");
+    tracing::info!(
+        "engine stopped at input {seq}: {} messages processed, {} redeliveries skipped",
+        counters.processed.load(Ordering::Relaxed),
+        counters.redeliveries_skipped.load(Ordering::Relaxed)
+    );
     Ok(())
 }
 

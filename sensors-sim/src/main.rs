@@ -45,6 +45,10 @@ struct RunArgs {
     /// Publish as fast as the broker takes (timestamps still follow the simulated clock).
     #[arg(long)]
     fast: bool,
+    /// Publish at this steady rate (messages per second) instead of in real
+    /// time (timestamps still follow the simulated clock).
+    #[arg(long, conflicts_with = "fast")]
+    rate: Option<f64>,
     /// Override the scenario's duration ("10m").
     #[arg(long)]
     duration: Option<String>,
@@ -112,7 +116,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// Counts messages; prints `<n> messages in <s> s = <rate>/s` (first to last message).
+/// Counts messages; prints `<n> messages in <s> s = <rate>/s` (first to last
+/// message), then `last_message_unix_us <t>`.
 fn count(url: &str, topic: &str, n: u64, qos: u8, announce: bool) -> Result<(), String> {
     let (host, port) = host_port(url)?;
     let mut o = MqttOptions::new(format!("counter-{}", std::process::id()), host, port);
@@ -124,6 +129,7 @@ fn count(url: &str, topic: &str, n: u64, qos: u8, announce: bool) -> Result<(), 
     let mut got = 0u64;
     let mut first: Option<Instant> = None;
     let mut last = Instant::now();
+    let mut last_wall = SystemTime::now();
     loop {
         // give up after 10 s without a message (QoS 0 may lose some)
         let ev = match conn.recv_timeout(Duration::from_secs(10)) {
@@ -138,6 +144,7 @@ fn count(url: &str, topic: &str, n: u64, qos: u8, announce: bool) -> Result<(), 
             Event::Incoming(Incoming::Publish(_)) => {
                 first.get_or_insert_with(Instant::now);
                 last = Instant::now();
+                last_wall = SystemTime::now();
                 got += 1;
                 if got >= n {
                     break;
@@ -148,6 +155,8 @@ fn count(url: &str, topic: &str, n: u64, qos: u8, announce: bool) -> Result<(), 
     }
     let secs = first.map_or(0.0, |f| last.duration_since(f).as_secs_f64());
     println!("{got} messages in {secs:.3} s = {:.0}/s", got as f64 / secs.max(1e-9));
+    // for scripts timing a drain: when the last message arrived (Unix µs)
+    println!("last_message_unix_us {}", last_wall.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros()));
     Ok(())
 }
 
@@ -170,7 +179,10 @@ fn run(a: RunArgs) -> Result<(), String> {
     if a.broker.is_none() && a.record.is_none() {
         return Err("nothing to do: give --broker to publish and/or --record to write a recording".into());
     }
-    let real_time = a.broker.is_some() && !a.fast;
+    if a.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        return Err("--rate: a positive number of messages per second".into());
+    }
+    let real_time = a.broker.is_some() && !a.fast && a.rate.is_none();
     let start =
         if real_time { now_ms() } else { start_ms(a.start.as_deref().or(sc.scenario.start.as_deref()))? };
     let seed = a.seed.or(sc.scenario.seed).unwrap_or(1);
@@ -186,7 +198,12 @@ fn run(a: RunArgs) -> Result<(), String> {
     }
     if let Some(url) = &a.broker {
         let progress = !a.quiet && std::io::stderr().is_terminal();
-        publish_qos(url, &msgs, real_time, progress, a.qos)?;
+        let pace = match a.rate {
+            Some(r) => Pace::Rate(r),
+            None if real_time => Pace::RealTime,
+            None => Pace::Fast,
+        };
+        publish_qos(url, &msgs, pace, progress, a.qos)?;
     }
     if !a.quiet {
         eprintln!("sensors-sim: {} messages from scenario `{}` (seed {seed})", msgs.len(), sc.scenario.name);
@@ -205,17 +222,22 @@ pub fn host_port(url: &str) -> Result<(String, u16), String> {
 
 /// Publishes with QoS 1 in order; real time waits for each message's arrival time.
 pub fn publish(url: &str, msgs: &[gen::Msg], real_time: bool, progress: bool) -> Result<(), String> {
-    publish_qos(url, msgs, real_time, progress, 1)
+    publish_qos(url, msgs, if real_time { Pace::RealTime } else { Pace::Fast }, progress, 1)
 }
 
-/// Publishes in order with the given QoS (0 or 1).
-pub fn publish_qos(
-    url: &str,
-    msgs: &[gen::Msg],
-    real_time: bool,
-    progress: bool,
-    qos: u8,
-) -> Result<(), String> {
+/// When messages are published.
+#[derive(Clone, Copy)]
+pub enum Pace {
+    /// At each message's simulated arrival time.
+    RealTime,
+    /// As fast as the broker takes them.
+    Fast,
+    /// At a steady rate (messages per second).
+    Rate(f64),
+}
+
+/// Publishes in order with the given pace and QoS (0 or 1).
+pub fn publish_qos(url: &str, msgs: &[gen::Msg], pace: Pace, progress: bool, qos: u8) -> Result<(), String> {
     let q = if qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce };
     let (host, port) = host_port(url)?;
     let mut o = MqttOptions::new(format!("sensors-sim-{}", std::process::id()), host, port);
@@ -255,12 +277,22 @@ pub fn publish_qos(
         if let Ok(e) = err_rx.try_recv() {
             return Err(e);
         }
-        if real_time {
-            let due = wall0 + (m.recv_ms - sim0);
-            let wait = due - now_ms();
-            if wait > 0 {
-                std::thread::sleep(Duration::from_millis(wait as u64));
+        match pace {
+            Pace::RealTime => {
+                let due = wall0 + (m.recv_ms - sim0);
+                let wait = due - now_ms();
+                if wait > 0 {
+                    std::thread::sleep(Duration::from_millis(wait as u64));
+                }
             }
+            Pace::Rate(r) => {
+                let due = started + Duration::from_secs_f64(i as f64 / r);
+                let now = Instant::now();
+                if due > now + Duration::from_micros(500) {
+                    std::thread::sleep(due - now);
+                }
+            }
+            Pace::Fast => {}
         }
         client.publish(m.topic.clone(), q, false, m.payload.clone()).map_err(|e| e.to_string())?;
         let stream = m.topic.rsplit('/').next().unwrap_or("").to_string();
