@@ -123,7 +123,7 @@ fn mqtt_options(
     o.set_keep_alive(Duration::from_secs(30));
     o.set_clean_session(clean);
     o.set_max_packet_size(max_packet, max_packet);
-    o.set_inflight(100);
+    o.set_inflight(UPLINK_WINDOW as u16);
     if let Some(c) = credentials {
         let password = match &c.password_file {
             Some(f) => {
@@ -415,7 +415,7 @@ async fn run_async(p: Pipeline) -> Result<(), ServiceError> {
         16 << 20,
         true,
     )?;
-    let (up_client, up_loop) = AsyncClient::new(up_opts, 512);
+    let (up_client, up_loop) = AsyncClient::new(up_opts, UPLINK_WINDOW + 64);
 
     let (in_tx, in_rx) = tokio::sync::mpsc::channel::<Inbound>(4096);
     let notify = Arc::new(Notify::new());
@@ -864,6 +864,116 @@ fn engine_loop(
     Ok(())
 }
 
+/// Results handed to the uplink client and not yet acknowledged, at most.
+const UPLINK_WINDOW: usize = 512;
+
+/// The uplink's delivery state: what was handed to the client, in which
+/// order, under which packet id, and what the broker acknowledged.
+struct Uplink {
+    connected: bool,
+    /// Spool positions in the order they were handed to the client (u64::MAX: a stats message).
+    sent_order: VecDeque<u64>,
+    by_pkid: HashMap<u16, u64>,
+    /// Acknowledged positions above the spool's delivered position.
+    done: BTreeSet<u64>,
+    next_send: u64,
+    inflight: usize,
+}
+
+impl Uplink {
+    /// Forgets everything in flight: the client drops it at the next (clean-session)
+    /// CONNACK, so it is all sent again from the spool's delivered position.
+    fn reset(&mut self, spool: &Mutex<Spool>) {
+        self.sent_order.clear();
+        self.by_pkid.clear();
+        self.inflight = 0;
+        self.next_send = spool.lock().expect("spool lock").acked();
+    }
+
+    /// Hands the client as many spooled results as the window allows.
+    fn refill(
+        &mut self,
+        client: &AsyncClient,
+        spool: &Mutex<Spool>,
+        buf: &mut Vec<crate::spool::SpoolRecord>,
+    ) {
+        while self.connected && self.inflight < UPLINK_WINDOW {
+            buf.clear();
+            {
+                let mut s = spool.lock().expect("spool lock");
+                self.next_send = self.next_send.max(s.acked());
+                if let Err(e) = s.read(self.next_send, UPLINK_WINDOW - self.inflight, buf) {
+                    tracing::error!("spool: cannot read: {e}");
+                    return;
+                }
+            }
+            if buf.is_empty() {
+                return;
+            }
+            for rec in buf.drain(..) {
+                if self.done.contains(&rec.seq) {
+                    self.next_send = rec.seq + 1;
+                    continue;
+                }
+                if client.try_publish(rec.topic, QoS::AtLeastOnce, false, rec.payload).is_err() {
+                    return;
+                }
+                self.sent_order.push_back(rec.seq);
+                self.next_send = rec.seq + 1;
+                self.inflight += 1;
+            }
+        }
+    }
+
+    /// One event of the connection; `Err` when the connection failed.
+    fn on_event(
+        &mut self,
+        e: Result<Event, rumqttc::ConnectionError>,
+        spool: &Mutex<Spool>,
+        counters: &ServiceCounters,
+        marks: &LatencyMarks,
+    ) -> Result<(), Box<rumqttc::ConnectionError>> {
+        match e.map_err(Box::new)? {
+            Event::Incoming(Incoming::ConnAck(_)) => {
+                self.connected = true;
+                counters.uplink_connects.fetch_add(1, Ordering::Relaxed);
+                self.reset(spool);
+                tracing::info!("uplink connected; resending from result {}", self.next_send);
+            }
+            Event::Outgoing(Outgoing::Publish(pkid)) => {
+                if let Some(seq) = self.sent_order.pop_front() {
+                    if seq != u64::MAX && pkid != 0 {
+                        self.by_pkid.insert(pkid, seq);
+                        if let Some(delivered) = marks.take(seq) {
+                            counters.result_latency.observe(delivered.elapsed());
+                        }
+                    }
+                }
+            }
+            Event::Incoming(Incoming::PubAck(ack)) => {
+                if let Some(seq) = self.by_pkid.remove(&ack.pkid) {
+                    self.inflight = self.inflight.saturating_sub(1);
+                    counters.delivered.fetch_add(1, Ordering::Relaxed);
+                    self.done.insert(seq);
+                    let mut s = spool.lock().expect("spool lock");
+                    let mut acked = s.acked();
+                    while self.done.remove(&acked) {
+                        acked += 1;
+                    }
+                    if self.done.first().is_some_and(|&d| d < acked) {
+                        self.done.retain(|&d| d >= acked);
+                    }
+                    if let Err(e) = s.ack(acked) {
+                        tracing::error!("spool: cannot record delivery: {e}");
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn uplink_task(
     mut ev: EventLoop,
@@ -876,29 +986,27 @@ async fn uplink_task(
     marks: Arc<LatencyMarks>,
     shutdown_ms: i64,
 ) {
-    const WINDOW: usize = 64;
     let mut backoff = Backoff::new(now_ms() as u64 ^ 0x5555);
-    let mut connected = false;
-    // spool positions in the order they were handed to the client (u64::MAX: a stats message)
-    let mut sent_order: VecDeque<u64> = VecDeque::new();
-    let mut by_pkid: HashMap<u16, u64> = HashMap::new();
-    let mut done: BTreeSet<u64> = BTreeSet::new();
-    let mut next_send = spool.lock().expect("spool lock").acked();
-    let mut inflight = 0usize;
+    let mut up = Uplink {
+        connected: false,
+        sent_order: VecDeque::new(),
+        by_pkid: HashMap::new(),
+        done: BTreeSet::new(),
+        next_send: spool.lock().expect("spool lock").acked(),
+        inflight: 0,
+    };
     let mut buf = Vec::new();
     let mut stop_deadline: Option<Instant> = None;
+    let mut wakeup = Box::pin(tokio::time::sleep(Duration::from_millis(200)));
     loop {
         if stopping.load(Ordering::SeqCst) && stop_deadline.is_none() {
             stop_deadline = Some(Instant::now() + Duration::from_millis(shutdown_ms as u64));
         }
         if let Some(d) = stop_deadline {
-            let drained = spool.lock().expect("spool lock").depth() == 0;
-            if drained || Instant::now() >= d {
-                if !drained {
-                    tracing::warn!(
-                        "shutdown: {} results still undelivered stay in the spool",
-                        spool.lock().expect("spool lock").depth()
-                    );
+            let depth = spool.lock().expect("spool lock").depth();
+            if depth == 0 || Instant::now() >= d {
+                if depth > 0 {
+                    tracing::warn!("shutdown: {depth} results still undelivered stay in the spool");
                 }
                 let _ = client.try_disconnect();
                 if let Ok(mut s) = spool.lock() {
@@ -907,102 +1015,52 @@ async fn uplink_task(
                 return;
             }
         }
-        // hand the client as many spooled results as the window allows
-        if connected {
-            while inflight < WINDOW {
-                buf.clear();
-                {
-                    let mut s = spool.lock().expect("spool lock");
-                    next_send = next_send.max(s.acked());
-                    if let Err(e) = s.read(next_send, WINDOW - inflight, &mut buf) {
-                        tracing::error!("spool: cannot read: {e}");
-                        break;
-                    }
+        up.refill(&client, &spool, &mut buf);
+        let mut res = tokio::select! {
+            e = ev.poll() => up.on_event(e, &spool, &counters, &marks),
+            _ = notify.notified() => Ok(()),
+            Some((topic, payload)) = stats_rx.recv() => {
+                if up.connected && client.try_publish(topic, QoS::AtMostOnce, false, payload).is_ok() {
+                    up.sent_order.push_back(u64::MAX);
                 }
-                if buf.is_empty() {
-                    break;
-                }
-                for rec in buf.drain(..) {
-                    if done.contains(&rec.seq) {
-                        next_send = rec.seq + 1;
-                        continue;
-                    }
-                    match client.try_publish(rec.topic, QoS::AtLeastOnce, false, rec.payload) {
-                        Ok(()) => {
-                            sent_order.push_back(rec.seq);
-                            next_send = rec.seq + 1;
-                            inflight += 1;
-                        }
-                        Err(_) => break,
-                    }
-                }
+                Ok(())
+            }
+            _ = &mut wakeup => {
+                wakeup.as_mut().reset(tokio::time::Instant::now() + Duration::from_millis(200));
+                Ok(())
+            }
+        };
+        // then every event already waiting, without going round the loop for each
+        for _ in 0..UPLINK_WINDOW {
+            if res.is_err() {
+                break;
+            }
+            let more = tokio::select! {
+                biased;
+                e = ev.poll() => Some(e),
+                _ = std::future::ready(()) => None,
+            };
+            match more {
+                Some(e) => res = up.on_event(e, &spool, &counters, &marks),
+                None => break,
             }
         }
-        tokio::select! {
-            e = ev.poll() => match e {
-                Ok(Event::Incoming(Incoming::ConnAck(_))) => {
-                    connected = true;
-                    backoff.reset();
-                    counters.uplink_connects.fetch_add(1, Ordering::Relaxed);
-                    // the broker kept nothing (clean session): send again from the delivered position
-                    by_pkid.clear();
-                    sent_order.clear();
-                    inflight = 0;
-                    next_send = spool.lock().expect("spool lock").acked();
-                    tracing::info!("uplink connected; resending from result {next_send}");
-                }
-                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                    if let Some(seq) = sent_order.pop_front() {
-                        if seq != u64::MAX && pkid != 0 {
-                            by_pkid.insert(pkid, seq);
-                            if let Some(delivered) = marks.take(seq) {
-                                counters.result_latency.observe(delivered.elapsed());
-                            }
-                        }
-                    }
-                }
-                Ok(Event::Incoming(Incoming::PubAck(ack))) => {
-                    if let Some(seq) = by_pkid.remove(&ack.pkid) {
-                        inflight = inflight.saturating_sub(1);
-                        counters.delivered.fetch_add(1, Ordering::Relaxed);
-                        done.insert(seq);
-                        let mut s = spool.lock().expect("spool lock");
-                        let mut acked = s.acked();
-                        while done.remove(&acked) {
-                            acked += 1;
-                        }
-                        done.retain(|&d| d >= acked);
-                        if let Err(e) = s.ack(acked) {
-                            tracing::error!("spool: cannot record delivery: {e}");
-                        }
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    if connected {
-                        tracing::warn!("uplink broker: {e}");
-                    }
-                    connected = false;
-                    counters.uplink_errors.fetch_add(1, Ordering::Relaxed);
-                    // rumqttc moves everything unsent or unacknowledged to its pending list and
-                    // drops it at the next (clean-session) CONNACK: it is all sent again from the spool
-                    sent_order.clear();
-                    by_pkid.clear();
-                    inflight = 0;
-                    if stop_deadline.is_some() {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    } else {
-                        tokio::time::sleep(backoff.wait()).await;
-                    }
-                }
-            },
-            _ = notify.notified() => {}
-            Some((topic, payload)) = stats_rx.recv() => {
-                if connected && client.try_publish(topic, QoS::AtMostOnce, false, payload).is_ok() {
-                    sent_order.push_back(u64::MAX);
-                }
+        if let Err(e) = res {
+            if up.connected {
+                tracing::warn!("uplink broker: {e}");
             }
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            up.connected = false;
+            counters.uplink_errors.fetch_add(1, Ordering::Relaxed);
+            // rumqttc moves everything unsent or unacknowledged to its pending list and
+            // drops it at the next (clean-session) CONNACK: it is all sent again from the spool
+            up.reset(&spool);
+            if stop_deadline.is_some() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            } else {
+                tokio::time::sleep(backoff.wait()).await;
+            }
+        } else if up.connected {
+            backoff.reset();
         }
     }
 }
