@@ -55,6 +55,13 @@ until grep -q "subscribed; ready" "$work/gw.log"; do sleep 0.002; done
 ready_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
 
 N=$("$SIM" --config config/scenarios/bench.toml --record "$work/bench.jsonl" --quiet && wc -l < "$work/bench.jsonl")
+# every publication of the scenario starts a day after the previous one, so that each is new
+# data for the gateway (the same timestamps again would all be late)
+echo 0 > "$work/day"   # a file: rounds run in subshells
+fresh() {
+    local day=$(( $(cat "$work/day") + 1 )); echo "$day" > "$work/day"
+    python3 -c "import datetime as d; print((d.datetime(2026,1,5,8,tzinfo=d.timezone.utc)+d.timedelta(days=$day)).isoformat())"
+}
 sleep 1.5   # one stats interval, so metrics are served
 
 # one intake round: $1 = drain | live, $2 = QoS; prints "counter_ms gateway_ms"
@@ -72,7 +79,7 @@ round() {
     local s s2
     if [ "$mode" = drain ]; then
         kill -STOP "$CP" "$GW"
-        "$SIM" --config config/scenarios/bench.toml --broker "$URL" --fast --quiet --qos "$q"
+        "$SIM" --config config/scenarios/bench.toml --start "$(fresh)" --broker "$URL" --fast --quiet --qos "$q"
         sleep 0.5
         s=$(now_us)
         kill -CONT "$CP"
@@ -81,7 +88,7 @@ round() {
         kill -CONT "$GW"
     else
         s=$(now_us); s2=$s
-        "$SIM" --config config/scenarios/bench.toml --broker "$URL" --fast --quiet --qos "$q"
+        "$SIM" --config config/scenarios/bench.toml --start "$(fresh)" --broker "$URL" --fast --quiet --qos "$q"
         wait "$CP"
     fi
     local c_last=$(awk '/^last_message_unix_us/ {print $2}' "$work/count.out")
@@ -120,7 +127,7 @@ half=$(( live_rate / 2 ))
 metrics > "$work/lat0.txt"
 p0=$(awk '$1=="edgejoin_processed" {print $2}' "$work/lat0.txt")
 l0=$(now_us)
-"$SIM" --config config/scenarios/bench.toml --broker "$URL" --rate "$half" --quiet --qos 1
+"$SIM" --config config/scenarios/bench.toml --start "$(fresh)" --broker "$URL" --rate "$half" --quiet --qos 1
 l1=$(now_us)
 sleep 1.5    # one stats interval
 metrics > "$work/lat1.txt"

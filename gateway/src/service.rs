@@ -574,6 +574,7 @@ async fn source_task(
         match ev.poll().await {
             Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
                 backoff.reset();
+                barrier.reconnected();
                 counters.source_connects.fetch_add(1, Ordering::Relaxed);
                 tracing::info!("source connected (session present: {})", ack.session_present);
                 if !ack.session_present || !announced {
@@ -620,9 +621,13 @@ const SOURCE_REQUESTS: usize = 1024;
 /// acknowledgement sent before: an UNSUBSCRIBE of a filter never subscribed,
 /// answered by UNSUBACK in order on the same connection (acknowledgements
 /// themselves are never answered).
+/// Answers come in order, so the n-th answer is the n-th barrier's; a
+/// reconnect voids the barriers in flight (a new epoch).
 #[derive(Default)]
 struct Barrier {
+    sent: std::sync::atomic::AtomicU64,
     answers: std::sync::atomic::AtomicU64,
+    epoch: std::sync::atomic::AtomicU64,
     notify: Notify,
 }
 
@@ -635,35 +640,101 @@ impl Barrier {
         self.notify.notify_one();
     }
 
+    /// The source connection (re)connected: barriers in flight will not be answered.
+    fn reconnected(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.answers.store(self.sent.load(Ordering::SeqCst), Ordering::SeqCst);
+        self.notify.notify_one();
+    }
+
+    /// Sends a barrier; returns the ticket [`Barrier::answered`] checks.
+    fn send(&self, src: &AsyncClient) -> Option<(u64, u64)> {
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        src.try_unsubscribe(Self::FILTER).ok()?;
+        Some((epoch, self.sent.fetch_add(1, Ordering::SeqCst) + 1))
+    }
+
+    /// `Some(true)`: answered; `Some(false)`: not yet; `None`: void (reconnected since).
+    fn state(&self, (epoch, n): (u64, u64)) -> Option<bool> {
+        if self.epoch.load(Ordering::SeqCst) != epoch {
+            return None;
+        }
+        Some(self.answers.load(Ordering::SeqCst) >= n)
+    }
+
     /// Sends a barrier and waits up to `timeout` for its answer.
     fn pass(&self, src: &AsyncClient, rt: &tokio::runtime::Handle, timeout: Duration) -> bool {
-        let before = self.answers.load(Ordering::SeqCst);
-        if src.try_unsubscribe(Self::FILTER).is_err() {
-            return false;
-        }
+        let Some(ticket) = self.send(src) else { return false };
         let deadline = tokio::time::Instant::now() + timeout;
         rt.block_on(async {
-            while self.answers.load(Ordering::SeqCst) == before {
+            loop {
+                match self.state(ticket) {
+                    Some(true) => return true,
+                    None => return false,
+                    Some(false) => {}
+                }
                 if tokio::time::timeout_at(deadline, self.notify.notified()).await.is_err() {
-                    return false;
+                    return self.state(ticket) == Some(true);
                 }
             }
-            true
         })
     }
 }
 
-/// Hands the client the acknowledgements it can take, in order; the rest wait
-/// for the next call (each time counted in `acks_deferred`).
-fn send_acks(src: &AsyncClient, unacked: &mut VecDeque<u16>, counters: &ServiceCounters) {
-    while let Some(&pkid) = unacked.front() {
-        let mut m = Publish::new("", QoS::AtLeastOnce, Vec::new());
-        m.pkid = pkid;
-        if src.try_ack(&m).is_err() {
-            counters.acks_deferred.fetch_add(1, Ordering::Relaxed);
-            return;
+/// The acknowledgements owed to the source broker: those not yet handed to
+/// the client (in log order), and how many handed ones a barrier has proved
+/// the broker processed. Barriers go out without waiting, at most every
+/// 100 ms while some handed acknowledgement is unproven.
+struct Acks {
+    unacked: VecDeque<u16>,
+    handed: u64,
+    confirmed: u64,
+    /// A barrier in flight: (its ticket, acknowledgements handed before it).
+    pending: Option<((u64, u64), u64)>,
+    last_barrier: Option<Instant>,
+}
+
+impl Acks {
+    /// Hands the client the acknowledgements it can take, in order; the rest
+    /// wait for the next call (each time counted in `acks_deferred`).
+    fn send(&mut self, src: &AsyncClient, counters: &ServiceCounters) {
+        while let Some(&pkid) = self.unacked.front() {
+            let mut m = Publish::new("", QoS::AtLeastOnce, Vec::new());
+            m.pkid = pkid;
+            if src.try_ack(&m).is_err() {
+                counters.acks_deferred.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            self.unacked.pop_front();
+            self.handed += 1;
         }
-        unacked.pop_front();
+    }
+
+    /// Takes a barrier's answer; sends the next barrier when one is due.
+    fn track(&mut self, src: &AsyncClient, barrier: &Barrier) {
+        if let Some((ticket, handed)) = self.pending {
+            match barrier.state(ticket) {
+                Some(true) => {
+                    self.confirmed = handed;
+                    self.pending = None;
+                }
+                None => self.pending = None, // lost with a reconnect: send another
+                Some(false) => {}
+            }
+        }
+        let due = self.last_barrier.is_none_or(|at| at.elapsed() >= Duration::from_millis(100));
+        if self.pending.is_none() && due && self.handed > self.confirmed {
+            if let Some(ticket) = barrier.send(src) {
+                self.pending = Some((ticket, self.handed));
+                self.last_barrier = Some(Instant::now());
+            }
+        }
+    }
+
+    /// Messages the broker may still send again: acknowledgements not handed
+    /// over, and handed ones no barrier has proved yet.
+    fn owed(&self) -> usize {
+        self.unacked.len().saturating_add((self.handed - self.confirmed) as usize)
     }
 }
 
@@ -697,7 +768,8 @@ fn engine_loop(
     // packet ids logged and due an acknowledgement the client could not take yet (its request
     // queue was full): retried before anything else, never dropped — a lost PUBACK would hold
     // the broker's in-flight window for this session until the next reconnect
-    let mut unacked: VecDeque<u16> = VecDeque::new();
+    let mut acks =
+        Acks { unacked: VecDeque::new(), handed: 0, confirmed: 0, pending: None, last_barrier: None };
     let tick = Duration::from_millis(svc.tick_ms as u64);
     let mut last_tick = Instant::now();
     let mut last_ckpt = Instant::now();
@@ -710,12 +782,13 @@ fn engine_loop(
     while !stop {
         batch.clear();
         if durable {
-            send_acks(&src, &mut unacked, &counters);
+            acks.send(&src, &counters);
+            acks.track(&src, &barrier);
         }
         if engine_stop.load(Ordering::SeqCst) {
             stop = true;
         } else {
-            let wait = if unacked.is_empty() {
+            let wait = if acks.unacked.is_empty() && acks.pending.is_none() {
                 tick.min(Duration::from_millis(250))
             } else {
                 Duration::from_millis(1)
@@ -739,7 +812,7 @@ fn engine_loop(
             if dup {
                 counters.redeliveries_skipped.fetch_add(1, Ordering::Relaxed);
                 if durable && m.qos != QoS::AtMostOnce {
-                    unacked.push_back(m.pkid);
+                    acks.unacked.push_back(m.pkid);
                 }
             }
             !dup
@@ -754,8 +827,8 @@ fn engine_loop(
                 w.sync().map_err(io_err("write-ahead log"))?;
             }
             if durable {
-                unacked.extend(batch.iter().filter(|b| b.0.qos != QoS::AtMostOnce).map(|b| b.0.pkid));
-                send_acks(&src, &mut unacked, &counters);
+                acks.unacked.extend(batch.iter().filter(|b| b.0.qos != QoS::AtMostOnce).map(|b| b.0.pkid));
+                acks.send(&src, &counters);
             }
             for (m, recv, delivered) in &batch {
                 seq += 1;
@@ -778,9 +851,12 @@ fn engine_loop(
             // what is left in the channel was not logged: the broker sends it again next time
             rx.close();
             let until = Instant::now() + Duration::from_secs(2);
-            while durable && !unacked.is_empty() && Instant::now() < until {
+            while durable && !acks.unacked.is_empty() && Instant::now() < until {
                 std::thread::sleep(Duration::from_millis(1));
-                send_acks(&src, &mut unacked, &counters);
+                acks.send(&src, &counters);
+            }
+            if durable && acks.owed() > 0 && barrier.pass(&src, &rt, Duration::from_secs(1)) {
+                acks.confirmed = acks.handed;
             }
         }
         if last_tick.elapsed() >= tick || stop {
@@ -799,18 +875,8 @@ fn engine_loop(
             last_ckpt = Instant::now();
             // results of everything the checkpoint covers must be durable before the log goes
             spool.lock().expect("spool lock").sync().map_err(io_err("spool"))?;
-            // the messages the broker may still send again: those whose acknowledgement it has
-            // not processed — after a barrier only those still held here, else all remembered
-            let owed = if !durable {
-                0
-            } else {
-                send_acks(&src, &mut unacked, &counters);
-                if barrier.pass(&src, &rt, Duration::from_secs(1)) {
-                    unacked.len()
-                } else {
-                    crate::redelivery::MAX_ORDER
-                }
-            };
+            // with the messages the broker may still send again
+            let owed = if durable { acks.owed() } else { 0 };
             match checkpoint::save(&dir, &engine, seq, recent.recent(owed)) {
                 Ok(bytes) => {
                     counters.checkpoints.fetch_add(1, Ordering::Relaxed);

@@ -63,6 +63,10 @@ pub struct Spool {
     /// Every result with `seq < acked` is delivered.
     acked: u64,
     acked_saved: u64,
+    /// When the delivered position was last saved: at most once a second (an fsync
+    /// per ack burst would stall the uplink), and at every checkpoint and stop. After
+    /// a crash what was delivered since is sent again, with the same ids.
+    acked_saved_at: std::time::Instant,
     /// Results dropped by the full policy (drop_oldest) and refused (refuse_new).
     pub dropped: u64,
     pub refused: u64,
@@ -127,6 +131,7 @@ impl Spool {
             last_input,
             acked: acked.max(1),
             acked_saved: acked.max(1),
+            acked_saved_at: std::time::Instant::now(),
             dropped: 0,
             refused: 0,
             reader: None,
@@ -266,7 +271,8 @@ impl Spool {
                 self.reader = None;
             }
         }
-        if self.acked - self.acked_saved >= 256 {
+        if self.acked > self.acked_saved && self.acked_saved_at.elapsed() >= std::time::Duration::from_secs(1)
+        {
             self.save_acked()?;
         }
         Ok(())
@@ -286,6 +292,7 @@ impl Spool {
         fs::rename(&tmp, self.dir.join("acked"))?;
         sync_dir(&self.dir)?;
         self.acked_saved = self.acked;
+        self.acked_saved_at = std::time::Instant::now();
         Ok(())
     }
 }
