@@ -718,3 +718,64 @@ fn asof_right_due<'a>(
 }
 
 const _: () = assert!(MAX_VALUES <= 64);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn elem(t: i64, seq: u64) -> Elem {
+        Elem { t0: t, t1: t, count: 1, seq, matches: 0 }
+    }
+
+    fn vals(v: f64) -> Values {
+        let mut x = Values::ABSENT;
+        x.0[0] = v;
+        x.0[1] = -v;
+        x
+    }
+
+    #[test]
+    fn side_buffers_keep_each_keys_order_and_checkpoint_only_what_they_hold() {
+        let mut s = SideBuf::new(Input::Stream(0), 4, 2, 3);
+        for (k, t) in [(0u32, 10), (2, 20), (0, 11), (2, 21), (0, 12)] {
+            assert!(!s.push(k, elem(t, t as u64), &vals(t as f64)));
+        }
+        let ts = |s: &SideBuf, k| s.iter(k).map(|e| e.t0).collect::<Vec<_>>();
+        assert_eq!((ts(&s, 0), ts(&s, 1), ts(&s, 2)), (vec![10, 11, 12], vec![], vec![20, 21]));
+        assert_eq!(s.record(0, 1).values.0[..2], [11.0, -11.0]);
+        // removal keeps the order of the rest, values move with their elements
+        assert_eq!(s.remove_where(0, |_, e| e.t0 == 11), 1);
+        assert_eq!(ts(&s, 0), vec![10, 12]);
+        assert_eq!(s.record(0, 1).values.0[..2], [12.0, -12.0]);
+        // full: the oldest arrival goes
+        for t in [13, 14, 15] {
+            s.push(0, elem(t, t as u64), &vals(t as f64));
+        }
+        assert_eq!(ts(&s, 0), vec![12, 13, 14, 15]);
+
+        let data = SideBufData::from(&s);
+        assert_eq!(data.elems.len(), 6, "only the held elements");
+        assert_eq!(data.vals.len(), 12);
+        let back = SideBuf::try_from(data).unwrap();
+        for k in 0..3 {
+            assert_eq!(ts(&back, k), ts(&s, k));
+            for i in 0..back.held(k) {
+                let (a, b) = (back.record(k, i), s.record(k, i));
+                assert_eq!(
+                    (a.t0, a.count, a.values.0[..2].to_vec()),
+                    (b.t0, b.count, b.values.0[..2].to_vec())
+                );
+            }
+        }
+        // a checkpoint whose counts do not add up is refused
+        let mut bad = SideBufData::from(&s);
+        bad.len[1] = 1;
+        assert!(SideBuf::try_from(bad).is_err());
+        let mut bad = SideBufData::from(&s);
+        bad.len[0] = 5;
+        assert!(SideBuf::try_from(bad).is_err());
+        let mut bad = SideBufData::from(&s);
+        bad.vals.pop();
+        assert!(SideBuf::try_from(bad).is_err());
+    }
+}

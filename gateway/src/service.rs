@@ -625,9 +625,9 @@ const SOURCE_REQUESTS: usize = 1024;
 /// reconnect voids the barriers in flight (a new epoch).
 #[derive(Default)]
 struct Barrier {
-    sent: std::sync::atomic::AtomicU64,
-    answers: std::sync::atomic::AtomicU64,
-    epoch: std::sync::atomic::AtomicU64,
+    sent: metrics::Counter,
+    answers: metrics::Counter,
+    epoch: metrics::Counter,
     notify: Notify,
 }
 
