@@ -132,7 +132,8 @@ l1=$(now_us)
 sleep 1.5    # one stats interval
 metrics > "$work/lat1.txt"
 p1=$(awk '$1=="edgejoin_processed" {print $2}' "$work/lat1.txt")
-read lat_n p50 p90 p99 < <(python3 - "$work/lat0.txt" "$work/lat1.txt" <<'EOP'
+cat > "$work/q.py" <<'EOP'
+# latency quantiles (µs) from two Prometheus snapshots of the result latency histogram
 import sys, re
 def buckets(f):
     b = {}
@@ -156,8 +157,35 @@ def q(x):
     return float("nan")
 print(n, round(q(0.5)), round(q(0.9)), round(q(0.99)))
 EOP
-)
+read lat_n p50 p90 p99 < <(python3 "$work/q.py" "$work/lat0.txt" "$work/lat1.txt")
 lat_rate=$(( (p1 - p0) * 1000000 / (l1 - l0) ))
+
+# the same latency run against variants of the config, each in a gateway of its own:
+# $1 = label, $2 = python editing the config text `t` (what the variant changes)
+variant_latency() {
+    local label=$1 vport; vport=$(free_port)
+    python3 - "$work/gw.toml" "$work/v-$label.toml" "$label" "$vport" "$work/state-$label" <<EOP
+import sys, re
+t = open(sys.argv[1]).read()
+t = t.replace('id = "bench"', 'id = "bench-%s"' % sys.argv[3])
+t = re.sub(r'metrics_addr = "[^"]*"', 'metrics_addr = "127.0.0.1:%s"' % sys.argv[4], t)
+t = re.sub(r'state_dir = "[^"]*"', 'state_dir = "%s"' % sys.argv[5], t)
+$2
+open(sys.argv[2], "w").write(t)
+EOP
+    EDGEJOIN_LOG=info "$EJ" run --config "$work/v-$label.toml" 2> "$work/v-$label.log" & local VG=$!
+    until grep -q "subscribed; ready" "$work/v-$label.log"; do sleep 0.01; done
+    sleep 1.5
+    curl -s "http://127.0.0.1:$vport/metrics" > "$work/v0.txt"
+    "$SIM" --config config/scenarios/bench.toml --start "$(fresh)" --broker "$URL" --rate "$half" --quiet --qos 1
+    sleep 1.5
+    curl -s "http://127.0.0.1:$vport/metrics" > "$work/v1.txt"
+    kill "$VG"; wait "$VG" || true
+    python3 "$work/q.py" "$work/v0.txt" "$work/v1.txt"
+}
+NOWIN='t = "\n[[".join(p for p in t.split("\n[[") if not p.startswith("window]]"))'
+FAST='t = t.replace("[gateway]\n", "[gateway]\ndelivery = \"fast\"\n", 1)'
+
 peak_kb=$(awk '/VmHWM/ {print $2}' /proc/$GW/status)
 
 # steady 1,000 msg/s: the 4 streams × 1000 devices, a reading every 4 s each; CPU and RSS slope
@@ -184,6 +212,12 @@ n=len(pts); mx=sum(p[0] for p in pts)/n; my=sum(p[1] for p in pts)/n
 b=sum((p[0]-mx)*(p[1]-my) for p in pts)/max(1e-9,sum((p[0]-mx)**2 for p in pts))
 print(round(b*60,1), round(pts[0][1]/1024,1), round(pts[-1][1]/1024,1))")  # KiB per minute
 
+# the latency variants, each alone with the broker (the main gateway is done)
+kill "$GW"; wait "$GW" 2>/dev/null || true
+read jn_n jn50 jn90 jn99 < <(variant_latency join "$NOWIN")
+read jf_n jf50 jf90 jf99 < <(variant_latency joinfast "$NOWIN
+$FAST")
+
 size=$(stat -c %s "$EJ")
 bound=$("$EJ" check-config --config "$work/gw.toml" | awk '/total/ {print $2, $3}')
 ratio() { python3 -c "print(round($1/max(1,$2),3))"; }
@@ -199,6 +233,8 @@ cat <<EOT
 | drain QoS 1 | ${C[drain1]} / ${G[drain1]} → ratio $(ratio "${C[drain1]}" "${G[drain1]}") |
 | edgejoin QoS 1 rates: live (publisher-bound) / drain | $live_rate / $drain_rate msg/s |
 | result latency at $lat_rate msg/s (half the live rate), $lat_n results | p50 $p50 µs, p90 $p90 µs, p99 $p99 µs |
+| the same without the two windows (join results only), $jn_n results | p50 $jn50 µs, p90 $jn90 µs, p99 $jn99 µs |
+| the same, join only, \`delivery = "fast"\` (no write-ahead log), $jf_n results | p50 $jf50 µs, p90 $jf90 µs, p99 $jf99 µs |
 | peak RSS (4 streams × 1000 keys × 256 slots; engine bound $bound) | $(python3 -c "print(round($peak_kb/1024,1))") MiB |
 | CPU at 1,000 msg/s over ${STEADY} s | $cpu_pct % of one core |
 | RSS at 1,000 msg/s: first / last sample, slope | $rss_first MiB / $rss_last MiB, $slope KiB/min |
