@@ -164,10 +164,8 @@ impl Gateway {
     fn stop_counting(mut self) -> u64 {
         unsafe { libc_kill(self.child.id() as i32, 15) };
         let _ = self.child.wait();
-        std::thread::sleep(Duration::from_millis(100));
-        let log = self.log.lock().unwrap();
-        log.iter()
-            .find_map(|l| {
+        let count = |log: &[String]| -> Option<u64> {
+            log.iter().find_map(|l| {
                 l.split("engine stopped at input ")
                     .nth(1)?
                     .split(": ")
@@ -177,7 +175,15 @@ impl Gateway {
                     .parse()
                     .ok()
             })
-            .unwrap_or_else(|| panic!("no final count in {log:?}"))
+        };
+        // the reader thread may still be catching up with the last lines
+        for _ in 0..50 {
+            if let Some(n) = count(&self.log.lock().unwrap()) {
+                return n;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("no final count in {:?}", self.log.lock().unwrap())
     }
 }
 

@@ -131,8 +131,10 @@ fn count(url: &str, topic: &str, n: u64, qos: u8, announce: bool) -> Result<(), 
     let mut last = Instant::now();
     let mut last_wall = SystemTime::now();
     loop {
-        // give up after 10 s without a message (QoS 0 may lose some)
-        let ev = match conn.recv_timeout(Duration::from_secs(10)) {
+        // give up after 10 s without a message once they flow (QoS 0 may lose some); before
+        // the first, wait longer: a benchmark may hold this process stopped while it publishes
+        let idle = if first.is_some() { Duration::from_secs(10) } else { Duration::from_secs(120) };
+        let ev = match conn.recv_timeout(idle) {
             Ok(ev) => ev,
             Err(_) => break,
         };
