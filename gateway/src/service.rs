@@ -811,7 +811,9 @@ fn engine_loop(
         if engine_stop.load(Ordering::SeqCst) {
             stop = true;
         } else {
-            let wait = if acks.unacked.is_empty() && acks.pending.is_none() {
+            // a pending barrier's answer is taken at the next turn; only acknowledgements the
+            // client could not take yet are worth a quick retry
+            let wait = if acks.unacked.is_empty() {
                 tick.min(Duration::from_millis(250))
             } else {
                 Duration::from_millis(1)
