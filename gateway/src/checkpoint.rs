@@ -34,6 +34,8 @@ pub enum CheckpointError {
     Version { path: PathBuf, found: u32 },
     #[error("{0}: checksum mismatch (torn or corrupt)")]
     Checksum(PathBuf),
+    #[error("{0}: its list of recently logged messages does not fit in it (corrupt)")]
+    Recent(PathBuf),
     #[error("{path}: {source}")]
     Restore {
         path: PathBuf,
@@ -139,7 +141,7 @@ pub fn load(state_dir: &Path, p: &Pipeline, hash_seed: u64) -> Result<Option<Loa
         body.get(12..16).map_or(usize::MAX, |b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize);
     let state_at =
         n.checked_mul(10).and_then(|b| b.checked_add(16)).filter(|&e| e <= body.len() && n <= MAX_RECENT);
-    let Some(state_at) = state_at else { return Err(CheckpointError::Magic(path)) };
+    let Some(state_at) = state_at else { return Err(CheckpointError::Recent(path)) };
     let recent = body[16..state_at]
         .chunks_exact(10)
         .map(|c| (u16::from_le_bytes([c[0], c[1]]), u64::from_le_bytes(c[2..].try_into().expect("8 bytes"))))
