@@ -17,8 +17,9 @@ use crate::frame::sync_dir;
 use crate::pipeline::Pipeline;
 
 const MAGIC: &[u8; 8] = b"EJCKPT\r\n";
-/// Bumped when the state's encoding changes; older checkpoints are set aside.
-pub const VERSION: u32 = 2;
+/// Bumped when the format changes. Version 3 adds each recent message's log
+/// position; version 2 is still read (positions taken as the checkpoint's).
+pub const VERSION: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -73,7 +74,7 @@ pub fn save(
     state_dir: &Path,
     engine: &Engine,
     input_seq: u64,
-    recent: impl ExactSizeIterator<Item = (u16, u64)>,
+    recent: impl ExactSizeIterator<Item = (u16, u64, u64)>,
 ) -> io::Result<u64> {
     let tmp = state_dir.join("checkpoint.tmp");
     let file = File::create(&tmp)?;
@@ -84,9 +85,10 @@ pub fn save(
     cw.write_all(&input_seq.to_le_bytes())?;
     let skip = recent.len().saturating_sub(MAX_RECENT);
     cw.write_all(&((recent.len() - skip) as u32).to_le_bytes())?;
-    for (pkid, hash) in recent.skip(skip) {
+    for (pkid, hash, seq) in recent.skip(skip) {
         cw.write_all(&pkid.to_le_bytes())?;
         cw.write_all(&hash.to_le_bytes())?;
+        cw.write_all(&seq.to_le_bytes())?;
     }
     {
         let mut enc = lz4_flex::frame::FrameEncoder::new(&mut cw);
@@ -110,8 +112,8 @@ pub struct Loaded {
     pub engine: Engine,
     /// The input sequence number it covers.
     pub input_seq: u64,
-    /// The most recently logged messages (packet id, content hash), oldest first.
-    pub recent: Vec<(u16, u64)>,
+    /// Messages the broker may still send again (packet id, content hash, log position), oldest first.
+    pub recent: Vec<(u16, u64, u64)>,
 }
 
 /// Loads the checkpoint, if there is one.
@@ -133,18 +135,23 @@ pub fn load(state_dir: &Path, p: &Pipeline, hash_seed: u64) -> Result<Option<Loa
         return Err(CheckpointError::Checksum(path));
     }
     let version = u32::from_le_bytes(body[..4].try_into().expect("4 bytes"));
-    if version != VERSION {
+    if version != VERSION && version != 2 {
         return Err(CheckpointError::Version { path, found: version });
     }
+    let entry = if version == 2 { 10 } else { 18 };
     let input_seq = u64::from_le_bytes(body[4..12].try_into().expect("8 bytes"));
     let n =
         body.get(12..16).map_or(usize::MAX, |b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize);
     let state_at =
-        n.checked_mul(10).and_then(|b| b.checked_add(16)).filter(|&e| e <= body.len() && n <= MAX_RECENT);
+        n.checked_mul(entry).and_then(|b| b.checked_add(16)).filter(|&e| e <= body.len() && n <= MAX_RECENT);
     let Some(state_at) = state_at else { return Err(CheckpointError::Recent(path)) };
     let recent = body[16..state_at]
-        .chunks_exact(10)
-        .map(|c| (u16::from_le_bytes([c[0], c[1]]), u64::from_le_bytes(c[2..].try_into().expect("8 bytes"))))
+        .chunks_exact(entry)
+        .map(|c| {
+            let hash = u64::from_le_bytes(c[2..10].try_into().expect("8 bytes"));
+            let seq = c.get(10..18).map_or(input_seq, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+            (u16::from_le_bytes([c[0], c[1]]), hash, seq)
+        })
         .collect();
     let mut state = Vec::new();
     lz4_flex::frame::FrameDecoder::new(&body[state_at..]).read_to_end(&mut state).map_err(io_err)?;
@@ -182,10 +189,10 @@ mod tests {
         let mut sink = |_: &Pipeline, _: crate::engine::Output<'_>| {};
         e.ingest(1000, "t/a", br#"{"ts":1000,"v":2}"#, &mut sink);
         assert!(load(dir.path(), &p, 5).unwrap().is_none());
-        save(dir.path(), &e, 41, [(7u16, 99u64), (8, 100)].into_iter()).unwrap();
+        save(dir.path(), &e, 41, [(7u16, 99u64, 40u64), (8, 100, 41)].into_iter()).unwrap();
         let l = load(dir.path(), &p, 5).unwrap().unwrap();
         assert_eq!(l.input_seq, 41);
-        assert_eq!(l.recent, vec![(7, 99), (8, 100)]);
+        assert_eq!(l.recent, vec![(7, 99, 40), (8, 100, 41)]);
         assert_eq!(l.engine.save_state(), e.save_state());
 
         // a flipped byte is caught, and the file can be set aside

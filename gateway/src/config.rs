@@ -88,7 +88,7 @@ struct RawSource {
     max_payload: Option<Spanned<String>>,
     client_id: Option<Spanned<String>>,
     username: Option<String>,
-    password_file: Option<String>,
+    password_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -100,7 +100,7 @@ struct RawUpstream {
     spool_full: Option<Spanned<crate::spool::FullPolicy>>,
     client_id: Option<Spanned<String>>,
     username: Option<String>,
-    password_file: Option<String>,
+    password_file: Option<Spanned<String>>,
     ca_file: Option<String>,
     cert_file: Option<String>,
     key_file: Option<String>,
@@ -427,11 +427,21 @@ fn client_id(ck: &Checker<'_>, v: Option<&S<String>>, default: String) -> Result
     }
 }
 
-fn credentials(username: &Option<String>, password_file: &Option<String>) -> Option<Credentials> {
-    username.as_ref().map(|u| Credentials {
+fn credentials(
+    ck: &Checker<'_>,
+    username: &Option<String>,
+    password_file: &Option<Spanned<String>>,
+) -> Result<Option<Credentials>, ConfigError> {
+    if let (None, Some(f)) = (username, password_file) {
+        return Err(ck.err(
+            f.span(),
+            "password_file needs `username` as well (MQTT sends a password only with a user name)",
+        ));
+    }
+    Ok(username.as_ref().map(|u| Credentials {
         username: u.clone(),
-        password_file: password_file.as_ref().map(PathBuf::from),
-    })
+        password_file: password_file.as_ref().map(|f| PathBuf::from(f.get_ref())),
+    }))
 }
 
 fn build_source(ck: &Checker<'_>, s: Option<&RawSource>, g: &Gateway) -> Result<Source, ConfigError> {
@@ -464,7 +474,7 @@ fn build_source(ck: &Checker<'_>, s: Option<&RawSource>, g: &Gateway) -> Result<
         broker: b,
         max_payload,
         client_id: client_id(ck, s.client_id.as_ref(), format!("{}-in", g.id))?,
-        credentials: credentials(&s.username, &s.password_file),
+        credentials: credentials(ck, &s.username, &s.password_file)?,
     })
 }
 
@@ -527,7 +537,7 @@ fn build_upstream(
         spool,
         spool_full: u.spool_full.as_ref().map_or(crate::spool::FullPolicy::DropOldest, |p| *p.get_ref()),
         client_id: client_id(ck, u.client_id.as_ref(), format!("{}-out", g.id))?,
-        credentials: credentials(&u.username, &u.password_file),
+        credentials: credentials(ck, &u.username, &u.password_file)?,
         tls,
     })
 }
@@ -1219,6 +1229,17 @@ values = ["v"]
         let p = parse(Path::new("gw.toml"), BASE).unwrap();
         assert_eq!(p.streams[0].values, ["v"]);
         assert_eq!(p.streams[0].capacity.get(), 64);
+    }
+
+    #[test]
+    fn a_password_file_without_a_username_is_refused() {
+        let extra = "\n[upstream]\nurl = \"mqtt://127.0.0.1:1884\"\npassword_file = \"pw\"\n";
+        let (line, msg) = err(extra);
+        assert_eq!(line, line_of(extra, "password_file"));
+        assert!(msg.contains("password_file needs `username`"), "{msg}");
+        let extra = "\n[source]\npassword_file = \"pw\"\n";
+        let (line, _) = err(extra);
+        assert_eq!(line, line_of(extra, "password_file"));
     }
 
     #[test]

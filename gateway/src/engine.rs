@@ -587,3 +587,26 @@ fn join_ctx<'a>(p: &Pipeline, windows: &'a [WindowOp], j: usize) -> JoinCtx<'a> 
     };
     JoinCtx { windows: [win(d.left), win(d.right)] }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sum_that_overflows_is_emitted_as_null_and_counted() {
+        let cfg = "[[stream]]\nname = \"s\"\ntopics = [\"t/{k}\"]\nkey = \"{k}\"\nvalues = [\"v\"]\n\n[[window]]\nname = \"w\"\ninput = \"s\"\nsize = \"1s\"\naggregates = { s = \"sum(v)\", n = \"count()\" }\ntopic = \"w/{key}\"\n";
+        let p = crate::config::parse(std::path::Path::new("c.toml"), cfg).unwrap();
+        let mut e = Engine::new(p, 1).unwrap();
+        let mut out = Vec::new();
+        let mut enc = crate::output::JsonEncoder::new();
+        let mut sink = |p: &Pipeline, o: Output<'_>| out.push(String::from_utf8(enc.encode(p, o).to_vec()).unwrap());
+        e.ingest(1000, "t/a", br#"{"ts":1000,"v":1e308}"#, &mut sink);
+        e.ingest(1001, "t/a", br#"{"ts":1001,"v":1e308}"#, &mut sink);
+        e.ingest(1002, "t/b", br#"{"ts":1002,"v":1}"#, &mut sink);
+        e.flush(&mut sink);
+        assert_eq!(out.len(), 2);
+        assert!(out[0].contains(r#""s":null"#), "{}", out[0]);
+        assert!(out[1].contains(r#""s":1"#), "{}", out[1]);
+        assert_eq!(e.window_counters(0).non_finite, 1);
+    }
+}

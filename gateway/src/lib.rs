@@ -25,6 +25,7 @@ pub mod service;
 pub mod skew;
 pub mod source_proxy;
 pub mod spool;
+pub mod state_dir;
 pub mod stats;
 pub mod topic;
 pub mod units;

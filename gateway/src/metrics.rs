@@ -148,12 +148,24 @@ pub struct ServiceCounters {
     pub i2c_errors: Counter,
     /// Wall clock (Unix ms) when the engine last finished a batch of messages.
     pub last_processed_unix_ms: Counter,
+    /// Source messages whose payload was over `max_payload`, cut before the MQTT client read them.
+    pub payload_truncated: Counter,
+    /// Logged inputs lost to damaged write-ahead log records (found at start-up).
+    pub wal_lost_inputs: Counter,
+    /// Undelivered results lost to damaged spool records (found at start-up).
+    pub spool_damaged: Counter,
+    /// Times the state directory was full and intake paused until it had room.
+    pub storage_full_pauses: Counter,
+    /// 1 while intake is paused because the state directory is full.
+    pub storage_paused: Counter,
+    /// Metrics connections turned away (over the limit of open connections).
+    pub metrics_connections_refused: Counter,
     /// Broker delivery of a message → publish of the results it completed.
     pub result_latency: LatencyHistogram,
 }
 
 impl ServiceCounters {
-    fn all(&self) -> [(&'static str, u64); 21] {
+    fn all(&self) -> [(&'static str, u64); 27] {
         let g = |a: &Counter| a.load(Ordering::Relaxed);
         [
             ("received", g(&self.received)),
@@ -177,6 +189,12 @@ impl ServiceCounters {
             ("processing_delay_ms", g(&self.processing_delay_ms)),
             ("i2c_errors", g(&self.i2c_errors)),
             ("last_processed_unix_ms", g(&self.last_processed_unix_ms)),
+            ("payload_truncated", g(&self.payload_truncated)),
+            ("wal_lost_inputs", g(&self.wal_lost_inputs)),
+            ("spool_damaged", g(&self.spool_damaged)),
+            ("storage_full_pauses", g(&self.storage_full_pauses)),
+            ("storage_paused", g(&self.storage_paused)),
+            ("metrics_connections_refused", g(&self.metrics_connections_refused)),
         ]
     }
 }
@@ -211,7 +229,7 @@ pub fn prometheus(e: &Engine, c: &ServiceCounters) -> String {
         let _ = writeln!(
             o,
             "# TYPE edgejoin_{k} {}",
-            if k.starts_with("spool_depth") || k.ends_with("bytes") || k.ends_with("_ms") {
+            if k.starts_with("spool_depth") || k == "storage_paused" || k.ends_with("bytes") || k.ends_with("_ms") {
                 "gauge"
             } else {
                 "counter"
@@ -260,6 +278,7 @@ pub fn prometheus(e: &Engine, c: &ServiceCounters) -> String {
             ("evicted_windows_total", c.evicted_windows),
             ("capacity_evictions_total", c.capacity_evictions),
             ("late_total", c.late),
+            ("non_finite_total", c.non_finite),
             ("live_keys", keys as u64),
             ("open_windows", open as u64),
         ] {

@@ -1,36 +1,36 @@
 //! Recognising the source broker's redeliveries of messages already logged.
 //!
 //! A QoS 1 message is acknowledged only after the write-ahead log holds it; if
-//! the gateway stops between the two, the broker sends it again (DUP set)
-//! with the same packet id. A broker never reuses a packet id while a message
-//! with it is unacknowledged, so the last message logged under a packet id is
-//! the only one a redelivery under that id can be: one content hash per
-//! packet id (fixed 512 KiB table, allocated zeroed: pages appear as ids are
-//! used) answers exactly, in O(1).
+//! the gateway stops between the two, the broker sends it again with the DUP
+//! flag and the same packet id. An entry (packet id → content hash and log
+//! position) lives exactly as long as the broker may still send that message
+//! again: from logging until a barrier proves the broker processed its
+//! acknowledgement ([`Redeliveries::confirmed`]; the log records that too, so
+//! it survives a crash). After that the broker may reuse the packet id for a
+//! new message — even one with identical content — and it is never mistaken
+//! for a redelivery. A message without DUP is always new.
 //!
-//! Acknowledgements go out in log order, so the messages the broker may still
-//! send again are the last ones logged: those whose acknowledgement the
-//! gateway still holds or has just handed to its MQTT client. A checkpoint
-//! keeps the entries of that many last QoS 1 messages (the log after the
-//! checkpoint restores the rest); at most 65,535 can be unacknowledged at
-//! once (one per packet id), so the record of the order is bounded too.
+//! Acknowledgements go out in log order, so confirmation is a position in
+//! the log: every entry at or before it goes. At most 65,535 messages can be
+//! unacknowledged at once (one per packet id), so the table is bounded:
+//! 1 MiB allocated zeroed (pages appear as ids are used).
 
 use std::collections::VecDeque;
 
-/// Most QoS 1 messages whose order is kept (a broker never has more unacknowledged).
+/// Most entries live at once (one per packet id a broker can have in flight).
 pub const MAX_ORDER: usize = 1 << 16;
 
 pub struct Redeliveries {
-    /// Content hash (never 0) of the last message logged under each packet id; 0 = none.
-    by_pkid: Box<[u64]>,
-    /// Packet ids of the last [`MAX_ORDER`] QoS 1 messages logged, oldest first.
-    order: VecDeque<u16>,
+    /// (content hash, log position) of the live entry of each packet id; hash 0 = none.
+    by_pkid: Box<[(u64, u64)]>,
+    /// Live entries in log order: (packet id, log position).
+    order: VecDeque<(u16, u64)>,
 }
 
 impl Default for Redeliveries {
     fn default() -> Self {
         Redeliveries {
-            by_pkid: vec![0u64; 1 << 16].into_boxed_slice(),
+            by_pkid: vec![(0u64, 0u64); 1 << 16].into_boxed_slice(),
             order: VecDeque::with_capacity(MAX_ORDER),
         }
     }
@@ -42,37 +42,60 @@ pub fn message_hash(topic: &str, payload: &[u8]) -> u64 {
 }
 
 impl Redeliveries {
-    /// Notes a logged message. Packet id 0 is a QoS 0 message: never redelivered.
-    pub fn logged(&mut self, pkid: u16, topic: &str, payload: &[u8]) {
+    /// Notes a message logged at position `seq`. Packet id 0 is a QoS 0 message: never redelivered.
+    pub fn logged(&mut self, pkid: u16, seq: u64, topic: &str, payload: &[u8]) {
         if pkid != 0 {
-            self.logged_hash(pkid, message_hash(topic, payload));
+            self.logged_hash(pkid, seq, message_hash(topic, payload));
         }
     }
 
-    fn logged_hash(&mut self, pkid: u16, hash: u64) {
-        self.by_pkid[pkid as usize] = hash;
+    fn logged_hash(&mut self, pkid: u16, seq: u64, hash: u64) {
+        self.by_pkid[pkid as usize] = (hash, seq);
         if self.order.len() == MAX_ORDER {
+            // cannot happen with a conforming broker (65,535 ids); the oldest is the safest to forget
             self.order.pop_front();
         }
-        self.order.push_back(pkid);
+        self.order.push_back((pkid, seq));
     }
 
-    /// Whether a message (flagged DUP by the broker) is one already logged.
+    /// The broker processed the acknowledgements of every message logged up to `through`.
+    pub fn confirmed(&mut self, through: u64) {
+        while let Some(&(pkid, seq)) = self.order.front() {
+            if seq > through {
+                break;
+            }
+            self.order.pop_front();
+            let e = &mut self.by_pkid[pkid as usize];
+            if e.1 == seq {
+                *e = (0, 0);
+            }
+        }
+    }
+
+    /// Whether a message (flagged DUP by the broker) is one already logged and not yet confirmed.
     pub fn is_redelivery(&self, dup: bool, pkid: u16, topic: &str, payload: &[u8]) -> bool {
-        dup && pkid != 0 && self.by_pkid[pkid as usize] == message_hash(topic, payload)
+        dup && pkid != 0 && self.by_pkid[pkid as usize].0 == message_hash(topic, payload)
     }
 
-    /// The entries of the last `n` QoS 1 messages logged, oldest first (what a
-    /// checkpoint keeps: `n` = acknowledgements not yet sent, with a margin).
-    pub fn recent(&self, n: usize) -> impl ExactSizeIterator<Item = (u16, u64)> + '_ {
-        self.order.iter().skip(self.order.len().saturating_sub(n)).map(|&p| (p, self.by_pkid[p as usize]))
+    /// Live entries (packet id, content hash, log position), oldest first: what a checkpoint keeps.
+    pub fn live(&self) -> impl ExactSizeIterator<Item = (u16, u64, u64)> + '_ {
+        self.order.iter().map(|&(p, seq)| (p, self.by_pkid[p as usize].0, seq))
+    }
+
+    /// Live entries.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
     }
 
     /// Restores the entries a checkpoint kept.
-    pub fn restore(&mut self, entries: impl IntoIterator<Item = (u16, u64)>) {
-        for (pkid, hash) in entries {
+    pub fn restore(&mut self, entries: impl IntoIterator<Item = (u16, u64, u64)>) {
+        for (pkid, hash, seq) in entries {
             if pkid != 0 && hash != 0 {
-                self.logged_hash(pkid, hash);
+                self.logged_hash(pkid, seq, hash);
             }
         }
     }
@@ -83,38 +106,54 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_last_message_under_a_packet_id_is_recognised() {
+    fn a_logged_message_flagged_dup_is_a_redelivery_until_its_ack_is_confirmed() {
         let mut r = Redeliveries::default();
-        r.logged(7, "t/a", b"1");
+        r.logged(7, 1, "t/a", b"1");
         assert!(r.is_redelivery(true, 7, "t/a", b"1"));
         // not flagged DUP, another id, other content, or QoS 0: not a redelivery
         assert!(!r.is_redelivery(false, 7, "t/a", b"1"));
         assert!(!r.is_redelivery(true, 8, "t/a", b"1"));
         assert!(!r.is_redelivery(true, 7, "t/a", b"2"));
         assert!(!r.is_redelivery(true, 7, "t/b", b"1"));
-        r.logged(0, "t/q0", b"x");
+        r.logged(0, 2, "t/q0", b"x");
         assert!(!r.is_redelivery(true, 0, "t/q0", b"x"));
-        // the id reused for a new message (the old one was acknowledged)
-        r.logged(7, "t/a", b"3");
-        assert!(!r.is_redelivery(true, 7, "t/a", b"1"));
-        assert!(r.is_redelivery(true, 7, "t/a", b"3"));
+        r.confirmed(1);
+        assert!(!r.is_redelivery(true, 7, "t/a", b"1"), "the broker may reuse id 7 for a new, equal message");
+        assert!(r.is_empty());
     }
 
     #[test]
-    fn checkpointed_entries_are_the_latest_and_restore() {
+    fn an_identical_message_under_a_reused_id_is_new_once_the_first_is_confirmed() {
         let mut r = Redeliveries::default();
-        let n = MAX_ORDER as u32 + 10;
-        for i in 0..n {
-            r.logged((i % 65535 + 1) as u16, "t", &i.to_le_bytes());
+        r.logged(7, 10, "t", b"1");
+        r.logged(8, 11, "t", b"1");
+        r.confirmed(10);
+        r.logged(7, 12, "t", b"1"); // id 7 reused: the broker had the first acknowledgement
+        assert!(r.is_redelivery(true, 7, "t", b"1"));
+        assert!(r.is_redelivery(true, 8, "t", b"1"));
+        // confirming up to 11 must not forget the second message under id 7 (position 12)
+        r.confirmed(11);
+        assert!(r.is_redelivery(true, 7, "t", b"1"));
+        assert!(!r.is_redelivery(true, 8, "t", b"1"));
+        r.confirmed(12);
+        assert!(!r.is_redelivery(true, 7, "t", b"1"));
+    }
+
+    #[test]
+    fn live_entries_checkpoint_and_restore() {
+        let mut r = Redeliveries::default();
+        for i in 1..=100u64 {
+            r.logged(i as u16, i, "t", &i.to_le_bytes());
         }
-        assert_eq!(r.recent(usize::MAX).len(), MAX_ORDER);
-        let kept: Vec<_> = r.recent(100).collect();
-        assert_eq!(kept.len(), 100);
-        assert_eq!(kept[0].0, ((n - 100) % 65535 + 1) as u16);
+        r.confirmed(60);
+        let kept: Vec<_> = r.live().collect();
+        assert_eq!(kept.len(), 40);
+        assert_eq!(kept[0].2, 61);
         let mut s = Redeliveries::default();
         s.restore(kept);
-        let last = n - 1;
-        assert!(s.is_redelivery(true, (last % 65535 + 1) as u16, "t", &last.to_le_bytes()));
-        assert!(!s.is_redelivery(true, 1, "t", &0u32.to_le_bytes()));
+        assert!(s.is_redelivery(true, 100, "t", &100u64.to_le_bytes()));
+        assert!(!s.is_redelivery(true, 60, "t", &60u64.to_le_bytes()));
+        s.confirmed(100);
+        assert!(s.is_empty());
     }
 }

@@ -5,6 +5,7 @@
 
 use std::io::{self, BufRead, Write};
 
+
 use base64::Engine as _;
 use serde::Deserialize;
 
@@ -76,13 +77,23 @@ pub fn replay(
 ) -> io::Result<ReplayStats> {
     let mut stats = ReplayStats::default();
     let mut sink = LineSink::new(io::BufWriter::new(out));
-    for line in input.lines() {
-        let line = line?;
+    let mut input = input;
+    let mut raw = Vec::new();
+    loop {
+        raw.clear();
+        if input.read_until(b'\n', &mut raw)? == 0 {
+            break;
+        }
         stats.lines += 1;
+        let Ok(line) = std::str::from_utf8(&raw) else {
+            stats.bad_lines += 1;
+            on_bad_line(stats.lines, "not UTF-8 (binary payloads go in `payload_b64`)");
+            continue;
+        };
         if line.trim().is_empty() {
             continue;
         }
-        let rec: Line = match serde_json::from_str(&line) {
+        let rec: Line = match serde_json::from_str(line) {
             Ok(r) => r,
             Err(e) => {
                 stats.bad_lines += 1;
@@ -106,6 +117,11 @@ pub fn replay(
                 continue;
             }
         };
+        if rec.recv_ms.unsigned_abs() > crate::decode::MAX_ABS_TS_MS.unsigned_abs() {
+            stats.bad_lines += 1;
+            on_bad_line(stats.lines, &format!("recv_ms {} is out of range (more than ±{} ms from 1970)", rec.recv_ms, crate::decode::MAX_ABS_TS_MS));
+            continue;
+        }
         stats.messages += 1;
         engine.ingest(rec.recv_ms, &rec.topic, &payload, &mut sink);
         sink.take_error()?;
@@ -115,4 +131,38 @@ pub fn replay(
     stats.results = sink.results;
     sink.into_inner().flush()?;
     Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unusable_lines_are_skipped_with_their_numbers_and_the_rest_replays() {
+        let cfg = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/examples/bucket.toml")).unwrap();
+        let p = crate::config::parse(std::path::Path::new("bucket.toml"), &cfg).unwrap();
+        let good = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/examples/bucket.jsonl")).unwrap();
+        let mut input = Vec::new();
+        // a line whose receive time is near i64::MIN (it used to spin forever), and one not UTF-8
+        input.extend_from_slice(
+            br#"{"recv_ms":-9223372036854775000,"topic":"home/kitchen/indoor","payload":"{\"ts\": 1699999800000, \"celsius\": 20}"}"#,
+        );
+        input.extend_from_slice(b"\n{\"recv_ms\":1,\"topic\":\"\xff\xfe\",\"payload\":\"x\"}\n");
+        input.extend_from_slice(&good);
+        let mut bad = Vec::new();
+        let mut out = Vec::new();
+        let mut e = Engine::new(p.clone(), 1).unwrap();
+        let st = replay(&mut e, &input[..], &mut out, |n, why| bad.push((n, why.to_string()))).unwrap();
+        assert_eq!(bad.len(), 2, "{bad:?}");
+        assert_eq!(bad[0].0, 1);
+        assert!(bad[0].1.contains("out of range"), "{bad:?}");
+        assert_eq!(bad[1].0, 2);
+        assert!(bad[1].1.contains("UTF-8"), "{bad:?}");
+        // the rest gives exactly what the recording alone gives
+        let mut alone = Vec::new();
+        let mut e = Engine::new(p, 1).unwrap();
+        replay(&mut e, &good[..], &mut alone, |_, _| {}).unwrap();
+        assert_eq!(out, alone);
+        assert_eq!(st.bad_lines, 2);
+    }
 }

@@ -46,6 +46,18 @@ pub enum ServiceError {
         #[source]
         source: io::Error,
     },
+    #[error("state_dir {path} is full ({source}): free some space; the service starts again by itself under systemd")]
+    StateDirFull {
+        path: std::path::PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} is locked by another edgejoin using the same state_dir ({source}); stop it, or give this one its own state_dir")]
+    Locked {
+        path: std::path::PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("{what}: {source}")]
     Io {
         what: &'static str,
@@ -171,8 +183,44 @@ impl Backoff {
 /// time (the event clock of `clock = "receive"` streams) and the instant the
 /// broker delivered it (for the result latency histogram).
 enum Inbound {
-    Message(Publish, i64, Instant),
+    Message(Msg),
     Shutdown,
+}
+
+/// A message on its way to the engine, holding its share of the intake's
+/// byte budget until the engine is done with it.
+struct Msg {
+    m: Publish,
+    recv_ms: i64,
+    at: Instant,
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// What the source's messages may hold in memory between the broker and the
+/// engine, in bytes, whatever their number: the intake channel and the batch
+/// being processed. At least four of the largest messages the filter lets
+/// through, and 1 MiB.
+pub fn intake_budget(p: &Pipeline) -> usize {
+    (4 * max_message(p)).max(1 << 20)
+}
+
+/// The largest message the source filter lets through: `max_payload + 1`
+/// bytes of payload (one more than the engine accepts, so an oversized one is
+/// counted), a topic of up to 65,535 bytes and the packet's head.
+pub fn max_message(p: &Pipeline) -> usize {
+    p.source.max_payload + 1 + 65_535 + 16
+}
+
+/// Bytes of the source path outside the budget: the MQTT client's read
+/// buffer and the up to 10 packets it parses per read, and the filter's two
+/// 64 KiB buffers.
+pub fn source_buffers(p: &Pipeline) -> usize {
+    11 * max_message(p) + (128 << 10)
+}
+
+/// The intake's share of the budget a message takes.
+fn intake_cost(m: &Publish) -> u32 {
+    (m.payload.len() + m.topic.len() + 64).min(u32::MAX as usize) as u32
 }
 
 /// Spool writer used as the engine's sink: renders the topic, encodes the
@@ -338,19 +386,31 @@ fn recover(
     let mut enc = JsonEncoder::new();
     let mut topic = String::new();
     let mut replayed = 0u64;
-    let (wal, last) = Wal::open(&dir.join("wal"), ckpt_seq, |rec| {
-        replayed += 1;
-        let seq = rec.seq();
-        let mut sink = SpoolSink::new(p, spool, &mut enc, &mut topic, counters, seq, skip);
-        match rec {
-            WalRecord::Message { recv_ms, pkid, topic: t, payload, .. } => {
-                recent.logged(pkid, &t, &payload);
-                engine.ingest(recv_ms, &t, &payload, &mut sink);
-            }
-            WalRecord::Tick { now_ms, .. } => engine.tick(now_ms, &mut sink),
+    let (wal, last, damage) = Wal::open(&dir.join("wal"), ckpt_seq, |rec| match rec {
+        WalRecord::Acked { through } => recent.confirmed(through),
+        WalRecord::Message { seq, recv_ms, pkid, topic: t, payload } => {
+            replayed += 1;
+            let mut sink = SpoolSink::new(p, spool, &mut enc, &mut topic, counters, seq, skip);
+            recent.logged(pkid, seq, &t, &payload);
+            engine.ingest(recv_ms, &t, &payload, &mut sink);
+        }
+        WalRecord::Tick { seq, now_ms } => {
+            replayed += 1;
+            let mut sink = SpoolSink::new(p, spool, &mut enc, &mut topic, counters, seq, skip);
+            engine.tick(now_ms, &mut sink);
         }
     })
     .map_err(io_err("write-ahead log"))?;
+    if !damage.kept.is_empty() {
+        counters.wal_lost_inputs.fetch_add(damage.lost_inputs, Ordering::Relaxed);
+        let kept: Vec<String> = damage.kept.iter().map(|k| k.display().to_string()).collect();
+        tracing::error!(
+            "write-ahead log damaged: {} bytes unreadable, {} logged inputs lost with them; the rest was replayed; damaged files kept as {}",
+            damage.bytes,
+            damage.lost_inputs,
+            kept.join(", ")
+        );
+    }
     if replayed > 0 {
         tracing::info!("replayed {replayed} logged inputs after the checkpoint (up to input {last})");
     }
@@ -396,26 +456,52 @@ async fn run_async(p: Pipeline) -> Result<(), ServiceError> {
             s.name
         )));
     }
+    // state files are the gateway's alone, also when not run by systemd (UMask=0077 there)
+    crate::state_dir::restrict_umask();
     let dir = p.gateway.state_dir.clone();
     std::fs::create_dir_all(&dir).map_err(|source| ServiceError::StateDir { path: dir.clone(), source })?;
+    let _lock = crate::state_dir::lock(&dir)?;
+    crate::state_dir::probe(&dir)?;
     let svc = p.gateway.service.clone();
     let counters = Arc::new(ServiceCounters::default());
-    let spool = Arc::new(Mutex::new(
-        Spool::open(&dir.join("spool"), p.upstream.spool, p.upstream.spool_full).map_err(io_err("spool"))?,
-    ));
+    let spool = Spool::open(&dir.join("spool"), p.upstream.spool, p.upstream.spool_full)
+        .map_err(|source| ServiceError::StateDir { path: dir.join("spool"), source })?;
+    report_spool_damage(&spool, &counters);
+    let spool = Arc::new(Mutex::new(spool));
     let seed = (now_ms() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ u64::from(std::process::id());
     let Recovered { engine, last_seq, wal, recent } = recover(&p, seed, &spool, &counters)?;
 
-    // the source connection
-    let src_opts = mqtt_options(
+    // the source connection, through the filter that cuts oversized payloads
+    if p.source.broker.tls {
+        return Err(ServiceError::Config(format!(
+            "{}:{}: mqtts:// is supported for [upstream] (with ca_file); use mqtt:// for the source broker",
+            p.source.broker.host, p.source.broker.port
+        )));
+    }
+    let sock = crate::source_proxy::socket_path(&dir);
+    if let Some(parent) = sock.parent() {
+        std::fs::create_dir_all(parent).map_err(io_err("source socket directory"))?;
+    }
+    let _ = std::fs::remove_file(&sock); // a stale one (the state_dir lock is ours)
+    let listener = tokio::net::UnixListener::bind(&sock)
+        .map_err(|source| ServiceError::StateDir { path: sock.clone(), source })?;
+    let _sock_guard = RemoveOnDrop(sock.clone());
+    tokio::spawn(crate::source_proxy::serve(
+        listener,
+        p.source.broker.host.clone(),
+        p.source.broker.port,
+        p.source.max_payload + 1,
+        counters.clone(),
+    ));
+    let mut src_opts = mqtt_options(
         &p.source.client_id,
-        &p.source.broker,
+        &crate::pipeline::Broker { host: sock.display().to_string(), port: 0, tls: false },
         &p.source.credentials,
         None,
-        (p.source.max_payload + 64 * 1024).max(1 << 20),
+        max_message(&p),
         false,
     )?;
-    let mut src_opts = src_opts;
+    src_opts.set_transport(rumqttc::Transport::Unix);
     src_opts.set_manual_acks(p.gateway.service.delivery == Delivery::Durable);
     let (src_client, src_loop) = AsyncClient::new(src_opts, SOURCE_REQUESTS);
     let filters: Vec<String> = {
@@ -438,6 +524,7 @@ async fn run_async(p: Pipeline) -> Result<(), ServiceError> {
     let (up_client, up_loop) = AsyncClient::new(up_opts, UPLINK_WINDOW + 64);
 
     let (in_tx, in_rx) = tokio::sync::mpsc::channel::<Inbound>(INTAKE);
+    let budget = Arc::new(tokio::sync::Semaphore::new(intake_budget(&p)));
     let notify = Arc::new(Notify::new());
     let stopping = Arc::new(AtomicBool::new(false));
     let engine_stop = Arc::new(AtomicBool::new(false));
@@ -446,12 +533,16 @@ async fn run_async(p: Pipeline) -> Result<(), ServiceError> {
     let ready = Arc::new(Notify::new());
     let barrier = Arc::new(Barrier::default());
     let marks = Arc::new(LatencyMarks::new());
+    // the engine thread says when it has started (it can write its state) and when it ends
+    let (engine_started_tx, engine_started) = tokio::sync::oneshot::channel::<()>();
+    let (engine_done_tx, mut engine_done) = tokio::sync::oneshot::channel::<()>();
 
     let source = tokio::spawn(source_task(
         src_loop,
         src_client.clone(),
         filters,
         in_tx.clone(),
+        budget.clone(),
         counters.clone(),
         ready.clone(),
         barrier.clone(),
@@ -470,7 +561,7 @@ async fn run_async(p: Pipeline) -> Result<(), ServiceError> {
     if let Some(addr) = svc.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(io_err("metrics_addr"))?;
         tracing::info!("serving Prometheus metrics on http://{addr}/metrics");
-        tokio::spawn(metrics_server(listener, metrics_text.clone()));
+        tokio::spawn(metrics_server(listener, metrics_text.clone(), counters.clone()));
     }
 
     let engine_thread = {
@@ -486,24 +577,30 @@ async fn run_async(p: Pipeline) -> Result<(), ServiceError> {
         std::thread::Builder::new()
             .name("engine".into())
             .spawn(move || {
-                engine_loop(
+                let r = EngineLoop {
                     p,
                     engine,
-                    last_seq,
+                    seq: last_seq,
                     wal,
                     recent,
-                    in_rx,
                     rt,
                     engine_stop,
                     barrier,
-                    src_client,
+                    src: src_client,
                     spool,
                     notify,
                     stats_tx,
                     metrics_text,
                     counters,
                     marks,
-                )
+                }
+                .run(in_rx, engine_started_tx);
+                if let Err(e) = &r {
+                    // at once, not when somebody stops the process
+                    tracing::error!("engine stopped on an error: {e}");
+                }
+                let _ = engine_done_tx.send(());
+                r
             })
             .map_err(io_err("engine thread"))?
     };
@@ -523,7 +620,8 @@ async fn run_async(p: Pipeline) -> Result<(), ServiceError> {
                         src,
                         |topic, payload| {
                             let m = Publish::new(topic, QoS::AtMostOnce, payload.into_bytes());
-                            tx.blocking_send(Inbound::Message(m, now_ms(), Instant::now())).is_ok()
+                            let msg = Msg { m, recv_ms: now_ms(), at: Instant::now(), _permit: None };
+                            tx.blocking_send(Inbound::Message(msg)).is_ok()
                         },
                         &counters.i2c_errors,
                     )
@@ -532,29 +630,51 @@ async fn run_async(p: Pipeline) -> Result<(), ServiceError> {
         }
     }
 
-    // READY once subscriptions are confirmed
+    let join_engine = |t: std::thread::JoinHandle<Result<(), ServiceError>>| async move {
+        match tokio::task::spawn_blocking(move || t.join()).await {
+            Ok(Ok(r)) => r,
+            _ => Err(ServiceError::Config("the engine thread failed".into())),
+        }
+    };
+    // READY once subscriptions are confirmed and the engine runs
+    let started = async {
+        let _ = engine_started.await;
+        ready.notified().await;
+    };
     tokio::select! {
-        _ = ready.notified() => {
+        _ = started => {
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
             tracing::info!("subscribed; ready");
+        }
+        _ = &mut engine_done => {
+            stopping.store(true, Ordering::SeqCst);
+            return join_engine(engine_thread).await.and(Err(ServiceError::Config("the engine stopped".into())));
         }
         _ = shutdown_signal() => {
             tracing::info!("stopping before the broker answered");
             stopping.store(true, Ordering::SeqCst);
             engine_stop.store(true, Ordering::SeqCst);
             let _ = in_tx.try_send(Inbound::Shutdown);
-            let _ = tokio::task::spawn_blocking(move || engine_thread.join()).await;
-            return Ok(());
+            return join_engine(engine_thread).await;
         }
     }
-    shutdown_signal().await;
+    let failed = tokio::select! {
+        _ = shutdown_signal() => false,
+        _ = &mut engine_done => true,
+    };
+    if failed {
+        // the error is logged; systemd restarts the service (Restart=on-failure)
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        let r = join_engine(engine_thread).await;
+        return r.and(Err(ServiceError::Config("the engine stopped".into())));
+    }
     tracing::info!("stopping: finishing in-flight work, checkpointing, draining the uplink");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     // the engine stops taking messages, sends the acknowledgements it still owes (the source
     // connection stays up for them), checkpoints; then the source connection goes
     engine_stop.store(true, Ordering::SeqCst);
     let _ = in_tx.try_send(Inbound::Shutdown);
-    let res = tokio::task::spawn_blocking(move || engine_thread.join()).await;
+    let res = join_engine(engine_thread).await;
     let _ = src_client.try_disconnect();
     source.abort();
     stopping.store(true, Ordering::SeqCst);
@@ -563,9 +683,32 @@ async fn run_async(p: Pipeline) -> Result<(), ServiceError> {
     if let Ok(mut s) = spool.lock() {
         let _ = s.sync();
     }
-    match res {
-        Ok(Ok(r)) => r,
-        _ => Err(ServiceError::Config("the engine thread failed".into())),
+    res
+}
+
+/// Deletes a file when dropped (the source filter's socket).
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// What start-up found wrong with the spool, logged and counted.
+fn report_spool_damage(spool: &Spool, counters: &ServiceCounters) {
+    let d = &spool.damage;
+    if !d.kept.is_empty() {
+        counters.spool_damaged.fetch_add(spool.damaged, Ordering::Relaxed);
+        let kept: Vec<String> = d.kept.iter().map(|k| k.display().to_string()).collect();
+        tracing::error!(
+            "spool damaged: {} undelivered results lost (counted in spool_dropped); the rest is delivered; damaged files kept as {}",
+            spool.damaged,
+            kept.join(", ")
+        );
+    }
+    if let Some(why) = &d.acked_refused {
+        tracing::error!("spool: {why} (results already delivered go again, with the same ids)");
     }
 }
 
@@ -579,24 +722,36 @@ async fn shutdown_signal() {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn source_task(
     mut ev: EventLoop,
     client: AsyncClient,
     filters: Vec<String>,
     tx: tokio::sync::mpsc::Sender<Inbound>,
+    budget: Arc<tokio::sync::Semaphore>,
     counters: Arc<ServiceCounters>,
     ready: Arc<Notify>,
     barrier: Arc<Barrier>,
 ) {
     let mut backoff = Backoff::new(now_ms() as u64);
     let mut announced = false;
+    let mut log = crate::logging::Every::new(Duration::from_secs(30));
+    let mut down_since: Option<Instant> = None;
     loop {
         match ev.poll().await {
             Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
                 backoff.reset();
                 barrier.reconnected();
                 counters.source_connects.fetch_add(1, Ordering::Relaxed);
-                tracing::info!("source connected (session present: {})", ack.session_present);
+                match down_since.take() {
+                    Some(at) => tracing::info!(
+                        "source connected after {:.1} s down (session present: {})",
+                        at.elapsed().as_secs_f64(),
+                        ack.session_present
+                    ),
+                    None => tracing::info!("source connected (session present: {})", ack.session_present),
+                }
+                log = crate::logging::Every::new(Duration::from_secs(30));
                 if !ack.session_present || !announced {
                     let subs =
                         filters.iter().map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
@@ -614,17 +769,26 @@ async fn source_task(
             }
             Ok(Event::Incoming(Incoming::Publish(publish))) => {
                 counters.received.fetch_add(1, Ordering::Relaxed);
-                let msg = Inbound::Message(publish, now_ms(), Instant::now());
-                // back-pressure: wait here while the engine is behind (the broker holds the rest);
-                // once the engine stopped taking messages, they are left unacknowledged (the broker
-                // sends them again next time) while the connection stays up for its last acks
-                let _ = tx.send(msg).await;
+                // back-pressure by bytes and by count: wait here while the engine is behind (the
+                // broker holds the rest); once the engine stopped taking messages, they are left
+                // unacknowledged (the broker sends them again next time) while the connection
+                // stays up for its last acks
+                let Ok(permit) = budget.clone().acquire_many_owned(intake_cost(&publish)).await else { continue };
+                let msg = Msg { m: publish, recv_ms: now_ms(), at: Instant::now(), _permit: Some(permit) };
+                let _ = tx.send(Inbound::Message(msg)).await;
             }
             Ok(_) => {}
             Err(e) => {
                 counters.source_errors.fetch_add(1, Ordering::Relaxed);
                 let wait = backoff.wait();
-                tracing::warn!("source broker: {e}; reconnecting in {wait:?}");
+                let since = *down_since.get_or_insert_with(Instant::now);
+                if let Some(more) = log.ready() {
+                    tracing::warn!(
+                        "source broker: {e}; down for {:.0} s, reconnecting in {wait:?}{}",
+                        since.elapsed().as_secs_f64(),
+                        crate::logging::more(more)
+                    );
+                }
                 tokio::time::sleep(wait).await;
             }
         }
@@ -705,14 +869,18 @@ impl Barrier {
 }
 
 /// The acknowledgements owed to the source broker: those not yet handed to
-/// the client (in log order), and how many handed ones a barrier has proved
-/// the broker processed. Barriers go out without waiting, at most every
-/// 100 ms while some handed acknowledgement is unproven.
+/// the client (in log order, each with the log position of its message), and
+/// up to which log position a barrier has proved the broker processed the
+/// handed ones. Barriers go out without waiting, at most every 100 ms while
+/// some handed acknowledgement is unproven.
+#[derive(Default)]
 struct Acks {
-    unacked: VecDeque<u16>,
+    unacked: VecDeque<(u16, u64)>,
+    /// Log position of the last acknowledgement handed to the client.
     handed: u64,
+    /// Every acknowledgement up to this log position is processed by the broker.
     confirmed: u64,
-    /// A barrier in flight: (its ticket, acknowledgements handed before it).
+    /// A barrier in flight: (its ticket, the position handed before it).
     pending: Option<((u64, u64), u64)>,
     last_barrier: Option<Instant>,
 }
@@ -721,7 +889,7 @@ impl Acks {
     /// Hands the client the acknowledgements it can take, in order; the rest
     /// wait for the next call (each time counted in `acks_deferred`).
     fn send(&mut self, src: &AsyncClient, counters: &ServiceCounters) {
-        while let Some(&pkid) = self.unacked.front() {
+        while let Some(&(pkid, pos)) = self.unacked.front() {
             let mut m = Publish::new("", QoS::AtLeastOnce, Vec::new());
             m.pkid = pkid;
             if src.try_ack(&m).is_err() {
@@ -729,16 +897,19 @@ impl Acks {
                 return;
             }
             self.unacked.pop_front();
-            self.handed += 1;
+            self.handed = self.handed.max(pos);
         }
     }
 
-    /// Takes a barrier's answer; sends the next barrier when one is due.
-    fn track(&mut self, src: &AsyncClient, barrier: &Barrier) {
+    /// Takes a barrier's answer (the newly confirmed position, if any); sends
+    /// the next barrier when one is due.
+    fn track(&mut self, src: &AsyncClient, barrier: &Barrier) -> Option<u64> {
+        let mut confirmed = None;
         if let Some((ticket, handed)) = self.pending {
             match barrier.state(ticket) {
                 Some(true) => {
-                    self.confirmed = handed;
+                    self.confirmed = self.confirmed.max(handed);
+                    confirmed = Some(self.confirmed);
                     self.pending = None;
                 }
                 None => self.pending = None, // lost with a reconnect: send another
@@ -752,23 +923,63 @@ impl Acks {
                 self.last_barrier = Some(Instant::now());
             }
         }
-    }
-
-    /// Messages the broker may still send again: acknowledgements not handed
-    /// over, and handed ones no barrier has proved yet.
-    fn owed(&self) -> usize {
-        self.unacked.len().saturating_add((self.handed - self.confirmed) as usize)
+        confirmed
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn engine_loop(
+/// Intake paused because the state directory is full: said when it starts,
+/// every few seconds while it lasts, and when it ends.
+struct Pause {
+    since: Option<Instant>,
+    log: crate::logging::Every,
+}
+
+impl Pause {
+    fn new() -> Self {
+        Pause { since: None, log: crate::logging::Every::new(Duration::from_secs(5)) }
+    }
+
+    fn active(&self) -> bool {
+        self.since.is_some()
+    }
+
+    fn full(&mut self, e: &io::Error, what: &str, waiting: usize, counters: &ServiceCounters) {
+        let since = match self.since {
+            Some(at) => at,
+            None => {
+                counters.storage_full_pauses.fetch_add(1, Ordering::Relaxed);
+                counters.storage_paused.store(1, Ordering::Relaxed);
+                self.log = crate::logging::Every::new(Duration::from_secs(5));
+                *self.since.insert(Instant::now())
+            }
+        };
+        if self.log.ready().is_some() {
+            tracing::warn!(
+                "state_dir full ({what}: {e}): intake paused for {:.0} s, {waiting} messages not yet acknowledged wait with the broker; free some space and it resumes",
+                since.elapsed().as_secs_f64()
+            );
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Status("paused: state_dir full")]);
+        }
+    }
+
+    fn resume(&mut self, counters: &ServiceCounters) {
+        if let Some(at) = self.since.take() {
+            counters.storage_paused.store(0, Ordering::Relaxed);
+            tracing::info!("state_dir has room again after {:.1} s: resuming", at.elapsed().as_secs_f64());
+        }
+    }
+}
+
+/// The engine thread: takes batches of messages from the source, logs them
+/// (one fsync), acknowledges them, runs them through the engine into the
+/// spool; ticks, checkpoints, publishes stats, pings the watchdog.
+struct EngineLoop {
     p: Pipeline,
-    mut engine: Engine,
-    mut seq: u64,
-    mut wal: Option<Wal>,
-    mut recent: Redeliveries,
-    mut rx: tokio::sync::mpsc::Receiver<Inbound>,
+    engine: Engine,
+    /// Log position of the last input.
+    seq: u64,
+    wal: Option<Wal>,
+    recent: Redeliveries,
     rt: tokio::runtime::Handle,
     engine_stop: Arc<AtomicBool>,
     barrier: Arc<Barrier>,
@@ -779,180 +990,275 @@ fn engine_loop(
     metrics_text: Arc<Mutex<String>>,
     counters: Arc<ServiceCounters>,
     marks: Arc<LatencyMarks>,
-) -> Result<(), ServiceError> {
-    let svc = p.gateway.service.clone();
-    let dir = p.gateway.state_dir.clone();
-    let durable = svc.delivery == Delivery::Durable;
-    let mut enc = JsonEncoder::new();
-    let mut topic = String::new();
-    let prefix = p.upstream.topic_prefix.clone();
-    let stats_topic = format!("{prefix}/{}", svc.stats_topic);
-    let mut batch: Vec<(Publish, i64, Instant)> = Vec::with_capacity(BATCH);
-    // packet ids logged and due an acknowledgement the client could not take yet (its request
-    // queue was full): retried before anything else, never dropped — a lost PUBACK would hold
-    // the broker's in-flight window for this session until the next reconnect
-    let mut acks =
-        Acks { unacked: VecDeque::new(), handed: 0, confirmed: 0, pending: None, last_barrier: None };
-    let tick = Duration::from_millis(svc.tick_ms as u64);
-    let mut last_tick = Instant::now();
-    let mut last_ckpt = Instant::now();
-    let mut last_stats = Instant::now();
-    let started = Instant::now();
-    let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
-    let mut last_watchdog = Instant::now();
-    let mut processed_at_stats = 0u64;
-    let mut stop = false;
-    while !stop {
-        batch.clear();
-        if durable {
-            acks.send(&src, &counters);
-            acks.track(&src, &barrier);
-        }
-        if engine_stop.load(Ordering::SeqCst) {
-            stop = true;
-        } else {
-            // a pending barrier's answer is taken at the next turn; only acknowledgements the
-            // client could not take yet are worth a quick retry
-            let wait = if acks.unacked.is_empty() {
-                tick.min(Duration::from_millis(250))
-            } else {
-                Duration::from_millis(1)
-            };
-            match rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
-                Ok(Some(Inbound::Message(m, t, at))) => batch.push((m, t, at)),
-                Ok(Some(Inbound::Shutdown)) | Ok(None) => stop = true,
-                Err(_) => {}
-            }
-        }
-        while batch.len() < BATCH && !stop {
-            match rx.try_recv() {
-                Ok(Inbound::Message(m, t, at)) => batch.push((m, t, at)),
-                Ok(Inbound::Shutdown) => stop = true,
-                Err(_) => break,
-            }
-        }
-        // a redelivery of a message logged before a crash: acknowledge, do not process twice
-        batch.retain(|(m, _, _)| {
-            let dup = recent.is_redelivery(m.dup, m.pkid, &m.topic, &m.payload);
-            if dup {
-                counters.redeliveries_skipped.fetch_add(1, Ordering::Relaxed);
-                if durable && m.qos != QoS::AtMostOnce {
-                    acks.unacked.push_back(m.pkid);
-                }
-            }
-            !dup
-        });
-        if !batch.is_empty() {
-            let first = seq + 1;
-            if let Some(w) = wal.as_mut() {
-                for (i, (m, recv, _)) in batch.iter().enumerate() {
-                    w.append_message(first + i as u64, *recv, m.pkid, &m.topic, &m.payload)
-                        .map_err(io_err("write-ahead log"))?;
-                }
-                w.sync().map_err(io_err("write-ahead log"))?;
-            }
+}
+
+/// WAL bytes (ticks, acknowledgement records) kept in memory before they are written without a batch.
+const WAL_IDLE_WRITE: usize = 64 << 10;
+
+impl EngineLoop {
+    /// Makes the log hold what it was given (`durable`: fsynced) and the spool
+    /// take its results. `Err` names the store that failed.
+    fn store(&mut self, durable: bool) -> Result<(), (&'static str, io::Error)> {
+        if let Some(w) = self.wal.as_mut() {
             if durable {
-                acks.unacked.extend(batch.iter().filter(|b| b.0.qos != QoS::AtMostOnce).map(|b| b.0.pkid));
-                acks.send(&src, &counters);
-            }
-            for (m, recv, delivered) in &batch {
-                seq += 1;
-                recent.logged(m.pkid, &m.topic, &m.payload);
-                let mut sink = SpoolSink::new(&p, &spool, &mut enc, &mut topic, &counters, seq, None);
-                engine.ingest(*recv, &m.topic, &m.payload, &mut sink);
-                if let Some((first, end)) = sink.appended {
-                    marks.mark(first, end, *delivered);
-                }
-                counters.processed.fetch_add(1, Ordering::Relaxed);
-            }
-            counters.last_processed_unix_ms.store(now_ms() as u64, Ordering::Relaxed);
-            if let Some(oldest) = batch.iter().map(|b| b.1).min() {
-                counters
-                    .processing_delay_ms
-                    .store(now_ms().saturating_sub(oldest).max(0) as u64, Ordering::Relaxed);
+                w.sync().map_err(|e| ("write-ahead log", e))?;
+            } else if w.pending_bytes() >= WAL_IDLE_WRITE {
+                w.write().map_err(|e| ("write-ahead log", e))?;
             }
         }
-        if stop {
-            // what is left in the channel was not logged: the broker sends it again next time
-            rx.close();
-            let until = Instant::now() + Duration::from_secs(2);
-            while durable && !acks.unacked.is_empty() && Instant::now() < until {
-                std::thread::sleep(Duration::from_millis(1));
-                acks.send(&src, &counters);
-            }
-            if durable && acks.owed() > 0 && barrier.pass(&src, &rt, Duration::from_secs(1)) {
-                acks.confirmed = acks.handed;
-            }
-        }
-        if last_tick.elapsed() >= tick || stop {
-            last_tick = Instant::now();
-            seq += 1;
-            let now = now_ms();
-            if let Some(w) = wal.as_mut() {
-                w.append_tick(seq, now).map_err(io_err("write-ahead log"))?;
-            }
-            let mut sink = SpoolSink::new(&p, &spool, &mut enc, &mut topic, &counters, seq, None);
-            engine.tick(now, &mut sink);
-        }
-        spool.lock().expect("spool lock").flush().map_err(io_err("spool"))?;
-        notify.notify_one();
-        if last_ckpt.elapsed() >= Duration::from_millis(svc.checkpoint_ms as u64) || stop {
-            last_ckpt = Instant::now();
-            // results of everything the checkpoint covers must be durable before the log goes
-            spool.lock().expect("spool lock").sync().map_err(io_err("spool"))?;
-            // with the messages the broker may still send again
-            let owed = if durable { acks.owed() } else { 0 };
-            match checkpoint::save(&dir, &engine, seq, recent.recent(owed)) {
-                Ok(bytes) => {
-                    counters.checkpoints.fetch_add(1, Ordering::Relaxed);
-                    counters.checkpoint_bytes.store(bytes, Ordering::Relaxed);
-                    if let Some(w) = wal.as_mut() {
-                        w.checkpointed(seq).map_err(io_err("write-ahead log"))?;
+        self.spool.lock().expect("spool lock").flush().map_err(|e| ("spool", e))
+    }
+
+    fn run(mut self, mut rx: tokio::sync::mpsc::Receiver<Inbound>, started: tokio::sync::oneshot::Sender<()>) -> Result<(), ServiceError> {
+        let svc = self.p.gateway.service.clone();
+        let dir = self.p.gateway.state_dir.clone();
+        let durable = svc.delivery == Delivery::Durable;
+        let mut enc = JsonEncoder::new();
+        let mut topic = String::new();
+        let prefix = self.p.upstream.topic_prefix.clone();
+        let stats_topic = format!("{prefix}/{}", svc.stats_topic);
+        let mut batch: Vec<Msg> = Vec::with_capacity(BATCH);
+        // whether the batch is appended to the log (not necessarily written yet)
+        let mut batch_logged = false;
+        // packet ids logged and due an acknowledgement the client could not take yet (its request
+        // queue was full): retried before anything else, never dropped — a lost PUBACK would hold
+        // the broker's in-flight window for this session until the next reconnect
+        let mut acks = Acks::default();
+        let mut pause = Pause::new();
+        let tick = Duration::from_millis(svc.tick_ms as u64);
+        let mut last_tick = Instant::now();
+        let mut last_ckpt = Instant::now();
+        let mut last_stats = Instant::now();
+        let started_at = Instant::now();
+        let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
+        let mut last_watchdog = Instant::now();
+        let mut processed_at_stats = 0u64;
+        let mut spool_losses = (0u64, 0u64);
+        let mut spool_log = crate::logging::Every::new(Duration::from_secs(30));
+        let mut stop = false;
+        let _ = started.send(());
+        while !stop {
+            if durable {
+                acks.send(&self.src, &self.counters);
+                if let Some(through) = acks.track(&self.src, &self.barrier) {
+                    // the broker will not send these again: their ids may now carry new messages
+                    self.recent.confirmed(through);
+                    if let Some(w) = self.wal.as_mut() {
+                        w.append_acked(through).map_err(io_err("write-ahead log"))?;
                     }
                 }
-                Err(e) => {
-                    counters.checkpoint_failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!("checkpoint failed: {e}");
+            }
+            if self.engine_stop.load(Ordering::SeqCst) {
+                stop = true;
+            } else if batch.is_empty() && !pause.active() {
+                // a pending barrier's answer is taken at the next turn; only acknowledgements the
+                // client could not take yet are worth a quick retry
+                let wait = if acks.unacked.is_empty() {
+                    tick.min(Duration::from_millis(250))
+                } else {
+                    Duration::from_millis(1)
+                };
+                match self.rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
+                    Ok(Some(Inbound::Message(m))) => batch.push(m),
+                    Ok(Some(Inbound::Shutdown)) | Ok(None) => stop = true,
+                    Err(_) => {}
+                }
+                while batch.len() < BATCH && !stop {
+                    match rx.try_recv() {
+                        Ok(Inbound::Message(m)) => batch.push(m),
+                        Ok(Inbound::Shutdown) => stop = true,
+                        Err(_) => break,
+                    }
+                }
+                // a redelivery of a message logged before (a crash, a reconnect): acknowledge, do
+                // not process twice
+                let (recent, counters, seq) = (&self.recent, &self.counters, self.seq);
+                batch.retain(|b| {
+                    let dup = recent.is_redelivery(b.m.dup, b.m.pkid, &b.m.topic, &b.m.payload);
+                    if dup {
+                        counters.redeliveries_skipped.fetch_add(1, Ordering::Relaxed);
+                        if durable && b.m.qos != QoS::AtMostOnce {
+                            acks.unacked.push_back((b.m.pkid, seq));
+                        }
+                    }
+                    !dup
+                });
+            }
+            if !batch.is_empty() && !batch_logged {
+                if let Some(w) = self.wal.as_mut() {
+                    for (i, b) in batch.iter().enumerate() {
+                        w.append_message(self.seq + 1 + i as u64, b.recv_ms, b.m.pkid, &b.m.topic, &b.m.payload)
+                            .map_err(io_err("write-ahead log"))?;
+                    }
+                }
+                batch_logged = true;
+            }
+            // the log must hold the batch before it is acknowledged; the spool must take the results
+            match self.store(!batch.is_empty()) {
+                Ok(()) => pause.resume(&self.counters),
+                Err((what, e)) if crate::frame::is_storage_full(&e) => {
+                    pause.full(&e, what, batch.len() + rx.len(), &self.counters);
+                    if stop {
+                        tracing::warn!("stopping while state_dir is full: the messages not yet logged stay with the broker");
+                        break;
+                    }
+                    self.ping_watchdog(watchdog, &mut last_watchdog);
+                    std::thread::sleep(Duration::from_millis(500));
+                    continue;
+                }
+                Err((what, e)) => {
+                    return Err(ServiceError::StateDir { path: dir.join(if what == "spool" { "spool" } else { "wal" }), source: e })
                 }
             }
-        }
-        if last_stats.elapsed() >= Duration::from_millis(svc.stats_ms as u64) || stop {
-            let secs = last_stats.elapsed().as_secs_f64().max(1e-3);
-            last_stats = Instant::now();
-            let processed = counters.processed.load(Ordering::Relaxed);
-            let rate = (processed - processed_at_stats) as f64 / secs;
-            processed_at_stats = processed;
-            let (depth, disk, dropped, refused) = {
-                let s = spool.lock().expect("spool lock");
-                (s.depth(), s.disk_bytes(), s.dropped, s.refused)
-            };
-            counters.spool_depth.store(depth, Ordering::Relaxed);
-            counters.spool_bytes.store(disk, Ordering::Relaxed);
-            counters.spool_dropped.store(dropped, Ordering::Relaxed);
-            counters.spool_refused.store(refused, Ordering::Relaxed);
-            let snap = metrics::stats_json(&engine, &counters, rate, started.elapsed());
-            let _ = stats_tx.try_send((stats_topic.clone(), snap.into_bytes()));
-            if let Ok(mut m) = metrics_text.lock() {
-                *m = metrics::prometheus(&engine, &counters);
+            if !batch.is_empty() {
+                if durable {
+                    let first = self.seq + 1;
+                    acks.unacked.extend(
+                        batch
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, b)| b.m.qos != QoS::AtMostOnce)
+                            .map(|(i, b)| (b.m.pkid, first + i as u64)),
+                    );
+                    acks.send(&self.src, &self.counters);
+                }
+                for b in &batch {
+                    self.seq += 1;
+                    self.recent.logged(b.m.pkid, self.seq, &b.m.topic, &b.m.payload);
+                    let mut sink = SpoolSink::new(&self.p, &self.spool, &mut enc, &mut topic, &self.counters, self.seq, None);
+                    self.engine.ingest(b.recv_ms, &b.m.topic, &b.m.payload, &mut sink);
+                    if let Some((first, end)) = sink.appended {
+                        self.marks.mark(first, end, b.at);
+                    }
+                    self.counters.processed.fetch_add(1, Ordering::Relaxed);
+                }
+                self.counters.last_processed_unix_ms.store(now_ms() as u64, Ordering::Relaxed);
+                if let Some(oldest) = batch.iter().map(|b| b.recv_ms).min() {
+                    self.counters
+                        .processing_delay_ms
+                        .store(now_ms().saturating_sub(oldest).max(0) as u64, Ordering::Relaxed);
+                }
+                batch.clear(); // and with it, the messages' share of the intake budget
+                batch_logged = false;
             }
-            let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&format!(
-                "{rate:.0} msg/s, {} results, spool depth {depth}",
-                counters.results.load(Ordering::Relaxed)
-            ))]);
+            if stop {
+                // what is left in the channel was not logged: the broker sends it again next time
+                rx.close();
+                let until = Instant::now() + Duration::from_secs(2);
+                while durable && !acks.unacked.is_empty() && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(1));
+                    acks.send(&self.src, &self.counters);
+                }
+                if durable
+                    && acks.handed > acks.confirmed
+                    && self.barrier.pass(&self.src, &self.rt, Duration::from_secs(1))
+                {
+                    acks.confirmed = acks.handed;
+                    self.recent.confirmed(acks.confirmed);
+                }
+            }
+            if last_tick.elapsed() >= tick || stop {
+                last_tick = Instant::now();
+                self.seq += 1;
+                let now = now_ms();
+                if let Some(w) = self.wal.as_mut() {
+                    w.append_tick(self.seq, now).map_err(io_err("write-ahead log"))?;
+                }
+                let mut sink = SpoolSink::new(&self.p, &self.spool, &mut enc, &mut topic, &self.counters, self.seq, None);
+                self.engine.tick(now, &mut sink);
+            }
+            match self.spool.lock().expect("spool lock").flush() {
+                Ok(()) => {}
+                // kept in memory; the next turn pauses intake until it is written
+                Err(e) if crate::frame::is_storage_full(&e) => {}
+                Err(e) => return Err(ServiceError::StateDir { path: dir.join("spool"), source: e }),
+            }
+            self.notify.notify_one();
+            if last_ckpt.elapsed() >= Duration::from_millis(svc.checkpoint_ms as u64) || stop {
+                last_ckpt = Instant::now();
+                self.checkpoint(&dir);
+            }
+            if last_stats.elapsed() >= Duration::from_millis(svc.stats_ms as u64) || stop {
+                let secs = last_stats.elapsed().as_secs_f64().max(1e-3);
+                last_stats = Instant::now();
+                let processed = self.counters.processed.load(Ordering::Relaxed);
+                let rate = (processed - processed_at_stats) as f64 / secs;
+                processed_at_stats = processed;
+                let (depth, disk, dropped, refused) = {
+                    let s = self.spool.lock().expect("spool lock");
+                    (s.depth(), s.disk_bytes(), s.dropped, s.refused)
+                };
+                if (dropped, refused) != spool_losses {
+                    if let Some(more) = spool_log.ready() {
+                        tracing::warn!(
+                            "spool full ({} bytes): {} results dropped by drop_oldest and {} refused by refuse_new so far{}",
+                            self.p.upstream.spool,
+                            dropped,
+                            refused,
+                            crate::logging::more(more)
+                        );
+                    }
+                    spool_losses = (dropped, refused);
+                }
+                let c = &self.counters;
+                c.spool_depth.store(depth, Ordering::Relaxed);
+                c.spool_bytes.store(disk, Ordering::Relaxed);
+                c.spool_dropped.store(dropped, Ordering::Relaxed);
+                c.spool_refused.store(refused, Ordering::Relaxed);
+                let snap = metrics::stats_json(&self.engine, c, rate, started_at.elapsed());
+                let _ = self.stats_tx.try_send((stats_topic.clone(), snap.into_bytes()));
+                if let Ok(mut m) = self.metrics_text.lock() {
+                    *m = metrics::prometheus(&self.engine, c);
+                }
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&format!(
+                    "{rate:.0} msg/s, {} results, spool depth {depth}",
+                    c.results.load(Ordering::Relaxed)
+                ))]);
+            }
+            self.ping_watchdog(watchdog, &mut last_watchdog);
         }
-        if let Some(every) = watchdog {
-            if last_watchdog.elapsed() >= every {
-                last_watchdog = Instant::now();
+        tracing::info!(
+            "engine stopped at input {}: {} messages processed, {} redeliveries skipped",
+            self.seq,
+            self.counters.processed.load(Ordering::Relaxed),
+            self.counters.redeliveries_skipped.load(Ordering::Relaxed)
+        );
+        Ok(())
+    }
+
+    /// Saves a checkpoint (and lets the log before it go). A failure is
+    /// logged and counted; the log keeps everything until the next one.
+    fn checkpoint(&mut self, dir: &Path) {
+        // results of everything the checkpoint covers must be durable before the log goes
+        let res = self.spool.lock().expect("spool lock").sync().map_err(|e| ("spool", e)).and_then(|()| {
+            // with the messages the broker may still send again
+            checkpoint::save(dir, &self.engine, self.seq, self.recent.live()).map_err(|e| ("checkpoint", e))
+        });
+        match res {
+            Ok(bytes) => {
+                self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+                self.counters.checkpoint_bytes.store(bytes, Ordering::Relaxed);
+                if let Some(w) = self.wal.as_mut() {
+                    if let Err(e) = w.checkpointed(self.seq) {
+                        tracing::error!("write-ahead log: cannot start a segment after the checkpoint: {e}");
+                    }
+                }
+            }
+            Err((what, e)) => {
+                self.counters.checkpoint_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!("checkpoint failed ({what}: {e}); the write-ahead log keeps everything until the next one");
+            }
+        }
+    }
+
+    fn ping_watchdog(&self, every: Option<Duration>, last: &mut Instant) {
+        if let Some(every) = every {
+            if last.elapsed() >= every {
+                *last = Instant::now();
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
             }
         }
     }
-    tracing::info!(
-        "engine stopped at input {seq}: {} messages processed, {} redeliveries skipped",
-        counters.processed.load(Ordering::Relaxed),
-        counters.redeliveries_skipped.load(Ordering::Relaxed)
-    );
-    Ok(())
 }
 
 /// Results handed to the uplink client and not yet acknowledged, at most.
@@ -1088,6 +1394,9 @@ async fn uplink_task(
     };
     let mut buf = Vec::new();
     let mut stop_deadline: Option<Instant> = None;
+    let mut down_since: Option<Instant> = None;
+    let mut draining = false;
+    let mut log = crate::logging::Every::new(Duration::from_secs(30));
     let mut wakeup = Box::pin(tokio::time::sleep(Duration::from_millis(200)));
     loop {
         if stopping.load(Ordering::SeqCst) && stop_deadline.is_none() {
@@ -1137,8 +1446,18 @@ async fn uplink_task(
             }
         }
         if let Err(e) = res {
+            // every failure is worth a line (refused, TLS, authentication), once per 30 s at most
+            let since = *down_since.get_or_insert_with(Instant::now);
             if up.connected {
-                tracing::warn!("uplink broker: {e}");
+                log = crate::logging::Every::new(Duration::from_secs(30));
+            }
+            if let Some(more) = log.ready() {
+                let depth = spool.lock().map(|s| s.depth()).unwrap_or(0);
+                tracing::warn!(
+                    "uplink broker: {e}; down for {:.0} s, {depth} results wait in the spool{}",
+                    since.elapsed().as_secs_f64(),
+                    crate::logging::more(more)
+                );
             }
             up.connected = false;
             counters.uplink_errors.fetch_add(1, Ordering::Relaxed);
@@ -1152,23 +1471,84 @@ async fn uplink_task(
             }
         } else if up.connected {
             backoff.reset();
+            if let Some(at) = down_since.take() {
+                let depth = spool.lock().map(|s| s.depth()).unwrap_or(0);
+                tracing::info!(
+                    "uplink back after {:.1} s: {depth} spooled results to send",
+                    at.elapsed().as_secs_f64()
+                );
+                draining = depth > 0;
+            }
+        }
+        if draining && spool.lock().map(|s| s.depth() == 0).unwrap_or(false) {
+            draining = false;
+            tracing::info!("uplink: the spool is drained");
         }
     }
 }
 
-async fn metrics_server(listener: tokio::net::TcpListener, text: Arc<Mutex<String>>) {
+/// Metrics connections served at once, at most; more are closed at once.
+const METRICS_CONNECTIONS: usize = 16;
+
+/// Serves the Prometheus text on `GET /metrics` (404 for other paths, 405
+/// for other methods). Bounded: at most [`METRICS_CONNECTIONS`] at once,
+/// each closed after 5 s whatever the client does, and a failing accept
+/// (out of file descriptors) waits before trying again instead of spinning.
+async fn metrics_server(listener: tokio::net::TcpListener, text: Arc<Mutex<String>>, counters: Arc<ServiceCounters>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(METRICS_CONNECTIONS));
+    let mut log = crate::logging::Every::new(Duration::from_secs(30));
     loop {
-        let Ok((mut sock, _)) = listener.accept().await else { continue };
+        let sock = match listener.accept().await {
+            Ok((sock, _)) => sock,
+            Err(e) => {
+                if let Some(more) = log.ready() {
+                    tracing::warn!("metrics endpoint: cannot accept a connection: {e}{}", crate::logging::more(more));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            counters.metrics_connections_refused.fetch_add(1, Ordering::Relaxed);
+            drop(sock);
+            continue;
+        };
         let text = text.clone();
         tokio::spawn(async move {
-            let mut req = [0u8; 1024];
-            let _ = tokio::time::timeout(Duration::from_secs(2), sock.read(&mut req)).await;
-            let body = text.lock().map(|t| t.clone()).unwrap_or_default();
-            let resp = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = sock.write_all(resp.as_bytes()).await;
+            let _slot = slot;
+            let _ = tokio::time::timeout(Duration::from_secs(5), serve_metrics(sock, text)).await;
         });
     }
+}
+
+async fn serve_metrics(mut sock: tokio::net::TcpStream, text: Arc<Mutex<String>>) -> io::Result<()> {
+    let mut req = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    // the request line and headers, up to 8 KiB
+    while !req.windows(4).any(|w| w == b"\r\n\r\n") && !req.windows(2).any(|w| w == b"\n\n") {
+        let n = sock.read(&mut buf).await?;
+        if n == 0 || req.len() > 8 << 10 {
+            break;
+        }
+        req.extend_from_slice(&buf[..n]);
+    }
+    let line = req.split(|&b| b == b'\n').next().unwrap_or_default();
+    let mut parts = line.split(|&b| b == b' ');
+    let (method, path) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    let (status, body) = if method != b"GET" && method != b"HEAD" {
+        ("405 Method Not Allowed", String::from("only GET\n"))
+    } else if path != b"/metrics" && path != b"/" {
+        ("404 Not Found", String::from("metrics are at /metrics\n"))
+    } else {
+        ("200 OK", text.lock().map(|t| t.clone()).unwrap_or_default())
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    sock.write_all(head.as_bytes()).await?;
+    if method != b"HEAD" {
+        sock.write_all(body.as_bytes()).await?;
+    }
+    sock.shutdown().await
 }

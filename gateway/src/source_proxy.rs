@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::metrics::{Counter, Ordering};
+use crate::metrics::{Ordering, ServiceCounters};
 
 /// The MQTT packet type of PUBLISH (upper nibble of the first byte).
 const PUBLISH: u8 = 3;
@@ -176,15 +176,6 @@ fn encode_remaining(mut n: usize, out: &mut Vec<u8>) {
     }
 }
 
-/// What the filter did, for the service's counters.
-#[derive(Default, Debug)]
-pub struct ProxyCounters {
-    /// PUBLISH packets whose payload was cut to `max_payload + 1` bytes.
-    pub truncated: Counter,
-    /// Connections to the source broker that could not be opened.
-    pub connect_errors: Counter,
-}
-
 /// Where the MQTT client finds the filter: `state_dir/source.sock`, or a
 /// private directory under the temporary directory when that path is too
 /// long for a Unix socket (108 bytes on Linux).
@@ -203,7 +194,7 @@ pub async fn serve(
     host: String,
     port: u16,
     keep: usize,
-    counters: Arc<ProxyCounters>,
+    counters: Arc<ServiceCounters>,
 ) {
     let mut log = crate::logging::Every::new(Duration::from_secs(10));
     loop {
@@ -218,7 +209,7 @@ pub async fn serve(
         let broker = match tokio::net::TcpStream::connect((host.as_str(), port)).await {
             Ok(b) => b,
             Err(e) => {
-                counters.connect_errors.fetch_add(1, Ordering::Relaxed);
+                counters.source_errors.fetch_add(1, Ordering::Relaxed);
                 if let Some(more) = log.ready() {
                     tracing::warn!("source broker {host}:{port}: {e}{}", crate::logging::more(more));
                 }
@@ -232,7 +223,7 @@ pub async fn serve(
     }
 }
 
-async fn pipe(client: tokio::net::UnixStream, broker: tokio::net::TcpStream, keep: usize, c: Arc<ProxyCounters>) {
+async fn pipe(client: tokio::net::UnixStream, broker: tokio::net::TcpStream, keep: usize, c: Arc<ServiceCounters>) {
     let (mut client_rd, mut client_wr) = client.into_split();
     let (mut broker_rd, mut broker_wr) = broker.into_split();
     let up = async {
@@ -250,7 +241,7 @@ async fn pipe(client: tokio::net::UnixStream, broker: tokio::net::TcpStream, kee
             };
             out.clear();
             let res = limiter.feed(&buf[..n], &mut out, |t| {
-                c.truncated.fetch_add(1, Ordering::Relaxed);
+                c.payload_truncated.fetch_add(1, Ordering::Relaxed);
                 if let Some(more) = log.ready() {
                     tracing::warn!(
                         "a message of {} bytes on `{}` is over source.max_payload ({} bytes): counted as payload_too_large, acknowledged, skipped{}",

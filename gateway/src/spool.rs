@@ -5,15 +5,35 @@
 //! and counts what it lost. The delivered position is kept in `acked`
 //! (replaced atomically), so after a restart delivery resumes where it was;
 //! results sent but not yet acknowledged are sent again (same ids).
+//!
+//! `acked` holds the position and a CRC32 of it, and is checked against the
+//! spool's range at start-up: a damaged or impossible position is reported
+//! and delivery restarts from the oldest spooled result (duplicates carry
+//! the ids they had; nothing is skipped). A damaged record is skipped, the
+//! results it held counted as dropped (`damaged`) and logged, and the
+//! damaged file kept aside. Appends go to a buffer in memory and reach the
+//! file at [`Spool::flush`]; a flush that fails (a full disk) keeps them for
+//! the next one.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, BufWriter, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::frame::{read_record, sync_dir, write_record};
+
+/// What start-up found wrong with the spool.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SpoolDamage {
+    /// Undelivered results lost with damaged records.
+    pub lost_results: u64,
+    /// Damaged files, kept aside.
+    pub kept: Vec<PathBuf>,
+    /// Why the saved delivered position was not used, if it was not.
+    pub acked_refused: Option<String>,
+}
 
 /// One result waiting for delivery.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,7 +77,10 @@ pub struct Spool {
     segment_max: u64,
     policy: FullPolicy,
     segments: VecDeque<Segment>,
-    writer: BufWriter<File>,
+    /// The segment being written, and the records appended to it not yet written.
+    file: File,
+    pending: Vec<u8>,
+    pending_count: u64,
     next_seq: u64,
     last_input: Option<(u64, u32)>,
     /// Every result with `seq < acked` is delivered.
@@ -70,6 +93,10 @@ pub struct Spool {
     /// Results dropped by the full policy (drop_oldest) and refused (refuse_new).
     pub dropped: u64,
     pub refused: u64,
+    /// Undelivered results lost to damaged records found at start-up (also counted in `dropped`).
+    pub damaged: u64,
+    /// What start-up found wrong, for the service to report.
+    pub damage: SpoolDamage,
     reader: Option<(u64, BufReader<File>, u64)>,
     buf: Vec<u8>,
 }
@@ -87,37 +114,75 @@ impl Spool {
             .filter_map(|e| e.file_name().to_str()?.strip_suffix(".spool")?.parse().ok())
             .collect();
         firsts.sort_unstable();
-        let acked =
-            fs::read_to_string(dir.join("acked")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(1);
+        let mut damage = SpoolDamage::default();
+        let saved = read_acked(dir);
         let mut segments = VecDeque::new();
-        let mut next_seq = acked.max(1);
         let mut last_input = None;
-        let mut buf = Vec::new();
+        // seq of the last valid record, and the gaps damage left (position ranges lost)
+        let mut prev: Option<u64> = None;
+        let mut gaps: Vec<(u64, u64)> = Vec::new();
+        let mut good = Vec::new();
         for first in firsts {
             let path = segment_path(dir, first);
-            let mut r = BufReader::new(File::open(&path)?);
-            let mut valid = 0u64;
-            while read_record(&mut r, &mut buf)? {
-                match postcard::from_bytes::<SpoolRecord>(&buf) {
-                    Ok(rec) => {
-                        valid += 8 + buf.len() as u64;
-                        next_seq = next_seq.max(rec.seq + 1);
-                        last_input = Some((rec.input_seq, rec.idx));
-                    }
-                    Err(_) => break,
+            let mut f = File::open(&path)?;
+            let len = f.metadata()?.len();
+            good.clear();
+            let mut seg_gaps = Vec::new();
+            let mut seg_prev = prev;
+            let scan = crate::frame::scan(&mut f, len, |bytes| {
+                let Ok(rec) = postcard::from_bytes::<SpoolRecord>(bytes) else { return false };
+                if seg_prev.is_some_and(|p| rec.seq <= p) || rec.seq < first {
+                    return false;
                 }
-            }
-            if valid < fs::metadata(&path)?.len() {
-                OpenOptions::new().write(true).open(&path)?.set_len(valid)?;
-            }
+                let expected = seg_prev.map_or(first, |p| p + 1).max(first);
+                if rec.seq > expected {
+                    seg_gaps.push((expected, rec.seq));
+                }
+                seg_prev = Some(rec.seq);
+                last_input = Some((rec.input_seq, rec.idx));
+                let _ = write_record(&mut good, bytes);
+                true
+            })?;
+            let valid = if !scan.damaged.is_empty() {
+                // damage before the segment's end: what a later record proves lost
+                gaps.extend(seg_gaps);
+                damage.kept.push(crate::frame::rewrite_without_damage(&path, &good)?);
+                good.len() as u64
+            } else {
+                if scan.tail > 0 {
+                    OpenOptions::new().write(true).open(&path)?.set_len(scan.valid_end)?;
+                }
+                scan.valid_end
+            };
+            prev = seg_prev;
             segments.push_back(Segment { first, bytes: valid });
         }
+        let next_seq = prev.map_or(1, |p| p + 1).max(segments.back().map_or(1, |s: &Segment| s.first));
+        // the delivered position: checksummed, and within what the spool holds
+        let lowest = segments.front().map_or(next_seq, |s| s.first);
+        let acked = match saved {
+            Ok(Some(a)) if segments.is_empty() && a >= 1 => a,
+            Ok(Some(a)) if (lowest..=next_seq).contains(&a) => a,
+            Ok(Some(a)) => {
+                damage.acked_refused = Some(format!(
+                    "delivered position {a} is outside the spool ({lowest}..={next_seq}): resending from {lowest}"
+                ));
+                lowest
+            }
+            Ok(None) => lowest.max(1),
+            Err(why) => {
+                damage.acked_refused = Some(format!("{why}: resending from {lowest}"));
+                lowest.max(1)
+            }
+        };
+        let next_seq = next_seq.max(acked);
+        damage.lost_results = gaps.iter().map(|&(a, b)| b.saturating_sub(a.max(acked))).sum();
         let segment_max = (budget / 8).clamp(4 << 10, 4 << 20);
-        let writer = match segments.back() {
-            Some(s) => BufWriter::new(OpenOptions::new().append(true).open(segment_path(dir, s.first))?),
+        let file = match segments.back() {
+            Some(s) => OpenOptions::new().append(true).open(segment_path(dir, s.first))?,
             None => {
                 segments.push_back(Segment { first: next_seq, bytes: 0 });
-                BufWriter::new(File::create(segment_path(dir, next_seq))?)
+                OpenOptions::new().create(true).append(true).open(segment_path(dir, next_seq))?
             }
         };
         Ok(Spool {
@@ -126,16 +191,20 @@ impl Spool {
             segment_max,
             policy,
             segments,
-            writer,
+            file,
+            pending: Vec::new(),
+            pending_count: 0,
             next_seq,
             last_input,
-            acked: acked.max(1),
-            acked_saved: acked.max(1),
+            acked,
+            acked_saved: acked,
             acked_saved_at: std::time::Instant::now(),
-            dropped: 0,
+            dropped: damage.lost_results,
             refused: 0,
+            damaged: damage.lost_results,
+            damage,
             reader: None,
-            buf,
+            buf: good,
         })
     }
 
@@ -172,9 +241,10 @@ impl Spool {
                     return Ok(false);
                 }
                 FullPolicy::DropOldest => {
-                    if self.segments.len() == 1 {
-                        // the oldest is the one being written: start a new one first
-                        self.start_segment()?;
+                    if self.segments.len() == 1 && self.start_segment().is_err() {
+                        // the disk is full and the oldest segment is the one being written:
+                        // over budget until it can be written out
+                        break;
                     }
                     let old = self.segments.pop_front().expect("two segments");
                     let end = self.segments.front().map_or(self.next_seq, |s| s.first);
@@ -188,9 +258,11 @@ impl Spool {
             }
         }
         if self.segments.back().is_some_and(|s| s.bytes > 0 && s.bytes + size > self.segment_max) {
-            self.start_segment()?;
+            // when the disk is full the segment grows past its size until a flush succeeds
+            let _ = self.start_segment();
         }
-        write_record(&mut self.writer, &bytes)?;
+        write_record(&mut self.pending, &bytes)?;
+        self.pending_count += 1;
         self.segments.back_mut().expect("a segment").bytes += size;
         self.next_seq += 1;
         self.last_input = Some((input_seq, idx));
@@ -199,29 +271,55 @@ impl Spool {
     }
 
     fn start_segment(&mut self) -> io::Result<()> {
-        self.writer.flush()?;
-        self.writer = BufWriter::new(File::create(segment_path(&self.dir, self.next_seq))?);
+        self.flush()?;
+        self.file.sync_data()?;
+        self.file = OpenOptions::new().create(true).append(true).open(segment_path(&self.dir, self.next_seq))?;
         self.segments.push_back(Segment { first: self.next_seq, bytes: 0 });
         Ok(())
     }
 
-    /// Hands appended results to readers (no fsync).
+    /// Hands appended results to readers (no fsync). On failure (a full disk)
+    /// the file is cut back to its last whole record and the results stay
+    /// pending for the next flush.
     pub fn flush(&mut self) -> io::Result<()> {
-        self.writer.flush()
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let before = self.file.metadata()?.len();
+        match self.file.write_all(&self.pending) {
+            Ok(()) => {
+                self.pending.clear();
+                self.pending_count = 0;
+                if self.pending.capacity() > 1 << 20 {
+                    self.pending = Vec::new();
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.file.set_len(before);
+                Err(e)
+            }
+        }
+    }
+
+    /// Bytes appended and not yet written to the file.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending.len()
     }
 
     /// Makes everything appended durable.
     pub fn sync(&mut self) -> io::Result<()> {
-        self.writer.flush()?;
-        self.writer.get_ref().sync_data()?;
+        self.flush()?;
+        self.file.sync_data()?;
         self.save_acked()
     }
 
     /// Reads up to `max` results from `from` on (`from >= acked`) into `out`.
     pub fn read(&mut self, from: u64, max: usize, out: &mut Vec<SpoolRecord>) -> io::Result<()> {
-        self.writer.flush()?;
         let from = from.max(self.acked);
-        if from >= self.next_seq {
+        // only what reached the file can be read
+        let end = self.next_seq - self.pending_count;
+        if from >= end {
             return Ok(());
         }
         let reposition = !matches!(&self.reader, Some((_, _, next)) if *next == from);
@@ -241,13 +339,16 @@ impl Spool {
         let mut buf = Vec::new();
         while out.len() < max {
             let Some((first, r, next)) = self.reader.as_mut() else { break };
-            if read_record(r, &mut buf)? {
+            if *next < end && read_record(r, &mut buf)? {
                 let rec: SpoolRecord = postcard::from_bytes(&buf).map_err(io::Error::other)?;
                 *next = rec.seq + 1;
                 if rec.seq >= from {
                     out.push(rec);
                 }
                 continue;
+            }
+            if *next >= end {
+                break;
             }
             // end of this segment: on to the next one, if any
             let cur = *first;
@@ -283,11 +384,11 @@ impl Spool {
         self.acked
     }
 
-    /// Persists the delivered position (atomically).
+    /// Persists the delivered position (atomically), with its checksum.
     pub fn save_acked(&mut self) -> io::Result<()> {
         let tmp = self.dir.join("acked.tmp");
         let mut f = File::create(&tmp)?;
-        writeln!(f, "{}", self.acked)?;
+        writeln!(f, "{} {:08x}", self.acked, crc32fast::hash(self.acked.to_string().as_bytes()))?;
         f.sync_all()?;
         fs::rename(&tmp, self.dir.join("acked"))?;
         sync_dir(&self.dir)?;
@@ -297,11 +398,34 @@ impl Spool {
     }
 }
 
+/// The saved delivered position: `Ok(None)` when there is none, `Err` when
+/// it is damaged (no number, or its checksum fails).
+fn read_acked(dir: &Path) -> Result<Option<u64>, String> {
+    let path = dir.join("acked");
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let mut parts = text.split_whitespace();
+    let (Some(num), crc) = (parts.next(), parts.next()) else {
+        return Err(format!("{}: empty", path.display()));
+    };
+    let Ok(n) = num.parse::<u64>() else { return Err(format!("{}: not a position: {num:?}", path.display())) };
+    match crc {
+        Some(c) if u32::from_str_radix(c, 16).ok() == Some(crc32fast::hash(num.as_bytes())) => Ok(Some(n)),
+        Some(_) => Err(format!("{}: checksum mismatch (damaged)", path.display())),
+        // the format before checksums: only the range check applies
+        None => Ok(Some(n)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn read_all(s: &mut Spool, from: u64) -> Vec<u64> {
+        s.flush().unwrap();
         let mut v = Vec::new();
         s.read(from, usize::MAX, &mut v).unwrap();
         v.iter().map(|r| r.seq).collect()
@@ -367,5 +491,73 @@ mod tests {
         assert_eq!(read_all(&mut s, 1), vec![1, 2]);
         s.append(8, 0, "r/t", b"d").unwrap();
         assert_eq!(read_all(&mut s, 1), vec![1, 2, 3]);
+    }
+
+    fn spool_with(n: u64) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), 1 << 20, FullPolicy::DropOldest).unwrap();
+        for i in 0..n {
+            s.append(i, 0, "r/t", format!("result {i:04}").as_bytes()).unwrap();
+        }
+        s.sync().unwrap();
+        let seg = segment_path(dir.path(), 1);
+        (dir, seg)
+    }
+
+    #[test]
+    fn a_damaged_record_loses_one_result_counted_and_kept_aside() {
+        let (dir, seg) = spool_with(100);
+        let mut bytes = fs::read(&seg).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x21;
+        fs::write(&seg, &bytes).unwrap();
+        let mut s = Spool::open(dir.path(), 1 << 20, FullPolicy::DropOldest).unwrap();
+        let left = read_all(&mut s, 1);
+        assert_eq!(left.len(), 99, "only the damaged result is gone");
+        assert_eq!(*left.last().unwrap(), 100);
+        assert_eq!((s.damaged, s.dropped), (1, 1));
+        assert_eq!(s.damage.kept.len(), 1);
+        assert_eq!(fs::read(&s.damage.kept[0]).unwrap(), bytes);
+        // new results continue the numbering
+        s.append(200, 0, "r/t", b"new").unwrap();
+        assert_eq!(*read_all(&mut s, 1).last().unwrap(), 101);
+    }
+
+    #[test]
+    fn a_damaged_or_impossible_delivered_position_resends_rather_than_skips() {
+        for bad in ["18446744073709551615", "18446744073709551614", "1500", "41 0badc0de", "x"] {
+            let (dir, _) = spool_with(100);
+            let mut s = Spool::open(dir.path(), 1 << 20, FullPolicy::DropOldest).unwrap();
+            s.ack(41).unwrap();
+            s.save_acked().unwrap();
+            drop(s);
+            fs::write(dir.path().join("acked"), format!("{bad}\n")).unwrap();
+            let mut s = Spool::open(dir.path(), 1 << 20, FullPolicy::DropOldest).unwrap();
+            assert!(s.damage.acked_refused.is_some(), "{bad}");
+            assert_eq!(read_all(&mut s, 1), (1..=100).collect::<Vec<_>>(), "{bad}: everything is sent again");
+        }
+        // a sound position is used
+        let (dir, _) = spool_with(100);
+        let mut s = Spool::open(dir.path(), 1 << 20, FullPolicy::DropOldest).unwrap();
+        s.ack(41).unwrap();
+        s.save_acked().unwrap();
+        drop(s);
+        let mut s = Spool::open(dir.path(), 1 << 20, FullPolicy::DropOldest).unwrap();
+        assert_eq!(s.damage.acked_refused, None);
+        assert_eq!(read_all(&mut s, 1), (41..=100).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_full_disk_keeps_results_pending_until_a_flush_succeeds() {
+        let (dir, seg) = spool_with(3);
+        let mut s = Spool::open(dir.path(), 1 << 20, FullPolicy::DropOldest).unwrap();
+        s.file = OpenOptions::new().append(true).open("/dev/full").unwrap();
+        s.append(9, 0, "r/t", b"while full").unwrap();
+        assert!(crate::frame::is_storage_full(&s.flush().unwrap_err()));
+        let mut v = Vec::new();
+        s.read(1, 10, &mut v).unwrap();
+        assert_eq!(v.len(), 3, "a pending result is not readable yet");
+        s.file = OpenOptions::new().append(true).open(&seg).unwrap();
+        assert_eq!(read_all(&mut s, 1), vec![1, 2, 3, 4]);
     }
 }

@@ -47,6 +47,7 @@ pub fn snapshot(e: &Engine) -> Value {
                 "evicted_windows": c.evicted_windows,
                 "capacity_evictions": c.capacity_evictions,
                 "late": c.late,
+                "non_finite": c.non_finite,
                 "live_keys": keys,
                 "open_windows": open,
             }),

@@ -1,23 +1,34 @@
 //! The input write-ahead log (`state_dir/wal/`): every message the gateway
 //! accepts, and every clock tick, appended with a sequence number before the
-//! broker is told the message arrived. After a crash the log since the last
-//! checkpoint is replayed through the engine, so an acknowledged message is
-//! never lost. Segment files are named by their first sequence number; a
-//! checkpoint starts a new segment and lets the older ones go.
+//! broker is told the message arrived; and which acknowledgements the broker
+//! has confirmed (so redeliveries are recognised exactly after a crash).
+//! After a crash the log since the last checkpoint is replayed through the
+//! engine, so an acknowledged message is never lost. Segment files are named
+//! by their first sequence number; a checkpoint starts a new segment and
+//! lets the older ones go.
+//!
+//! Appends go to a buffer in memory; [`Wal::sync`] writes it and fsyncs. A
+//! write that fails (a full disk) is undone — the file is cut back to what
+//! was written before — and the buffer kept, so the same sync can be tried
+//! again once there is room. A damaged record found at start-up is skipped
+//! (and reported with the inputs it held); the damaged file is kept aside.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, BufWriter, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::frame::{read_record, sync_dir, write_record};
+use crate::frame::{sync_dir, write_record};
 
 /// A logged input.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum WalRecord {
     Message { seq: u64, recv_ms: i64, pkid: u16, topic: String, payload: Vec<u8> },
     Tick { seq: u64, now_ms: i64 },
+    /// The source broker has processed the acknowledgements of every message
+    /// logged up to `through` (proved by a barrier): it will not send them again.
+    Acked { through: u64 },
 }
 
 /// The same encoding, borrowed, for appending without copies.
@@ -25,19 +36,39 @@ pub enum WalRecord {
 enum WalRecordRef<'a> {
     Message { seq: u64, recv_ms: i64, pkid: u16, topic: &'a str, payload: &'a [u8] },
     Tick { seq: u64, now_ms: i64 },
+    Acked { through: u64 },
 }
 
 impl WalRecord {
-    pub fn seq(&self) -> u64 {
+    /// The input sequence number (`None` for a record that is not an input).
+    pub fn seq(&self) -> Option<u64> {
         match self {
-            WalRecord::Message { seq, .. } | WalRecord::Tick { seq, .. } => *seq,
+            WalRecord::Message { seq, .. } | WalRecord::Tick { seq, .. } => Some(*seq),
+            WalRecord::Acked { .. } => None,
         }
     }
 }
 
+/// Damage found in the log at start-up.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct WalDamage {
+    /// Inputs lost with damaged records (gaps in the sequence numbers).
+    pub lost_inputs: u64,
+    /// Damaged bytes skipped.
+    pub bytes: u64,
+    /// Where the damaged files were kept.
+    pub kept: Vec<PathBuf>,
+}
+
 pub struct Wal {
     dir: PathBuf,
-    writer: BufWriter<File>,
+    file: File,
+    /// Bytes of the current segment written to the file.
+    written: u64,
+    /// Records appended and not yet written.
+    pending: Vec<u8>,
+    /// Whether something was written since the last fsync.
+    unsynced: bool,
     /// Segment first-sequence numbers, oldest first; the last is being written.
     segments: Vec<u64>,
     buf: Vec<u8>,
@@ -56,49 +87,69 @@ fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
     Ok(v)
 }
 
+fn open_segment(dir: &Path, first: u64) -> io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(segment_path(dir, first))
+}
+
 impl Wal {
-    /// Replays every record with `seq > after` to `f`, in order, and opens
-    /// the log for appending from `next_seq` on (a new segment). Torn tails
-    /// are cut off. Returns the log and the highest sequence number found.
-    pub fn open(dir: &Path, after: u64, mut f: impl FnMut(WalRecord)) -> io::Result<(Wal, u64)> {
+    /// Replays every input with `seq > after` (and every [`WalRecord::Acked`])
+    /// to `f`, in order, and opens the log for appending (a new segment).
+    /// Torn tails are cut off; damaged records are skipped and reported.
+    /// Returns the log, the highest sequence number found, and the damage.
+    pub fn open(
+        dir: &Path,
+        after: u64,
+        mut f: impl FnMut(WalRecord),
+    ) -> io::Result<(Wal, u64, WalDamage)> {
         fs::create_dir_all(dir)?;
         let segments = list_segments(dir)?;
         let mut last = after;
-        let mut buf = Vec::new();
+        let mut damage = WalDamage::default();
+        let mut good = Vec::new();
         for &first in &segments {
             let path = segment_path(dir, first);
-            let mut r = BufReader::new(File::open(&path)?);
-            let mut valid = 0u64;
-            while read_record(&mut r, &mut buf)? {
-                valid += 8 + buf.len() as u64;
-                match postcard::from_bytes::<WalRecord>(&buf) {
-                    Ok(rec) => {
-                        let seq = rec.seq();
-                        last = last.max(seq);
-                        if seq > after {
-                            f(rec);
-                        }
+            let mut file = File::open(&path)?;
+            let len = file.metadata()?.len();
+            // the last input seen in this segment, to measure gaps left by damage
+            let mut prev: Option<u64> = None;
+            let mut gaps = 0u64;
+            good.clear();
+            let scan = crate::frame::scan(&mut file, len, |bytes| {
+                let Ok(rec) = postcard::from_bytes::<WalRecord>(bytes) else { return false };
+                if let Some(seq) = rec.seq() {
+                    if prev.is_some_and(|p| seq <= p) {
+                        return false; // out of sequence: not a record of this log
                     }
-                    Err(_) => break,
+                    let expected = prev.map_or(first, |p| p + 1);
+                    gaps += seq.saturating_sub(expected);
+                    prev = Some(seq);
+                    last = last.max(seq);
                 }
-            }
-            let len = fs::metadata(&path)?.len();
-            if valid < len {
-                OpenOptions::new().write(true).open(&path)?.set_len(valid)?;
+                let _ = write_record(&mut good, bytes);
+                if rec.seq().is_none_or(|seq| seq > after) {
+                    f(rec);
+                }
+                true
+            })?;
+            if !scan.damaged.is_empty() {
+                damage.lost_inputs += gaps;
+                damage.bytes += scan.damaged.iter().map(|(a, b)| b - a).sum::<u64>() + scan.tail;
+                damage.kept.push(crate::frame::rewrite_without_damage(&path, &good)?);
+            } else if scan.tail > 0 {
+                // a torn tail: the write a crash interrupted (never acknowledged)
+                OpenOptions::new().write(true).open(&path)?.set_len(scan.valid_end)?;
             }
         }
         let next = last + 1;
-        let mut wal = Wal {
-            dir: dir.to_path_buf(),
-            writer: BufWriter::new(File::create(segment_path(dir, next))?),
-            segments,
-            buf,
-        };
+        let file = open_segment(dir, next)?;
+        let written = file.metadata()?.len();
+        let mut wal =
+            Wal { dir: dir.to_path_buf(), file, written, pending: Vec::new(), unsynced: false, segments, buf: good };
         if wal.segments.last() != Some(&next) {
             wal.segments.push(next);
         }
         sync_dir(dir)?;
-        Ok((wal, last))
+        Ok((wal, last, damage))
     }
 
     pub fn append_message(
@@ -116,18 +167,56 @@ impl Wal {
         self.append(&WalRecordRef::Tick { seq, now_ms })
     }
 
+    /// Records that the broker confirmed the acknowledgements of the messages logged up to `through`.
+    pub fn append_acked(&mut self, through: u64) -> io::Result<()> {
+        self.append(&WalRecordRef::Acked { through })
+    }
+
     fn append(&mut self, rec: &WalRecordRef<'_>) -> io::Result<()> {
         self.buf.clear();
         let bytes = postcard::to_extend(rec, std::mem::take(&mut self.buf)).map_err(io::Error::other)?;
-        write_record(&mut self.writer, &bytes)?;
+        write_record(&mut self.pending, &bytes)?;
         self.buf = bytes;
         Ok(())
     }
 
+    /// Bytes appended and not yet written.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Writes what was appended (no fsync). On failure the file is cut back
+    /// to what it held before and everything appended stays pending.
+    pub fn write(&mut self) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        match self.file.write_all(&self.pending) {
+            Ok(()) => {
+                self.written += self.pending.len() as u64;
+                self.pending.clear();
+                if self.pending.capacity() > 1 << 20 {
+                    self.pending = Vec::new();
+                }
+                self.unsynced = true;
+                Ok(())
+            }
+            Err(e) => {
+                // undo a partial write: the next attempt writes the same records again
+                let _ = self.file.set_len(self.written);
+                Err(e)
+            }
+        }
+    }
+
     /// Makes everything appended so far durable (one fsync for the batch).
     pub fn sync(&mut self) -> io::Result<()> {
-        self.writer.flush()?;
-        self.writer.get_ref().sync_data()
+        self.write()?;
+        if self.unsynced {
+            self.file.sync_data()?;
+            self.unsynced = false;
+        }
+        Ok(())
     }
 
     /// After a checkpoint covering `seq`: starts a new segment at `seq + 1`
@@ -136,7 +225,8 @@ impl Wal {
         self.sync()?;
         let next = seq + 1;
         if self.segments.last() != Some(&next) {
-            self.writer = BufWriter::new(File::create(segment_path(&self.dir, next))?);
+            self.file = open_segment(&self.dir, next)?;
+            self.written = self.file.metadata()?.len();
             self.segments.push(next);
         }
         let keep_from = self.segments.iter().rposition(|&first| first <= next).unwrap_or(0);
@@ -162,7 +252,8 @@ mod tests {
 
     fn replay(dir: &Path, after: u64) -> (Vec<WalRecord>, Wal, u64) {
         let mut v = Vec::new();
-        let (w, last) = Wal::open(dir, after, |r| v.push(r)).unwrap();
+        let (w, last, damage) = Wal::open(dir, after, |r| v.push(r)).unwrap();
+        assert_eq!(damage, WalDamage::default());
         (v, w, last)
     }
 
@@ -216,5 +307,55 @@ mod tests {
         OpenOptions::new().write(true).open(&seg).unwrap().set_len(len - 3).unwrap();
         let (v, _, last) = replay(dir.path(), 0);
         assert_eq!((v.len(), last), (1, 1));
+    }
+
+    #[test]
+    fn one_damaged_record_loses_that_input_only_and_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, mut w, _) = replay(dir.path(), 0);
+        for i in 1..=100u64 {
+            w.append_message(i, i as i64, i as u16, "a/b", format!("payload {i}").as_bytes()).unwrap();
+        }
+        w.append_acked(40).unwrap();
+        w.sync().unwrap();
+        drop(w);
+        let seg = segment_path(dir.path(), 1);
+        let mut bytes = fs::read(&seg).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x55;
+        fs::write(&seg, &bytes).unwrap();
+        let mut v = Vec::new();
+        let (_, last, damage) = Wal::open(dir.path(), 0, |r| v.push(r)).unwrap();
+        assert_eq!(last, 100);
+        assert_eq!(damage.lost_inputs, 1, "{damage:?}");
+        assert_eq!(v.len(), 100, "99 inputs and the acknowledgement record");
+        assert!(v.contains(&WalRecord::Acked { through: 40 }));
+        assert_eq!(damage.kept.len(), 1);
+        assert_eq!(fs::read(&damage.kept[0]).unwrap(), bytes, "the damaged file is kept as it was");
+        // the log was rewritten without the damage: a second start finds none
+        let (v2, _, _) = replay(dir.path(), 0);
+        assert_eq!(v2.len(), 100);
+    }
+
+    #[test]
+    fn a_full_disk_keeps_the_records_for_a_retry() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, mut w, _) = replay(dir.path(), 0);
+        w.append_message(1, 1, 1, "a", b"x").unwrap();
+        w.sync().unwrap();
+        // writes to /dev/full fail with ENOSPC, as on a full disk
+        let real = std::mem::replace(&mut w.file, OpenOptions::new().append(true).open("/dev/full").unwrap());
+        w.append_message(2, 2, 2, "a", b"y").unwrap();
+        w.append_tick(3, 3).unwrap();
+        let e = w.sync().unwrap_err();
+        assert!(crate::frame::is_storage_full(&e), "{e}");
+        assert!(w.pending_bytes() > 0, "nothing appended is forgotten");
+        // room again: the same records go out once
+        w.file = real;
+        w.sync().unwrap();
+        assert_eq!(w.pending_bytes(), 0);
+        drop(w);
+        let (v, _, last) = replay(dir.path(), 0);
+        assert_eq!((v.len(), last), (3, 3));
     }
 }

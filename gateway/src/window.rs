@@ -58,6 +58,10 @@ pub struct WindowCounters {
     pub capacity_evictions: u64,
     /// Records late for this window's own input (rollups only).
     pub late: u64,
+    /// Aggregates that overflowed (a `sum` past ±1.8e308) and were emitted as
+    /// null. Counted since start (not checkpointed).
+    #[serde(skip)]
+    pub non_finite: u64,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -256,8 +260,15 @@ impl WindowOp {
     /// left with no open window gives its place back.
     pub fn release(&mut self) {
         self.counters.emitted += self.pending.len() as u64;
+        let n = self.aggs.len();
         for i in 0..self.pending.len() {
             let c = self.pending[i];
+            let idx = c.key as usize * self.ring + c.slot as usize;
+            for (a, (f, _)) in self.aggs.iter().enumerate() {
+                if self.states[idx * n + a].value(*f).is_some_and(|v| !v.is_finite()) {
+                    self.counters.non_finite += 1;
+                }
+            }
             self.clear_slot(c.key, c.slot as usize);
         }
         for i in 0..self.pending.len() {
