@@ -111,7 +111,7 @@ pub fn describe(p: &Pipeline) -> String {
             j.topic.text(),
         );
     }
-    let _ = writeln!(o, "\nmemory bound (engine state, allocated once at start):");
+    let _ = writeln!(o, "\nmemory bound (engine state allocated once at start, and the intake's buffers):");
     for w in &p.windows {
         let ring = ring_size(w.kind, w.input_lateness_ms);
         let _ = writeln!(
@@ -143,6 +143,15 @@ pub fn describe(p: &Pipeline) -> String {
             format_bytes(skew)
         );
     }
-    let _ = writeln!(o, "  total {}", format_bytes(Engine::memory_bytes(p)));
+    let engine = Engine::memory_bytes(p);
+    let budget = crate::service::intake_budget(p) as u64;
+    let buffers = crate::service::source_buffers(p) as u64;
+    let _ = writeln!(
+        o,
+        "  intake                 {} (source messages on their way to the engine) + {} (MQTT client and filter buffers)",
+        format_bytes(budget),
+        format_bytes(buffers)
+    );
+    let _ = writeln!(o, "  total {}", format_bytes(engine + budget + buffers));
     o
 }

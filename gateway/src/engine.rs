@@ -599,7 +599,8 @@ mod tests {
         let mut e = Engine::new(p, 1).unwrap();
         let mut out = Vec::new();
         let mut enc = crate::output::JsonEncoder::new();
-        let mut sink = |p: &Pipeline, o: Output<'_>| out.push(String::from_utf8(enc.encode(p, o).to_vec()).unwrap());
+        let mut sink =
+            |p: &Pipeline, o: Output<'_>| out.push(String::from_utf8(enc.encode(p, o).to_vec()).unwrap());
         e.ingest(1000, "t/a", br#"{"ts":1000,"v":1e308}"#, &mut sink);
         e.ingest(1001, "t/a", br#"{"ts":1001,"v":1e308}"#, &mut sink);
         e.ingest(1002, "t/b", br#"{"ts":1002,"v":1}"#, &mut sink);

@@ -110,10 +110,7 @@ fn frame_at(r: &mut impl Read, left: u64, buf: &mut Vec<u8>) -> io::Result<Optio
 /// beside it as `<name>.damaged-<n>` for inspection, the clean copy is
 /// written to a temporary file, fsynced and renamed over it. Returns the
 /// path of the kept original.
-pub fn rewrite_without_damage(
-    path: &std::path::Path,
-    records: &[u8],
-) -> io::Result<std::path::PathBuf> {
+pub fn rewrite_without_damage(path: &std::path::Path, records: &[u8]) -> io::Result<std::path::PathBuf> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let dir = path.parent().unwrap_or(std::path::Path::new("."));
     let mut n = 0;
@@ -140,8 +137,7 @@ pub fn rewrite_without_damage(
 pub fn is_storage_full(e: &io::Error) -> bool {
     const ENOSPC: i32 = 28;
     const EDQUOT: i32 = 122;
-    e.kind() == io::ErrorKind::StorageFull
-        || matches!(e.raw_os_error(), Some(ENOSPC | EDQUOT))
+    e.kind() == io::ErrorKind::StorageFull || matches!(e.raw_os_error(), Some(ENOSPC | EDQUOT))
 }
 
 fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {

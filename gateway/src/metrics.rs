@@ -229,7 +229,11 @@ pub fn prometheus(e: &Engine, c: &ServiceCounters) -> String {
         let _ = writeln!(
             o,
             "# TYPE edgejoin_{k} {}",
-            if k.starts_with("spool_depth") || k == "storage_paused" || k.ends_with("bytes") || k.ends_with("_ms") {
+            if k.starts_with("spool_depth")
+                || k == "storage_paused"
+                || k.ends_with("bytes")
+                || k.ends_with("_ms")
+            {
                 "gauge"
             } else {
                 "counter"

@@ -5,7 +5,6 @@
 
 use std::io::{self, BufRead, Write};
 
-
 use base64::Engine as _;
 use serde::Deserialize;
 
@@ -119,7 +118,14 @@ pub fn replay(
         };
         if rec.recv_ms.unsigned_abs() > crate::decode::MAX_ABS_TS_MS.unsigned_abs() {
             stats.bad_lines += 1;
-            on_bad_line(stats.lines, &format!("recv_ms {} is out of range (more than ±{} ms from 1970)", rec.recv_ms, crate::decode::MAX_ABS_TS_MS));
+            on_bad_line(
+                stats.lines,
+                &format!(
+                    "recv_ms {} is out of range (more than ±{} ms from 1970)",
+                    rec.recv_ms,
+                    crate::decode::MAX_ABS_TS_MS
+                ),
+            );
             continue;
         }
         stats.messages += 1;
@@ -139,9 +145,12 @@ mod tests {
 
     #[test]
     fn unusable_lines_are_skipped_with_their_numbers_and_the_rest_replays() {
-        let cfg = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/examples/bucket.toml")).unwrap();
+        let cfg =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/examples/bucket.toml"))
+                .unwrap();
         let p = crate::config::parse(std::path::Path::new("bucket.toml"), &cfg).unwrap();
-        let good = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/examples/bucket.jsonl")).unwrap();
+        let good =
+            std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/examples/bucket.jsonl")).unwrap();
         let mut input = Vec::new();
         // a line whose receive time is near i64::MIN (it used to spin forever), and one not UTF-8
         input.extend_from_slice(

@@ -773,7 +773,9 @@ async fn source_task(
                 // broker holds the rest); once the engine stopped taking messages, they are left
                 // unacknowledged (the broker sends them again next time) while the connection
                 // stays up for its last acks
-                let Ok(permit) = budget.clone().acquire_many_owned(intake_cost(&publish)).await else { continue };
+                let Ok(permit) = budget.clone().acquire_many_owned(intake_cost(&publish)).await else {
+                    continue;
+                };
                 let msg = Msg { m: publish, recv_ms: now_ms(), at: Instant::now(), _permit: Some(permit) };
                 let _ = tx.send(Inbound::Message(msg)).await;
             }
@@ -1009,7 +1011,11 @@ impl EngineLoop {
         self.spool.lock().expect("spool lock").flush().map_err(|e| ("spool", e))
     }
 
-    fn run(mut self, mut rx: tokio::sync::mpsc::Receiver<Inbound>, started: tokio::sync::oneshot::Sender<()>) -> Result<(), ServiceError> {
+    fn run(
+        mut self,
+        mut rx: tokio::sync::mpsc::Receiver<Inbound>,
+        started: tokio::sync::oneshot::Sender<()>,
+    ) -> Result<(), ServiceError> {
         let svc = self.p.gateway.service.clone();
         let dir = self.p.gateway.state_dir.clone();
         let durable = svc.delivery == Delivery::Durable;
@@ -1087,8 +1093,14 @@ impl EngineLoop {
             if !batch.is_empty() && !batch_logged {
                 if let Some(w) = self.wal.as_mut() {
                     for (i, b) in batch.iter().enumerate() {
-                        w.append_message(self.seq + 1 + i as u64, b.recv_ms, b.m.pkid, &b.m.topic, &b.m.payload)
-                            .map_err(io_err("write-ahead log"))?;
+                        w.append_message(
+                            self.seq + 1 + i as u64,
+                            b.recv_ms,
+                            b.m.pkid,
+                            &b.m.topic,
+                            &b.m.payload,
+                        )
+                        .map_err(io_err("write-ahead log"))?;
                     }
                 }
                 batch_logged = true;
@@ -1103,11 +1115,17 @@ impl EngineLoop {
                         break;
                     }
                     self.ping_watchdog(watchdog, &mut last_watchdog);
+                    if let Ok(mut m) = self.metrics_text.lock() {
+                        *m = metrics::prometheus(&self.engine, &self.counters);
+                    }
                     std::thread::sleep(Duration::from_millis(500));
                     continue;
                 }
                 Err((what, e)) => {
-                    return Err(ServiceError::StateDir { path: dir.join(if what == "spool" { "spool" } else { "wal" }), source: e })
+                    return Err(ServiceError::StateDir {
+                        path: dir.join(if what == "spool" { "spool" } else { "wal" }),
+                        source: e,
+                    })
                 }
             }
             if !batch.is_empty() {
@@ -1125,7 +1143,15 @@ impl EngineLoop {
                 for b in &batch {
                     self.seq += 1;
                     self.recent.logged(b.m.pkid, self.seq, &b.m.topic, &b.m.payload);
-                    let mut sink = SpoolSink::new(&self.p, &self.spool, &mut enc, &mut topic, &self.counters, self.seq, None);
+                    let mut sink = SpoolSink::new(
+                        &self.p,
+                        &self.spool,
+                        &mut enc,
+                        &mut topic,
+                        &self.counters,
+                        self.seq,
+                        None,
+                    );
                     self.engine.ingest(b.recv_ms, &b.m.topic, &b.m.payload, &mut sink);
                     if let Some((first, end)) = sink.appended {
                         self.marks.mark(first, end, b.at);
@@ -1164,7 +1190,15 @@ impl EngineLoop {
                 if let Some(w) = self.wal.as_mut() {
                     w.append_tick(self.seq, now).map_err(io_err("write-ahead log"))?;
                 }
-                let mut sink = SpoolSink::new(&self.p, &self.spool, &mut enc, &mut topic, &self.counters, self.seq, None);
+                let mut sink = SpoolSink::new(
+                    &self.p,
+                    &self.spool,
+                    &mut enc,
+                    &mut topic,
+                    &self.counters,
+                    self.seq,
+                    None,
+                );
                 self.engine.tick(now, &mut sink);
             }
             match self.spool.lock().expect("spool lock").flush() {
@@ -1494,7 +1528,11 @@ const METRICS_CONNECTIONS: usize = 16;
 /// for other methods). Bounded: at most [`METRICS_CONNECTIONS`] at once,
 /// each closed after 5 s whatever the client does, and a failing accept
 /// (out of file descriptors) waits before trying again instead of spinning.
-async fn metrics_server(listener: tokio::net::TcpListener, text: Arc<Mutex<String>>, counters: Arc<ServiceCounters>) {
+async fn metrics_server(
+    listener: tokio::net::TcpListener,
+    text: Arc<Mutex<String>>,
+    counters: Arc<ServiceCounters>,
+) {
     let slots = Arc::new(tokio::sync::Semaphore::new(METRICS_CONNECTIONS));
     let mut log = crate::logging::Every::new(Duration::from_secs(30));
     loop {
@@ -1502,7 +1540,10 @@ async fn metrics_server(listener: tokio::net::TcpListener, text: Arc<Mutex<Strin
             Ok((sock, _)) => sock,
             Err(e) => {
                 if let Some(more) = log.ready() {
-                    tracing::warn!("metrics endpoint: cannot accept a connection: {e}{}", crate::logging::more(more));
+                    tracing::warn!(
+                        "metrics endpoint: cannot accept a connection: {e}{}",
+                        crate::logging::more(more)
+                    );
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;

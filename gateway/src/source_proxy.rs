@@ -223,7 +223,12 @@ pub async fn serve(
     }
 }
 
-async fn pipe(client: tokio::net::UnixStream, broker: tokio::net::TcpStream, keep: usize, c: Arc<ServiceCounters>) {
+async fn pipe(
+    client: tokio::net::UnixStream,
+    broker: tokio::net::TcpStream,
+    keep: usize,
+    c: Arc<ServiceCounters>,
+) {
     let (mut client_rd, mut client_wr) = client.into_split();
     let (mut broker_rd, mut broker_wr) = broker.into_split();
     let up = async {
@@ -334,7 +339,10 @@ mod tests {
     fn malformed_headers_are_errors_not_panics() {
         let mut l = PublishLimiter::new(10);
         let mut out = Vec::new();
-        assert_eq!(l.feed(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x01], &mut out, |_| {}), Err(FilterError::RemainingLength));
+        assert_eq!(
+            l.feed(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x01], &mut out, |_| {}),
+            Err(FilterError::RemainingLength)
+        );
         let mut l = PublishLimiter::new(10);
         // a topic length of 200 in a packet of 4 bytes
         assert_eq!(l.feed(&[0x32, 0x04, 0x00, 0xc8, 0x61, 0x62], &mut out, |_| {}), Err(FilterError::Topic));

@@ -273,7 +273,8 @@ impl Spool {
     fn start_segment(&mut self) -> io::Result<()> {
         self.flush()?;
         self.file.sync_data()?;
-        self.file = OpenOptions::new().create(true).append(true).open(segment_path(&self.dir, self.next_seq))?;
+        self.file =
+            OpenOptions::new().create(true).append(true).open(segment_path(&self.dir, self.next_seq))?;
         self.segments.push_back(Segment { first: self.next_seq, bytes: 0 });
         Ok(())
     }
@@ -411,7 +412,9 @@ fn read_acked(dir: &Path) -> Result<Option<u64>, String> {
     let (Some(num), crc) = (parts.next(), parts.next()) else {
         return Err(format!("{}: empty", path.display()));
     };
-    let Ok(n) = num.parse::<u64>() else { return Err(format!("{}: not a position: {num:?}", path.display())) };
+    let Ok(n) = num.parse::<u64>() else {
+        return Err(format!("{}: not a position: {num:?}", path.display()));
+    };
     match crc {
         Some(c) if u32::from_str_radix(c, 16).ok() == Some(crc32fast::hash(num.as_bytes())) => Ok(Some(n)),
         Some(_) => Err(format!("{}: checksum mismatch (damaged)", path.display())),

@@ -24,11 +24,22 @@ use crate::frame::{sync_dir, write_record};
 /// A logged input.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum WalRecord {
-    Message { seq: u64, recv_ms: i64, pkid: u16, topic: String, payload: Vec<u8> },
-    Tick { seq: u64, now_ms: i64 },
+    Message {
+        seq: u64,
+        recv_ms: i64,
+        pkid: u16,
+        topic: String,
+        payload: Vec<u8>,
+    },
+    Tick {
+        seq: u64,
+        now_ms: i64,
+    },
     /// The source broker has processed the acknowledgements of every message
     /// logged up to `through` (proved by a barrier): it will not send them again.
-    Acked { through: u64 },
+    Acked {
+        through: u64,
+    },
 }
 
 /// The same encoding, borrowed, for appending without copies.
@@ -96,11 +107,7 @@ impl Wal {
     /// to `f`, in order, and opens the log for appending (a new segment).
     /// Torn tails are cut off; damaged records are skipped and reported.
     /// Returns the log, the highest sequence number found, and the damage.
-    pub fn open(
-        dir: &Path,
-        after: u64,
-        mut f: impl FnMut(WalRecord),
-    ) -> io::Result<(Wal, u64, WalDamage)> {
+    pub fn open(dir: &Path, after: u64, mut f: impl FnMut(WalRecord)) -> io::Result<(Wal, u64, WalDamage)> {
         fs::create_dir_all(dir)?;
         let segments = list_segments(dir)?;
         let mut last = after;
@@ -143,8 +150,15 @@ impl Wal {
         let next = last + 1;
         let file = open_segment(dir, next)?;
         let written = file.metadata()?.len();
-        let mut wal =
-            Wal { dir: dir.to_path_buf(), file, written, pending: Vec::new(), unsynced: false, segments, buf: good };
+        let mut wal = Wal {
+            dir: dir.to_path_buf(),
+            file,
+            written,
+            pending: Vec::new(),
+            unsynced: false,
+            segments,
+            buf: good,
+        };
         if wal.segments.last() != Some(&next) {
             wal.segments.push(next);
         }
