@@ -6,9 +6,9 @@
 use crate::decode::{DecodeError, Decoder};
 use crate::event::{Event, Key, Values, MAX_VALUES};
 use crate::join::{root_stream, JoinCounters, JoinCtx, JoinOp, JoinRecord, SideRecord};
-use crate::pipeline::{Clock, Input, LatePolicy, Pipeline, WindowKind};
+use crate::pipeline::{Clock, Input, LatePolicy, Pipeline, WatermarkMode, WindowKind};
 use crate::skew::{SkewReport, SkewTable};
-use crate::watermark::{is_idle, Watermark, NO_WM};
+use crate::watermark::{is_idle, Arrival, DeviceWatermarks, Watermark, NO_WM};
 use crate::window::{WindowCounters, WindowOp, WindowRecord};
 
 /// A late event routed by `late = "route"` (SPEC §9).
@@ -134,6 +134,8 @@ struct State {
     joins: Vec<JoinOp>,
     /// Per-device clock estimators (streams with `clock = "corrected"`).
     skew: Option<SkewTable>,
+    /// Per stream: its devices' watermarks (`watermark = "device"`).
+    devices: Vec<Option<DeviceWatermarks>>,
     now: i64,
     started: bool,
     seq: u64,
@@ -189,6 +191,20 @@ impl Engine {
                 .iter()
                 .any(|s| s.clock == Clock::Corrected)
                 .then(|| SkewTable::new(p.gateway.max_devices.get() as usize, hash_seed)),
+            devices: p
+                .streams
+                .iter()
+                .map(|s| {
+                    (s.watermark == WatermarkMode::Device).then(|| {
+                        DeviceWatermarks::new(
+                            p.gateway.max_devices.get() as usize,
+                            s.lateness_ms,
+                            s.idle_timeout_ms,
+                            hash_seed,
+                        )
+                    })
+                })
+                .collect(),
             rollups,
             streams,
             now: NO_WM,
@@ -221,16 +237,21 @@ impl Engine {
             seq: st.seq,
             global: st.global,
         };
-        postcard::to_io(&snap, w).map(|_| ()).map_err(|e| match e {
+        let err = |e| match e {
             postcard::Error::SerdeSerCustom => std::io::Error::other("engine state does not serialize"),
             other => std::io::Error::other(other),
-        })
+        };
+        // the per-device watermarks follow the snapshot: a checkpoint from before them still restores
+        let w = postcard::to_io(&snap, w).map_err(err)?;
+        postcard::to_io(&st.devices, w).map(|_| ()).map_err(err)
     }
 
     /// An engine for `p` with the state from [`save_state`](Self::save_state).
     pub fn restore(p: Pipeline, hash_seed: u64, bytes: &[u8]) -> Result<Engine, RestoreError> {
         let mut e = Engine::new(p, hash_seed).map_err(|err| RestoreError::Shape(err.to_string()))?;
-        let snap: Snapshot = postcard::from_bytes(bytes)?;
+        let (snap, rest): (Snapshot, &[u8]) = postcard::take_from_bytes(bytes)?;
+        let devices: Option<Vec<Option<DeviceWatermarks>>> =
+            if rest.is_empty() { None } else { Some(postcard::from_bytes(rest)?) };
         let p = &e.p;
         let st = &mut e.st;
         if snap.streams.len() != st.streams.len()
@@ -258,6 +279,33 @@ impl Engine {
         if let Some(t) = &mut st.skew {
             t.after_restore(p.gateway.max_devices.get() as usize).map_err(RestoreError::Shape)?;
         }
+        if let Some(devices) = devices {
+            if devices.len() != st.devices.len() {
+                return Err(RestoreError::Shape("a different number of streams".into()));
+            }
+            for (s, saved) in devices.into_iter().enumerate() {
+                let def = &p.streams[s];
+                match (saved, st.devices[s].is_some()) {
+                    (Some(mut d), true) => {
+                        if !d.shape_matches(p.gateway.max_devices.get() as usize, def.lateness_ms) {
+                            return Err(RestoreError::Shape(format!(
+                                "stream '{}' has a different max_devices or lateness",
+                                def.name
+                            )));
+                        }
+                        d.after_restore(def.idle_timeout_ms);
+                        st.devices[s] = Some(d);
+                    }
+                    (None, false) => {}
+                    _ => {
+                        return Err(RestoreError::Shape(format!(
+                            "stream '{}' changed between per-stream and per-device watermarks",
+                            def.name
+                        )))
+                    }
+                }
+            }
+        }
         st.rollup_wm = snap.rollup_wm;
         st.now = snap.now;
         st.started = snap.started;
@@ -277,7 +325,19 @@ impl Engine {
         windows
             .saturating_add(joins)
             .saturating_add(Self::skew_memory_bytes(p))
+            .saturating_add(Self::device_watermark_bytes(p))
             .saturating_add((p.streams.len() * core::mem::size_of::<StreamCounters>()) as u64)
+    }
+
+    /// Bytes of the per-device watermark tables (`watermark = "device"` streams).
+    pub fn device_watermark_bytes(p: &Pipeline) -> u64 {
+        let n = p.streams.iter().filter(|s| s.watermark == WatermarkMode::Device).count() as u64;
+        n * DeviceWatermarks::memory_bytes(u64::from(p.gateway.max_devices.get()))
+    }
+
+    /// A `watermark = "device"` stream's device table.
+    pub fn device_watermarks(&self, s: usize) -> Option<&DeviceWatermarks> {
+        self.st.devices[s].as_ref()
     }
 
     /// Bytes of the per-device clock estimators (0 without `clock = "corrected"`).
@@ -312,7 +372,7 @@ impl Engine {
     }
 
     pub fn stream_watermark(&self, s: usize) -> Option<i64> {
-        let w = self.st.streams[s].wm.current();
+        let w = self.st.stream_wm(s);
         (w != NO_WM).then_some(w)
     }
 
@@ -348,6 +408,7 @@ impl Engine {
     pub fn tick(&mut self, now_ms: i64, sink: &mut impl Sink) {
         let Engine { p, st } = self;
         st.set_now(now_ms);
+        st.advance_device_streams(p, sink);
         st.advance_joins(p, sink);
     }
 
@@ -386,7 +447,8 @@ impl Engine {
         if !routed {
             st.global.unrouted += 1;
         }
-        // time moved: idleness may let joins advance
+        // time moved: idleness may let streams and joins advance
+        st.advance_device_streams(p, sink);
         st.advance_joins(p, sink);
     }
 
@@ -397,6 +459,7 @@ impl Engine {
         st.set_now(ev.recv_ms);
         st.streams[ev.stream as usize].counters.received += 1;
         st.process(p, ev, sink);
+        st.advance_device_streams(p, sink);
         st.advance_joins(p, sink);
     }
 
@@ -406,9 +469,12 @@ impl Engine {
         for s in &mut st.streams {
             s.wm.close();
         }
+        for d in st.devices.iter_mut().flatten() {
+            d.close();
+        }
         for w in 0..st.windows.len() {
             let wm = match p.windows[w].input {
-                Input::Stream(s) => st.streams[s].wm.current(),
+                Input::Stream(s) => st.stream_wm(s),
                 Input::Window(_) => {
                     st.rollup_wm[w].close();
                     st.rollup_wm[w].current()
@@ -449,29 +515,48 @@ impl State {
                 ev.ts = table.correct(&ev.device, ev.ts, ev.recv_ms);
             }
         }
+        let now = self.now;
         let st = &mut self.streams[s];
         st.counters.decoded += 1;
-        st.last_spoke = self.now;
-        if !st.wm.observe(ev.ts) {
-            match &def.late {
-                LatePolicy::Drop => st.counters.late_dropped += 1,
-                LatePolicy::Route(_) => {
-                    st.counters.late_routed += 1;
-                    let rec = LateRecord {
-                        stream: ev.stream,
-                        key: ev.key.clone(),
-                        ts: ev.ts,
-                        recv_ms: ev.recv_ms,
-                        watermark: st.wm.current(),
-                        values: ev.values,
-                    };
-                    sink.emit(p, Output::Late(&rec));
-                }
+        st.last_spoke = now;
+        let (arrival, late_wm) = match &mut self.devices[s] {
+            Some(d) => {
+                let a = d.observe(&ev.device, ev.ts, now);
+                (a, d.device_wm(&ev.device).unwrap_or(NO_WM))
             }
-            return;
+            None => {
+                let late_wm = st.wm.current();
+                (if st.wm.observe(ev.ts) { Arrival::OnTime } else { Arrival::Late }, late_wm)
+            }
+        };
+        match arrival {
+            Arrival::OnTime => {}
+            // on time for its device, below what the stream's operators have passed: counted there
+            Arrival::BelowStream => return,
+            Arrival::Late => {
+                match &def.late {
+                    LatePolicy::Drop => st.counters.late_dropped += 1,
+                    LatePolicy::Route(_) => {
+                        st.counters.late_routed += 1;
+                        let rec = LateRecord {
+                            stream: ev.stream,
+                            key: ev.key.clone(),
+                            ts: ev.ts,
+                            recv_ms: ev.recv_ms,
+                            watermark: late_wm,
+                            values: ev.values,
+                        };
+                        sink.emit(p, Output::Late(&rec));
+                    }
+                }
+                return;
+            }
         }
         st.counters.on_time += 1;
-        let wm = st.wm.current();
+        let wm = match &mut self.devices[s] {
+            Some(d) => d.advance(now),
+            None => st.wm.current(),
+        };
         self.seq += 1;
         for i in 0..self.streams[s].windows.len() {
             let w = self.streams[s].windows[i];
@@ -491,16 +576,40 @@ impl State {
         }
     }
 
+    /// A stream's watermark as its windows and joins see it.
+    fn stream_wm(&self, s: usize) -> i64 {
+        match &self.devices[s] {
+            Some(d) => d.current(),
+            None => self.streams[s].wm.current(),
+        }
+    }
+
+    /// Streams with per-device watermarks move on as time passes (a slow
+    /// device turning idle): their windows close what the new watermark closes.
+    fn advance_device_streams(&mut self, p: &Pipeline, sink: &mut impl Sink) {
+        for s in 0..self.devices.len() {
+            let Some(d) = self.devices[s].as_mut() else { continue };
+            let before = d.current();
+            let wm = d.advance(self.now);
+            if wm > before {
+                for i in 0..self.streams[s].windows.len() {
+                    let w = self.streams[s].windows[i];
+                    self.advance_window(p, w, wm, sink);
+                }
+            }
+        }
+    }
+
     /// A join side's progress and idleness (see `join.rs`).
     fn side_progress(&self, p: &Pipeline, input: Input) -> (i64, bool) {
         let root = root_stream(p, input);
         let def = &p.streams[root];
         let idle = is_idle(def.idle_timeout_ms, self.streams[root].last_spoke, self.now);
         let progress = match input {
-            Input::Stream(s) => self.streams[s].wm.current(),
+            Input::Stream(s) => self.stream_wm(s),
             Input::Window(w) => {
                 let wm = match p.windows[w].input {
-                    Input::Stream(s) => self.streams[s].wm.current(),
+                    Input::Stream(s) => self.stream_wm(s),
                     Input::Window(_) => self.rollup_wm[w].current(),
                 };
                 match p.windows[w].kind {

@@ -178,6 +178,16 @@ pub enum Clock {
     Receive,
 }
 
+/// Whose progress a stream's watermark follows (SPEC §13.13).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WatermarkMode {
+    /// One watermark for the stream: `max ts − lateness` over all its devices (§5).
+    Stream,
+    /// One per device; the stream advances on the slowest active device.
+    Device,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LatePolicy {
     Drop,
@@ -194,6 +204,7 @@ pub struct StreamDef {
     pub time_field: String,
     pub time_unit: TimeUnit,
     pub clock: Clock,
+    pub watermark: WatermarkMode,
     pub lateness_ms: i64,
     pub idle_timeout_ms: Option<i64>,
     pub max_future_ms: i64,

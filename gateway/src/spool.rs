@@ -418,8 +418,8 @@ fn read_acked(dir: &Path) -> Result<Option<u64>, String> {
     match crc {
         Some(c) if u32::from_str_radix(c, 16).ok() == Some(crc32fast::hash(num.as_bytes())) => Ok(Some(n)),
         Some(_) => Err(format!("{}: checksum mismatch (damaged)", path.display())),
-        // the format before checksums: only the range check applies
-        None => Ok(Some(n)),
+        // no checksum: written by hand or by an older edgejoin; unverifiable, so not trusted
+        None => Err(format!("{}: {num} without a checksum", path.display())),
     }
 }
 
@@ -528,7 +528,7 @@ mod tests {
 
     #[test]
     fn a_damaged_or_impossible_delivered_position_resends_rather_than_skips() {
-        for bad in ["18446744073709551615", "18446744073709551614", "1500", "41 0badc0de", "x"] {
+        for bad in ["18446744073709551615", "18446744073709551614", "1500", "50", "41 0badc0de", "x"] {
             let (dir, _) = spool_with(100);
             let mut s = Spool::open(dir.path(), 1 << 20, FullPolicy::DropOldest).unwrap();
             s.ack(41).unwrap();

@@ -262,6 +262,40 @@ fn a_full_disk_pauses_intake_and_resumes_without_loss() {
 
 extern "C" {
     fn setrlimit(resource: i32, rlim: *const [u64; 2]) -> i32;
+    fn signal(signum: i32, handler: usize) -> usize;
+}
+
+/// Defect 5: an I/O error the gateway cannot wait out (here EFBIG: a file
+/// size limit) is logged at once and ends the process with a failure
+/// status, for systemd to restart it — no silent zombie.
+#[test]
+fn a_fatal_io_error_is_logged_and_ends_the_process() {
+    need_mosquitto!();
+    let broker = Broker::start();
+    let work = tempfile::tempdir().unwrap();
+    let mport = free_port();
+    // no checkpoint: the log grows until it meets the limit
+    let (path, _) =
+        live_config_with(&counting_config(mport, ""), &broker, &broker, &work.path().join("state"), "1h");
+    let mut cmd = Gateway::command(&path);
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit and signal are async-signal-safe
+    unsafe {
+        cmd.pre_exec(|| {
+            const RLIMIT_FSIZE: i32 = 1;
+            const SIGXFSZ: i32 = 25;
+            const SIG_IGN: usize = 1;
+            signal(SIGXFSZ, SIG_IGN);
+            setrlimit(RLIMIT_FSIZE, &[64 << 10, 64 << 10]);
+            Ok(())
+        });
+    }
+    let mut gw = Gateway::spawn(cmd).ready_within(15).expect("ready");
+    publish(broker.port, &(0..5000).map(valid).collect::<Vec<_>>());
+    assert!(wait_until(15, || gw.child.try_wait().unwrap().is_some()), "the process ended");
+    let status = gw.child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "{status:?}");
+    assert!(gw.logged("engine stopped on an error"), "{:?}", gw.log.lock().unwrap());
 }
 
 fn cpu_ticks(pid: u32) -> u64 {

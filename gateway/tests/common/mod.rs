@@ -158,7 +158,15 @@ impl Gateway {
         if self.ready.recv_timeout(Duration::from_secs(secs)).is_ok() {
             return Ok(self);
         }
-        let status = self.child.try_wait().ok().flatten();
+        // it may be on its way out: give it a moment
+        let mut status = None;
+        for _ in 0..30 {
+            status = self.child.try_wait().ok().flatten();
+            if status.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         std::thread::sleep(Duration::from_millis(200));
         Err((status, self.log.lock().unwrap().clone()))
     }
