@@ -854,7 +854,13 @@ fn build_windows(
         let input_name = rw.input.get_ref();
         let (input, fields, max_keys_default, input_lateness_ms) =
             if let Some(&s) = stream_index.get(input_name.as_str()) {
-                (Input::Stream(s), streams[s].values.clone(), streams[s].max_keys, streams[s].lateness_ms)
+                // with per-device watermarks the slowest active device holds the stream: a device
+                // up to `max_future` ahead keeps windows open that much longer
+                let span = match streams[s].watermark {
+                    WatermarkMode::Stream => streams[s].lateness_ms,
+                    WatermarkMode::Device => streams[s].lateness_ms.saturating_add(streams[s].max_future_ms),
+                };
+                (Input::Stream(s), streams[s].values.clone(), streams[s].max_keys, span)
             } else if let Some(&i) = new_index.get(input_name.as_str()) {
                 (Input::Window(i), out[i].output_fields(), out[i].max_keys, 0)
             } else {

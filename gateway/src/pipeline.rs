@@ -296,8 +296,10 @@ pub struct WindowDef {
     /// window (an unconsumed window without a topic would be useless).
     pub topic: Option<TopicTemplate>,
     pub max_keys: NonZeroU32,
-    /// Lateness of the window's input watermark: the stream's for a stream
-    /// input, 0 for a rollup (its watermark is the latest source-window start).
+    /// How far the window's input watermark may trail the newest event: the
+    /// stream's lateness (plus its `max_future` with per-device watermarks,
+    /// where a device may run that far ahead of the one holding the stream),
+    /// 0 for a rollup (its watermark is the latest source-window start).
     pub input_lateness_ms: i64,
 }
 

@@ -15,6 +15,8 @@ struct Ev {
     key: u8,
     ts: i64,
     v: Option<i64>,
+    /// The device that stamped `ts` (per-device watermarks).
+    dev: u8,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -28,15 +30,30 @@ const AGGS: &str = r#"{ n = "count()", nv = "count(v)", s = "sum(v)", lo = "min(
 const AGG_ORDER: [&str; 9] = ["f", "hi", "l", "lo", "m", "n", "nv", "s", "sd"];
 
 fn pipeline(lateness: i64, window: &str) -> Pipeline {
+    pipeline_with(lateness, window, "", "100y")
+}
+
+/// Per-device watermarks, with an idle timeout in ms (gateway time) or none.
+fn device_pipeline(lateness: i64, window: &str, idle: Option<i64>) -> Pipeline {
+    let idle = idle.map_or(String::new(), |t| format!("idle_timeout = \"{t}ms\"\n"));
+    // a device may run up to max_future ahead of the one holding the stream: the ring covers that
+    pipeline_with(lateness, window, &format!("watermark = \"device\"\n{idle}"), "1s")
+}
+
+fn pipeline_with(lateness: i64, window: &str, stream_extra: &str, max_future: &str) -> Pipeline {
     let text = format!(
         r#"
+[gateway]
+max_devices = 8
+
 [[stream]]
 name = "s"
-topics = ["t/{{k}}"]
+topics = ["t/{{k}}/{{d}}"]
 key = "{{k}}"
-lateness = "{lateness}ms"
+device = "{{d}}"
+{stream_extra}lateness = "{lateness}ms"
 late = "route"
-max_future = "100y"
+max_future = "{max_future}"
 values = ["v"]
 
 [[window]]
@@ -69,7 +86,12 @@ fn run_engine(p: Pipeline, base: i64, evs: &[Ev]) -> Vec<Row> {
             Some(v) => format!(r#"{{"ts":{},"v":{v}}}"#, base + ev.ts),
             None => format!(r#"{{"ts":{}}}"#, base + ev.ts),
         };
-        e.ingest(2_000_000_000_000 + i as i64, &format!("t/k{}", ev.key), payload.as_bytes(), &mut sink);
+        e.ingest(
+            2_000_000_000_000 + i as i64,
+            &format!("t/k{}/d{}", ev.key, ev.dev),
+            payload.as_bytes(),
+            &mut sink,
+        );
     }
     e.flush(&mut sink);
     // the ring bound holds: no open window was ever reclaimed early
@@ -105,21 +127,62 @@ enum Shape {
     Session { gap: i64 },
 }
 
+/// Whose progress the watermark follows in the model.
+#[derive(Clone, Copy, Debug)]
+enum Progress {
+    Stream,
+    /// Per device (SPEC §13.13), with the idle timeout in gateway ms.
+    Device(Option<i64>),
+}
+
 /// The brute-force model.
 fn model(base: i64, lateness: i64, shape: &Shape, evs: &[Ev]) -> Vec<Row> {
+    model_with(base, lateness, shape, evs, Progress::Stream)
+}
+
+fn model_with(base: i64, lateness: i64, shape: &Shape, evs: &[Ev], progress: Progress) -> Vec<Row> {
     // 1. late flags and the watermark after each arrival
-    let mut max: Option<i64> = None;
     let mut late = vec![false; evs.len()];
+    // on time for its device, below the stream's watermark: no window takes it
+    let mut below = vec![false; evs.len()];
     let mut wm_after = vec![i64::MIN; evs.len()];
-    for (i, ev) in evs.iter().enumerate() {
-        let ts = base + ev.ts;
-        let wm = max.map_or(i64::MIN, |m| m - lateness);
-        if ts < wm {
-            late[i] = true;
-        } else {
-            max = Some(max.map_or(ts, |m| m.max(ts)));
+    match progress {
+        Progress::Stream => {
+            let mut max: Option<i64> = None;
+            for (i, ev) in evs.iter().enumerate() {
+                let ts = base + ev.ts;
+                let wm = max.map_or(i64::MIN, |m| m - lateness);
+                if ts < wm {
+                    late[i] = true;
+                } else {
+                    max = Some(max.map_or(ts, |m| m.max(ts)));
+                }
+                wm_after[i] = max.map_or(i64::MIN, |m| m - lateness);
+            }
         }
-        wm_after[i] = max.map_or(i64::MIN, |m| m - lateness);
+        Progress::Device(idle) => {
+            let mut max: std::collections::BTreeMap<u8, i64> = Default::default();
+            let mut heard: std::collections::BTreeMap<u8, i64> = Default::default();
+            let mut frontier = i64::MIN;
+            for (i, ev) in evs.iter().enumerate() {
+                let ts = base + ev.ts;
+                let now = i as i64;
+                heard.insert(ev.dev, now);
+                match max.get(&ev.dev) {
+                    Some(&m) if ts < m - lateness => late[i] = true,
+                    _ => {
+                        let m = max.entry(ev.dev).or_insert(ts);
+                        *m = (*m).max(ts);
+                        below[i] = ts < frontier;
+                    }
+                }
+                let active = max.iter().filter(|(d, _)| idle.is_none_or(|t| now - heard[d] < t));
+                if let Some(min) = active.map(|(_, &m)| m - lateness).min() {
+                    frontier = frontier.max(min);
+                }
+                wm_after[i] = frontier;
+            }
+        }
     }
     // 2. every window, from all on-time events
     // key, start, end, close_at, members
@@ -128,7 +191,7 @@ fn model(base: i64, lateness: i64, shape: &Shape, evs: &[Ev]) -> Vec<Row> {
         let mine: Vec<Member> = evs
             .iter()
             .enumerate()
-            .filter(|(i, e)| e.key == k && !late[*i])
+            .filter(|(i, e)| e.key == k && !late[*i] && !below[*i])
             .map(|(i, e)| (i, base + e.ts, e.v))
             .collect();
         match *shape {
@@ -179,7 +242,8 @@ fn model(base: i64, lateness: i64, shape: &Shape, evs: &[Ev]) -> Vec<Row> {
     // 3. when each closes: the first arrival whose watermark reaches close_at; else the flush
     let mut out: Vec<(usize, i64, i64, String, Row)> = Vec::new();
     for (key, start, end, close_at, m) in windows {
-        let at = (0..evs.len()).find(|&i| !late[i] && wm_after[i] >= close_at).unwrap_or(evs.len());
+        // (a late event moves no stream watermark; with devices, time passing may)
+        let at = (0..evs.len()).find(|&i| wm_after[i] >= close_at).unwrap_or(evs.len());
         let row = Row::Window { key: key.clone(), start, end, count: m.len() as u64, values: aggregate(&m) };
         out.push((at, end, start, key, row));
     }
@@ -238,13 +302,44 @@ fn events() -> impl Strategy<Value = Vec<Ev>> {
                 .into_iter()
                 .map(|(key, ts, v, jitter, straggler)| {
                     let arrive = ts + jitter + if straggler { 200 } else { 0 };
-                    (arrive, Ev { key, ts, v })
+                    (arrive, Ev { key, ts, v, dev: 0 })
                 })
                 .collect();
             evs.sort_by_key(|e| e.0);
             evs.into_iter().map(|e| e.1).collect()
         })
     })
+}
+
+/// Events of up to four devices, each with its own clock offset (one may
+/// run far ahead), arriving in order of true time plus jitter, with
+/// stragglers and devices that fall silent for a while.
+fn device_events() -> impl Strategy<Value = Vec<Ev>> {
+    (1usize..160, 0i64..400, proptest::collection::vec(prop_oneof![3 => -20i64..20, 1 => 100i64..600], 4))
+        .prop_flat_map(|(n, span, offsets)| {
+            proptest::collection::vec(
+                (
+                    0u8..3,
+                    0u8..4,
+                    0..=span,
+                    prop::option::weighted(0.85, -50i64..50),
+                    0i64..40,
+                    prop::bool::weighted(0.05),
+                ),
+                n,
+            )
+            .prop_map(move |raw| {
+                let mut evs: Vec<(i64, Ev)> = raw
+                    .into_iter()
+                    .map(|(key, dev, t, v, jitter, straggler)| {
+                        let arrive = t + jitter + if straggler { 200 } else { 0 };
+                        (arrive, Ev { key, ts: t + offsets[dev as usize], v, dev })
+                    })
+                    .collect();
+                evs.sort_by_key(|e| e.0);
+                evs.into_iter().map(|e| e.1).collect()
+            })
+        })
 }
 
 fn bases() -> impl Strategy<Value = i64> {
@@ -273,5 +368,30 @@ proptest! {
         let got = run_engine(p, base, &evs);
         let want = model(base, lateness, &Shape::Session { gap }, &evs);
         prop_assert!(close(&got, &want), "gap {gap} lateness {lateness}\n got {got:#?}\nwant {want:#?}");
+    }
+
+    #[test]
+    fn fixed_windows_over_device_watermarks_match_the_model(
+        evs in device_events(), base in bases(), lateness in 0i64..60,
+        size in 1i64..60, slide_pick in 0u8..3, slide_any in 1i64..80, offset in -100i64..100,
+        idle in prop::option::of(1i64..60),
+    ) {
+        let slide = match slide_pick { 0 => size, 1 => (size / 3).max(1), _ => slide_any };
+        let shape = Shape::Fixed { size, slide, offset };
+        let p = device_pipeline(lateness, &format!("size = \"{size}ms\"\nslide = \"{slide}ms\"\noffset = \"{offset}ms\""), idle);
+        let got = run_engine(p, base, &evs);
+        let want = model_with(base, lateness, &shape, &evs, Progress::Device(idle));
+        prop_assert!(close(&got, &want), "size {size} slide {slide} offset {offset} lateness {lateness} idle {idle:?}\n got {got:#?}\nwant {want:#?}");
+    }
+
+    #[test]
+    fn sessions_over_device_watermarks_match_the_model(
+        evs in device_events(), base in bases(), lateness in 0i64..60, gap in 1i64..40,
+        idle in prop::option::of(1i64..60),
+    ) {
+        let p = device_pipeline(lateness, &format!("gap = \"{gap}ms\""), idle);
+        let got = run_engine(p, base, &evs);
+        let want = model_with(base, lateness, &Shape::Session { gap }, &evs, Progress::Device(idle));
+        prop_assert!(close(&got, &want), "gap {gap} lateness {lateness} idle {idle:?}\n got {got:#?}\nwant {want:#?}");
     }
 }
