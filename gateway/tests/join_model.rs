@@ -19,6 +19,8 @@ struct Ev {
     ts: i64,
     v: i64,
     arrive: i64,
+    /// The device that stamped `ts` (per-device watermarks).
+    dev: u8,
 }
 
 /// A join row, comparable: (key, left (t0, t1, count, v), right).
@@ -44,7 +46,7 @@ fn engine_rows(text: &str, evs: &[Ev]) -> (Vec<(usize, Row)>, Engine) {
         };
         for (i, ev) in evs.iter().enumerate() {
             step.set(i);
-            let topic = format!("{}/k{}", if ev.right { "b" } else { "a" }, ev.key);
+            let topic = format!("{}/k{}/d{}", if ev.right { "b" } else { "a" }, ev.key, ev.dev);
             let payload = format!(r#"{{"ts":{},"v":{}}}"#, ev.ts, ev.v);
             e.ingest(RECV0 + ev.arrive, &topic, payload.as_bytes(), &mut sink);
         }
@@ -55,13 +57,23 @@ fn engine_rows(text: &str, evs: &[Ev]) -> (Vec<(usize, Row)>, Engine) {
 }
 
 fn streams(la: i64, lb: i64, idle_a: Option<i64>, idle_b: Option<i64>) -> String {
+    streams_with(la, lb, idle_a, idle_b, "stream")
+}
+
+/// Both streams with `watermark = "stream"` or `"device"`.
+fn streams_with(la: i64, lb: i64, idle_a: Option<i64>, idle_b: Option<i64>, mode: &str) -> String {
     let idle = |i: Option<i64>| i.map_or(String::new(), |t| format!("idle_timeout = \"{t}ms\"\n"));
     format!(
         r#"
+[gateway]
+max_devices = 8
+
 [[stream]]
 name = "a"
-topics = ["a/{{k}}"]
+topics = ["a/{{k}}/{{d}}"]
 key = "{{k}}"
+device = "{{d}}"
+watermark = "{mode}"
 lateness = "{la}ms"
 {}max_future = "100y"
 capacity = 4096
@@ -70,8 +82,10 @@ values = ["v"]
 
 [[stream]]
 name = "b"
-topics = ["b/{{k}}"]
+topics = ["b/{{k}}/{{d}}"]
 key = "{{k}}"
+device = "{{d}}"
+watermark = "{mode}"
 lateness = "{lb}ms"
 {}max_future = "100y"
 capacity = 4096
@@ -90,6 +104,61 @@ struct Sim {
     accepted: Vec<bool>,
     /// Per side, its effective progress after each arrival: max(its watermark, frontier).
     eff_after: [Vec<i64>; 2],
+}
+
+/// The same with per-device watermarks on both streams (SPEC §13.13): a
+/// side's watermark is the minimum over its devices heard within its idle
+/// timeout, never moving back; an event below its device's watermark is
+/// late, one below its stream's watermark is late for the join.
+fn simulate_devices(evs: &[Ev], lat: [i64; 2], idle: [Option<i64>; 2]) -> (Sim, [u64; 2]) {
+    use std::collections::BTreeMap;
+    let mut dmax: [BTreeMap<u8, i64>; 2] = Default::default();
+    let mut heard: [BTreeMap<u8, i64>; 2] = Default::default();
+    let mut swm = [i64::MIN; 2];
+    let start = evs.first().map_or(0, |e| e.arrive);
+    let mut spoke = [start; 2];
+    let mut frontier = i64::MIN;
+    let mut below_stream = [0u64; 2];
+    let mut accepted = vec![false; evs.len()];
+    let mut eff_after = [vec![i64::MIN; evs.len()], vec![i64::MIN; evs.len()]];
+    for (i, ev) in evs.iter().enumerate() {
+        let s = ev.right as usize;
+        let now = ev.arrive;
+        spoke[s] = now;
+        heard[s].insert(ev.dev, now);
+        let on_time = dmax[s].get(&ev.dev).is_none_or(|&m| ev.ts >= m - lat[s]);
+        if on_time {
+            let m = dmax[s].entry(ev.dev).or_insert(ev.ts);
+            *m = (*m).max(ev.ts);
+            if ev.ts < swm[s] {
+                below_stream[s] += 1;
+            } else {
+                accepted[i] = ev.ts >= frontier;
+            }
+        }
+        // every stream's watermark at this gateway time
+        for side in 0..2 {
+            let active =
+                dmax[side].iter().filter(|(d, _)| idle[side].is_none_or(|t| now - heard[side][d] < t));
+            if let Some(m) = active.map(|(_, &m)| m - lat[side]).min() {
+                swm[side] = swm[side].max(m);
+            }
+        }
+        let mut min: Option<i64> = None;
+        for side in 0..2 {
+            let is_idle = idle[side].is_some_and(|t| now - spoke[side] >= t);
+            if !is_idle {
+                min = Some(min.map_or(swm[side], |m: i64| m.min(swm[side])));
+            }
+        }
+        if let Some(m) = min {
+            frontier = frontier.max(m);
+        }
+        for (side, eff) in eff_after.iter_mut().enumerate() {
+            eff[i] = swm[side].max(frontier);
+        }
+    }
+    (Sim { accepted, eff_after }, below_stream)
 }
 
 fn simulate(evs: &[Ev], lat: [i64; 2], idle: [Option<i64>; 2]) -> Sim {
@@ -220,15 +289,32 @@ fn gen_events() -> impl Strategy<Value = Vec<Ev>> {
                     continue;
                 }
                 let arrive = ts + jitter + if straggler { 150 } else { 0 };
-                evs.push(Ev { right, key, ts, v, arrive });
+                evs.push(Ev { right, key, ts, v, arrive, dev: 0 });
                 if dup {
-                    evs.push(Ev { right, key, ts, v, arrive: arrive + 3 });
+                    evs.push(Ev { right, key, ts, v, arrive: arrive + 3, dev: 0 });
                 }
             }
             evs.sort_by_key(|e| e.arrive);
             evs
         })
     })
+}
+
+/// Events of up to three devices per stream, each device with its own clock
+/// offset (one may run far ahead), some falling silent: `gen_events`' shape.
+fn gen_device_events() -> impl Strategy<Value = Vec<Ev>> {
+    (gen_events(), proptest::collection::vec(prop_oneof![3 => -15i64..15, 1 => 60i64..300], 3), any::<u64>())
+        .prop_map(|(mut evs, offsets, seed)| {
+            let mut x = seed | 1;
+            for e in &mut evs {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                e.dev = (x % 3) as u8;
+                e.ts += offsets[e.dev as usize];
+            }
+            evs
+        })
 }
 
 fn idle_opt() -> impl Strategy<Value = Option<i64>> {
@@ -266,6 +352,46 @@ proptest! {
         let text = format!("{}\n[[join]]\nname = \"j\"\nstrategy = \"asof\"\nleft = \"a\"\nright = \"b\"\ntype = \"{kind}\"\ntolerance = \"{tol}ms\"\n", streams(la, lb, ia, ib));
         let (got, e) = engine_rows(&text, &evs);
         let sim = simulate(&evs, [la, lb], [ia, ib]);
+        let want = asof_model(&evs, &sim, tol, outer);
+        prop_assert_eq!(e.join_occupancy(0), (0, 0, 0));
+        prop_assert_eq!(sorted(got), sorted(want));
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn tolerance_over_device_watermarks_matches_the_reference(
+        evs in gen_device_events(), la in 0i64..40, lb in 0i64..40, ia in idle_opt(), ib in idle_opt(),
+        lower in -40i64..40, width in 0i64..60, outer in any::<bool>(), max in 1usize..4,
+    ) {
+        let upper = lower + width;
+        let kind = if outer { "left_outer" } else { "inner" };
+        let text = format!("{}\n[[join]]\nname = \"j\"\nstrategy = \"tolerance\"\nleft = \"a\"\nright = \"b\"\ntype = \"{kind}\"\nlower = \"{lower}ms\"\nupper = \"{upper}ms\"\nmax_matches = {max}\n", streams_with(la, lb, ia, ib, "device"));
+        let (got, e) = engine_rows(&text, &evs);
+        let (sim, below) = simulate_devices(&evs, [la, lb], [ia, ib]);
+        let want = tolerance_model(&evs, &sim, lower, upper, outer, max);
+        for s in 0..2 {
+            prop_assert_eq!(e.device_watermarks(s).unwrap().late_after_idle, below[s]);
+        }
+        let late_after_idle = (0..evs.len()).filter(|&i| !sim.accepted[i]).count() as u64
+            - e.stream_counters(0).late_dropped - e.stream_counters(1).late_dropped - below[0] - below[1];
+        prop_assert_eq!(e.join_counters(0).late_after_idle, late_after_idle);
+        prop_assert_eq!(e.join_occupancy(0), (0, 0, 0));
+        prop_assert_eq!(e.join_counters(0).capacity_evictions, [0, 0]);
+        prop_assert_eq!(sorted(got), sorted(want));
+    }
+
+    #[test]
+    fn asof_over_device_watermarks_matches_the_reference(
+        evs in gen_device_events(), la in 0i64..40, lb in 0i64..40, ia in idle_opt(), ib in idle_opt(),
+        tol in 0i64..80, outer in any::<bool>(),
+    ) {
+        let kind = if outer { "left_outer" } else { "inner" };
+        let text = format!("{}\n[[join]]\nname = \"j\"\nstrategy = \"asof\"\nleft = \"a\"\nright = \"b\"\ntype = \"{kind}\"\ntolerance = \"{tol}ms\"\n", streams_with(la, lb, ia, ib, "device"));
+        let (got, e) = engine_rows(&text, &evs);
+        let (sim, _) = simulate_devices(&evs, [la, lb], [ia, ib]);
         let want = asof_model(&evs, &sim, tol, outer);
         prop_assert_eq!(e.join_occupancy(0), (0, 0, 0));
         prop_assert_eq!(sorted(got), sorted(want));
@@ -486,10 +612,10 @@ proptest! {
 fn reference_helpers_agree_on_a_hand_case() {
     // orders at 0 and 10; payments at 30 and 150; tolerance 0..140
     let evs = vec![
-        Ev { right: false, key: 0, ts: 0, v: 1, arrive: 0 },
-        Ev { right: false, key: 0, ts: 10, v: 2, arrive: 10 },
-        Ev { right: true, key: 0, ts: 30, v: 3, arrive: 30 },
-        Ev { right: true, key: 0, ts: 150, v: 4, arrive: 150 },
+        Ev { right: false, key: 0, ts: 0, v: 1, arrive: 0, dev: 0 },
+        Ev { right: false, key: 0, ts: 10, v: 2, arrive: 10, dev: 0 },
+        Ev { right: true, key: 0, ts: 30, v: 3, arrive: 30, dev: 0 },
+        Ev { right: true, key: 0, ts: 150, v: 4, arrive: 150, dev: 0 },
     ];
     let sim = simulate(&evs, [0, 0], [None, None]);
     let rows = tolerance_model(&evs, &sim, 0, 140, true, 4);
