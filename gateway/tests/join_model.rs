@@ -63,6 +63,8 @@ fn streams(la: i64, lb: i64, idle_a: Option<i64>, idle_b: Option<i64>) -> String
 /// Both streams with `watermark = "stream"` or `"device"`.
 fn streams_with(la: i64, lb: i64, idle_a: Option<i64>, idle_b: Option<i64>, mode: &str) -> String {
     let idle = |i: Option<i64>| i.map_or(String::new(), |t| format!("idle_timeout = \"{t}ms\"\n"));
+    // device watermarks size window rings to cover max_future: keep it small there
+    let future = if mode == "device" { "1s" } else { "100y" };
     format!(
         r#"
 [gateway]
@@ -75,7 +77,7 @@ key = "{{k}}"
 device = "{{d}}"
 watermark = "{mode}"
 lateness = "{la}ms"
-{}max_future = "100y"
+{}max_future = "{future}"
 capacity = 4096
 max_keys = 16
 values = ["v"]
@@ -87,7 +89,7 @@ key = "{{k}}"
 device = "{{d}}"
 watermark = "{mode}"
 lateness = "{lb}ms"
-{}max_future = "100y"
+{}max_future = "{future}"
 capacity = 4096
 max_keys = 16
 values = ["v"]
@@ -430,18 +432,46 @@ struct Win {
 
 /// Brute-force windows of one side from the events on time for its stream.
 fn windows_of(evs: &[Ev], right: bool, lateness: i64, shape: Shape, op: usize) -> Vec<Win> {
+    windows_of_mode(evs, right, lateness, shape, op, false)
+}
+
+/// The same, with per-device watermarks when `devices` (no idleness: every
+/// device holds its stream; an event below the stream's watermark is late
+/// for the window).
+fn windows_of_mode(
+    evs: &[Ev],
+    right: bool,
+    lateness: i64,
+    shape: Shape,
+    op: usize,
+    devices: bool,
+) -> Vec<Win> {
     let mut max = i64::MIN;
+    let mut dmax: std::collections::BTreeMap<u8, i64> = Default::default();
     let mut on_time = Vec::new();
     let mut wm_after = Vec::new();
+    let mut wm = i64::MIN;
     for (i, e) in evs.iter().enumerate() {
         if e.right == right {
-            let wm = if max == i64::MIN { i64::MIN } else { max - lateness };
-            if e.ts >= wm {
-                max = max.max(e.ts);
-                on_time.push(i);
+            if devices {
+                if dmax.get(&e.dev).is_none_or(|&m| e.ts >= m - lateness) {
+                    let m = dmax.entry(e.dev).or_insert(e.ts);
+                    *m = (*m).max(e.ts);
+                    if e.ts >= wm {
+                        on_time.push(i);
+                    }
+                }
+                wm = wm.max(dmax.values().map(|m| m - lateness).min().unwrap_or(i64::MIN));
+            } else {
+                let w = if max == i64::MIN { i64::MIN } else { max - lateness };
+                if e.ts >= w {
+                    max = max.max(e.ts);
+                    on_time.push(i);
+                }
+                wm = if max == i64::MIN { i64::MIN } else { max - lateness };
             }
         }
-        wm_after.push(if max == i64::MIN { i64::MIN } else { max - lateness });
+        wm_after.push(wm);
     }
     let close =
         |at: i64| (0..evs.len()).find(|&j| evs[j].right == right && wm_after[j] >= at).unwrap_or(evs.len());
@@ -558,10 +588,25 @@ fn run_window_join(
     outer: bool,
     max: usize,
 ) -> (Vec<Row>, Engine) {
+    run_window_join_mode(evs, la, lb, ls, rs, join, outer, max, "stream")
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_window_join_mode(
+    evs: &[Ev],
+    la: i64,
+    lb: i64,
+    ls: Shape,
+    rs: Shape,
+    join: &str,
+    outer: bool,
+    max: usize,
+    mode: &str,
+) -> (Vec<Row>, Engine) {
     let kind = if outer { "left_outer" } else { "inner" };
     let text = format!(
         "{}\n[[window]]\nname = \"wl\"\ninput = \"a\"\n{}\naggregates = {{ s = \"sum(v)\" }}\n\n[[window]]\nname = \"wr\"\ninput = \"b\"\n{}\naggregates = {{ s = \"sum(v)\" }}\n\n[[join]]\nname = \"j\"\nleft = \"wl\"\nright = \"wr\"\ntype = \"{kind}\"\nmax_matches = {max}\n{join}\n",
-        streams(la, lb, None, None),
+        streams_with(la, lb, None, None, mode),
         ls.toml(),
         rs.toml()
     );
@@ -604,6 +649,35 @@ proptest! {
         let (got, e) = run_window_join(&evs, la, lb, ls, rs, &format!("strategy = \"session\"\ntolerance = \"{tol}ms\""), outer, max);
         let want = window_join_model(&windows_of(&evs, false, la, ls, 0), &windows_of(&evs, true, lb, rs, 1), WinStrategy::Session(tol), outer, max);
         prop_assert_eq!(e.join_occupancy(0), (0, 0, 0));
+        prop_assert_eq!(got, want);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn window_joins_over_device_watermarks_match_the_reference(
+        evs in gen_device_events(), la in 0i64..40, lb in 0i64..40, ls in fixed_shape(), rs in fixed_shape(),
+        pick in 0u8..4, gl in 1i64..30, gr in 1i64..30, tol in 0i64..20, outer in any::<bool>(), max in 1usize..4,
+    ) {
+        let (ls, rs, join, strat) = match pick {
+            0 => {
+                let b = match ls { Shape::Fixed { size, offset, .. } => Shape::Fixed { size, slide: size, offset }, s => s };
+                (b, b, "strategy = \"bucket\"".to_string(), WinStrategy::Bucket)
+            }
+            1 => (ls, rs, "strategy = \"overlap\"\ncondition = \"contained_start\"".to_string(), WinStrategy::Contained),
+            2 => (ls, rs, "strategy = \"overlap\"\ncondition = \"overlaps\"".to_string(), WinStrategy::Overlaps),
+            _ => (Shape::Session { gap: gl }, Shape::Session { gap: gr }, format!("strategy = \"session\"\ntolerance = \"{tol}ms\""), WinStrategy::Session(tol)),
+        };
+        let (got, e) = run_window_join_mode(&evs, la, lb, ls, rs, &join, outer, max, "device");
+        let want = window_join_model(
+            &windows_of_mode(&evs, false, la, ls, 0, true),
+            &windows_of_mode(&evs, true, lb, rs, 1, true),
+            strat, outer, max,
+        );
+        prop_assert_eq!(e.join_occupancy(0), (0, 0, 0));
+        prop_assert_eq!(e.window_counters(0).capacity_evictions + e.window_counters(1).capacity_evictions, 0);
         prop_assert_eq!(got, want);
     }
 }
