@@ -35,7 +35,7 @@ pub fn describe(p: &Pipeline) -> String {
         let topics: Vec<&str> = s.topics.iter().map(|t| t.filter()).collect();
         let _ = writeln!(
             o,
-            "  {:<16} ← {}  key {}  device {}  {:?}/{:?}  clock {:?}  lateness {}{}  late {}  values [{}]",
+            "  {:<16} ← {}  key {}  device {}  {:?}/{:?}  clock {:?}  watermark per {}  lateness {}{}  late {}  values [{}]",
             s.name,
             topics.join(", "),
             field(&s.key),
@@ -43,6 +43,10 @@ pub fn describe(p: &Pipeline) -> String {
             s.format,
             s.time_unit,
             s.clock,
+            match s.watermark {
+                WatermarkMode::Stream => "stream",
+                WatermarkMode::Device => "device",
+            },
             d(s.lateness_ms),
             s.idle_timeout_ms.map_or(String::new(), |t| format!("  idle after {}", d(t))),
             match &s.late {
@@ -134,6 +138,15 @@ pub fn describe(p: &Pipeline) -> String {
             format_bytes(crate::join::JoinOp::memory_bytes(p, i))
         );
     }
+    let devices = Engine::device_watermark_bytes(p);
+    if devices > 0 {
+        let _ = writeln!(
+            o,
+            "  device watermarks      {} devices per stream = {}",
+            p.gateway.max_devices,
+            format_bytes(devices)
+        );
+    }
     let skew = Engine::skew_memory_bytes(p);
     if skew > 0 {
         let _ = writeln!(
@@ -154,4 +167,54 @@ pub fn describe(p: &Pipeline) -> String {
     );
     let _ = writeln!(o, "  total {}", format_bytes(engine + budget + buffers));
     o
+}
+
+/// What in a valid config is likely to surprise its user: said by
+/// `check-config` and logged when the service starts.
+pub fn warnings(p: &Pipeline) -> Vec<String> {
+    let mut w = Vec::new();
+    for s in &p.streams {
+        let many_devices = !matches!(s.device, FieldRef::Constant);
+        if s.clock == Clock::Device && s.watermark == WatermarkMode::Stream && many_devices {
+            w.push(format!(
+                "stream `{}` takes each device's own clock (clock = \"device\") from several devices ({}) under one watermark: a device whose clock runs ahead (up to max_future, {}) makes every other device's events late. Set watermark = \"device\" (each device judged by its own progress) or clock = \"corrected\" (clocks mapped onto the gateway's); see docs/CLOCKS.md",
+                s.name,
+                field(&s.device),
+                d(s.max_future_ms)
+            ));
+        }
+        if s.watermark == WatermarkMode::Device && s.idle_timeout_ms.is_none() {
+            w.push(format!(
+                "stream `{}` has per-device watermarks and no idle_timeout: a device that falls silent holds the stream's windows and joins until it speaks again or is evicted",
+                s.name
+            ));
+        }
+    }
+    w
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(stream_extra: &str) -> Pipeline {
+        let text = format!(
+            "[[stream]]\nname = \"s\"\ntopics = [\"p/{{device}}/t\"]\nkey = \"{{device}}\"\n{stream_extra}values = [\"v\"]\n"
+        );
+        crate::config::parse(std::path::Path::new("c.toml"), &text).unwrap()
+    }
+
+    #[test]
+    fn check_config_warns_of_device_clocks_under_one_watermark() {
+        let w = warnings(&parse(""));
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("watermark = \"device\"") && w[0].contains("clock = \"corrected\""), "{w:?}");
+        assert!(warnings(&parse("watermark = \"device\"\nidle_timeout = \"30s\"\n")).is_empty());
+        assert!(warnings(&parse("clock = \"corrected\"\n")).is_empty());
+        assert!(warnings(&parse("clock = \"receive\"\n")).is_empty());
+        // per-device watermarks without idleness: a silent device holds the stream
+        let w = warnings(&parse("watermark = \"device\"\n"));
+        assert!(w.len() == 1 && w[0].contains("idle_timeout"), "{w:?}");
+        assert!(describe(&parse("watermark = \"device\"\n")).contains("device watermarks"));
+    }
 }

@@ -64,7 +64,9 @@ fn init_tracing() {
     let filter =
         EnvFilter::try_from_env("EDGEJOIN_LOG").unwrap_or_else(|_| EnvFilter::new("info,rumqttc=warn"));
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // colours only for a person at a terminal, not in a file or a pipe
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     if journald {
         // journald adds its own timestamps
         b.without_time().with_ansi(false).init();
@@ -96,6 +98,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             init_tracing();
             let p = config::load(&config)?;
             warn_on_readable_secrets(&p);
+            for w in describe::warnings(&p) {
+                tracing::warn!("{w}");
+            }
             tracing::info!(
                 "edgejoin {} starting: {} streams, {} windows, {} joins, state in {}",
                 env!("CARGO_PKG_VERSION"),
@@ -112,8 +117,11 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             Engine::new(p.clone(), 0)?;
             // a closed pipe (`| head`) is not an error worth a panic
             let mut out = io::stdout().lock();
-            let _ = write!(out, "{}", describe::describe(&p))
-                .and_then(|_| writeln!(out, "{}: OK", config.display()));
+            let mut text = describe::describe(&p);
+            for w in describe::warnings(&p) {
+                text.push_str(&format!("\nwarning: {w}\n"));
+            }
+            let _ = write!(out, "{text}").and_then(|_| writeln!(out, "{}: OK", config.display()));
             Ok(())
         }
         Cmd::Replay { config, input, output, stats: want_stats } => {

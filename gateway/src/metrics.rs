@@ -271,6 +271,31 @@ pub fn prometheus(e: &Engine, c: &ServiceCounters) -> String {
             let _ =
                 writeln!(o, "edgejoin_stream_watermark_lag_ms{{stream=\"{l}\"}} {}", now.saturating_sub(wm));
         }
+        if let Some(d) = e.device_watermarks(i) {
+            let mut idle = 0u64;
+            for (dev, wm, is_idle) in d.devices(now) {
+                idle += u64::from(is_idle);
+                if wm > i64::MIN {
+                    let _ = writeln!(
+                        o,
+                        "edgejoin_stream_device_watermark_lag_ms{{stream=\"{l}\",device=\"{}\"}} {}",
+                        label(dev.as_str()),
+                        now.saturating_sub(wm)
+                    );
+                }
+            }
+            if let Some((dev, _)) = d.holding(now) {
+                let _ = writeln!(
+                    o,
+                    "edgejoin_stream_holding_device{{stream=\"{l}\",device=\"{}\"}} 1",
+                    label(dev.as_str())
+                );
+            }
+            let _ = writeln!(o, "edgejoin_stream_idle_devices{{stream=\"{l}\"}} {idle}");
+            let _ = writeln!(o, "edgejoin_stream_device_evictions_total{{stream=\"{l}\"}} {}", d.evictions);
+            let _ =
+                writeln!(o, "edgejoin_stream_late_after_idle_total{{stream=\"{l}\"}} {}", d.late_after_idle);
+        }
     }
     for (i, w) in p.windows.iter().enumerate() {
         let c = e.window_counters(i);

@@ -34,6 +34,25 @@ pub fn snapshot(e: &Engine) -> Value {
                 "watermark": e.stream_watermark(i),
             }),
         );
+        if let Some(d) = e.device_watermarks(i) {
+            let now = e.now();
+            let mut lag = Map::new();
+            let mut idle = 0u64;
+            for (dev, wm, is_idle) in d.devices(now) {
+                idle += u64::from(is_idle);
+                if wm > i64::MIN {
+                    lag.insert(dev.to_string(), now.saturating_sub(wm).into());
+                }
+            }
+            streams[&s.name]["devices"] = json!({
+                "count": lag.len(),
+                "idle": idle,
+                "holding": d.holding(now).map(|h| h.0.to_string()),
+                "evictions": d.evictions,
+                "late_after_idle": d.late_after_idle,
+                "watermark_lag_ms": lag,
+            });
+        }
     }
     let mut windows = Map::new();
     for (i, w) in p.windows.iter().enumerate() {

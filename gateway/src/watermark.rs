@@ -213,6 +213,11 @@ impl DeviceWatermarks {
         }
     }
 
+    /// The active device with the lowest watermark at `now`: the one holding the stream.
+    pub fn holding(&self, now: i64) -> Option<(&Key, i64)> {
+        self.devices(now).filter(|d| !d.2).min_by_key(|d| d.1).map(|d| (d.0, d.1))
+    }
+
     /// Per device, most recently heard first: (device, its watermark, idle at `now`).
     pub fn devices(&self, now: i64) -> impl Iterator<Item = (&Key, i64, bool)> + '_ {
         self.devices.iter_mru().map(move |d| {
