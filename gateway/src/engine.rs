@@ -719,4 +719,25 @@ mod tests {
         assert!(out[1].contains(r#""s":1"#), "{}", out[1]);
         assert_eq!(e.window_counters(0).non_finite, 1);
     }
+
+    #[test]
+    fn device_watermarks_survive_a_checkpoint() {
+        let cfg = "[[stream]]\nname = \"s\"\ntopics = [\"t/{d}\"]\nkey = \"{d}\"\nwatermark = \"device\"\nvalues = [\"v\"]\n\n[[window]]\nname = \"w\"\ninput = \"s\"\nsize = \"1s\"\naggregates = { n = \"count()\" }\ntopic = \"w/{key}\"\n";
+        let p = crate::config::parse(std::path::Path::new("c.toml"), cfg).unwrap();
+        let mut e = Engine::new(p.clone(), 1).unwrap();
+        let mut sink = |_: &Pipeline, _: Output<'_>| {};
+        e.ingest(1000, "t/slow", br#"{"ts":1000,"v":1}"#, &mut sink);
+        e.ingest(9000, "t/fast", br#"{"ts":9000,"v":1}"#, &mut sink);
+        let r = Engine::restore(p.clone(), 1, &e.save_state()).unwrap();
+        assert_eq!(r.save_state(), e.save_state());
+        assert_eq!(r.stream_watermark(0), Some(1000));
+        assert_eq!(r.device_watermarks(0).unwrap().device_wm(&Key::new("fast").unwrap()), Some(9000));
+        // the same config with one watermark per stream does not take this state
+        let other = crate::config::parse(
+            std::path::Path::new("c.toml"),
+            &cfg.replace("watermark = \"device\"\n", ""),
+        )
+        .unwrap();
+        assert!(matches!(Engine::restore(other, 1, &e.save_state()), Err(RestoreError::Shape(_))));
+    }
 }

@@ -1,7 +1,8 @@
 //! The engine allocates nothing per event in steady state: a counting global
 //! allocator watches 100,000 messages go through topic routing, JSON
 //! decoding, watermarks, late routing, tumbling + hopping + session windows, a
-//! rollup, key eviction, per-device clock correction, tolerance / as-of /
+//! rollup, key eviction, per-device clock correction, per-device watermarks
+//! (with device evictions), tolerance / as-of /
 //! session / overlap joins and result encoding.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -42,11 +43,16 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 const CONFIG: &str = r#"
+[gateway]
+max_devices = 64
+
 [[stream]]
 name = "vib"
 topics = ["plant/{machine}/vib"]
 key = "{machine}"
 clock = "corrected"
+watermark = "device"
+idle_timeout = "2s"
 lateness = "2s"
 late = "route"
 max_keys = 48
@@ -213,6 +219,8 @@ fn no_allocation_per_event() {
         assert!(c.matches > 100 && c.unmatched > 10, "join {j} did work: {c:?}");
     }
     assert_eq!(engine.global_counters().unrouted, 1);
+    let devices = engine.device_watermarks(0).expect("vib has per-device watermarks");
+    assert!(devices.evictions > 0, "the device table filled and evicted");
     assert!(engine.skew_reports().len() > 30, "clocks estimated per machine");
     assert!(rows > 1_000 && bytes > 100_000);
     assert_eq!(allocs, 0, "{allocs} heap allocations over {measured} events");
