@@ -374,8 +374,8 @@ proptest! {
         let (got, e) = engine_rows(&text, &evs);
         let (sim, below) = simulate_devices(&evs, [la, lb], [ia, ib]);
         let want = tolerance_model(&evs, &sim, lower, upper, outer, max);
-        for s in 0..2 {
-            prop_assert_eq!(e.device_watermarks(s).unwrap().late_after_idle, below[s]);
+        for (s, below) in below.iter().enumerate() {
+            prop_assert_eq!(e.device_watermarks(s).unwrap().late_after_idle, *below);
         }
         let late_after_idle = (0..evs.len()).filter(|&i| !sim.accepted[i]).count() as u64
             - e.stream_counters(0).late_dropped - e.stream_counters(1).late_dropped - below[0] - below[1];
