@@ -58,7 +58,7 @@ fn an_oversized_qos1_message_is_counted_acknowledged_and_passed() {
     need_mosquitto!();
     let rig = Rig::new("500ms");
     let (broker, mport, state, path) = (&rig.broker, rig.mport, &rig.state, &rig.path);
-    let gw = Gateway::start(&path);
+    let gw = Gateway::start(path);
     let mut msgs = vec![("load/a".to_string(), vec![b'x'; 2_000_000])];
     msgs.extend((0..10).map(valid));
     publish(broker.port, &msgs);
@@ -76,7 +76,7 @@ fn an_oversized_qos1_message_is_counted_acknowledged_and_passed() {
     assert!(dir_bytes(&state.join("wal")) < 100_000, "{}", dir_bytes(&state.join("wal")));
     gw.stop();
     // acknowledged: a restart gets nothing back
-    let gw = Gateway::start(&path);
+    let gw = Gateway::start(path);
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(metric(mport, "edgejoin_processed"), Some(0.0));
     gw.stop();
@@ -100,12 +100,12 @@ fn a_flood_of_large_payloads_stays_within_the_printed_memory_bound() {
     // check-config's bound, engine and intake
     let out = Command::new(env!("CARGO_BIN_EXE_edgejoin"))
         .args(["check-config", "--config"])
-        .arg(&path)
+        .arg(path)
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(text.contains("intake"), "{text}");
-    let gw = Gateway::start(&path);
+    let gw = Gateway::start(path);
     let pid = gw.child.id();
     let before = vm_hwm_kib(pid);
     // the gateway stopped while 150 × 1 MB (under the old packet limit) and 300 × 60 KB pile up
@@ -225,7 +225,7 @@ fn a_full_disk_pauses_intake_and_resumes_without_loss() {
     let rig = Rig::new("500ms");
     let (broker, mport, state, path) = (&rig.broker, rig.mport, &rig.state, &rig.path);
     std::fs::create_dir_all(state).unwrap();
-    let gw = gateway_on_tmpfs(&path, &state, "4m", "").ready_within(15).expect("ready");
+    let gw = gateway_on_tmpfs(path, state, "4m", "").ready_within(15).expect("ready");
     let pid = gw.child.id();
     // fill the gateway's tmpfs (seen through its mount namespace) to the last byte
     let filler =
@@ -257,8 +257,8 @@ fn a_full_disk_pauses_intake_and_resumes_without_loss() {
     // started on a full disk: an error and a non-zero exit, never READY
     let script_state = state.join("filler");
     let gw = gateway_on_tmpfs(
-        &path,
-        &state,
+        path,
+        state,
         "1m",
         &format!("dd if=/dev/zero of='{}' bs=64k 2>/dev/null;", script_state.display()),
     );
@@ -286,7 +286,7 @@ fn a_fatal_io_error_is_logged_and_ends_the_process() {
     // no checkpoint: the log grows until it meets the limit
     let rig = Rig::new("1h");
     let (broker, path) = (&rig.broker, &rig.path);
-    let mut cmd = Gateway::command(&path);
+    let mut cmd = Gateway::command(path);
     use std::os::unix::process::CommandExt;
     // SAFETY: setrlimit and signal are async-signal-safe
     unsafe {
@@ -320,7 +320,7 @@ fn idle_metrics_connections_cannot_exhaust_the_gateway() {
     need_mosquitto!();
     let rig = Rig::new("500ms");
     let (broker, mport, path) = (&rig.broker, rig.mport, &rig.path);
-    let mut cmd = Gateway::command(&path);
+    let mut cmd = Gateway::command(path);
     use std::os::unix::process::CommandExt;
     // SAFETY: setrlimit is async-signal-safe
     unsafe {
@@ -358,19 +358,19 @@ fn idle_metrics_connections_cannot_exhaust_the_gateway() {
 fn a_second_instance_is_refused_and_uplink_failures_are_logged() {
     need_mosquitto!();
     let rig = Rig::new("500ms");
-    let (broker, mport, state, path) = (&rig.broker, rig.mport, &rig.state, &rig.path);
+    let (broker, state, path) = (&rig.broker, &rig.state, &rig.path);
     // the upstream: a port nobody listens on
     let dead = free_port();
-    let text = std::fs::read_to_string(&path).unwrap().replace(&broker.url(), "SOURCE").replacen(
+    let text = std::fs::read_to_string(path).unwrap().replace(&broker.url(), "SOURCE").replacen(
         "url = \"SOURCE\"\n\n[upstream]\nurl = \"SOURCE\"",
         &format!("url = \"{}\"\n\n[upstream]\nurl = \"mqtt://127.0.0.1:{dead}\"", broker.url()),
         1,
     );
     assert!(text.contains(&format!("127.0.0.1:{dead}")), "{text}");
-    std::fs::write(&path, text).unwrap();
-    let gw = Gateway::start(&path);
+    std::fs::write(path, text).unwrap();
+    let gw = Gateway::start(path);
     assert!(wait_until(10, || gw.logged("uplink broker:")), "{:?}", gw.log.lock().unwrap());
-    let second = Gateway::spawn(Gateway::command(&path));
+    let second = Gateway::spawn(Gateway::command(path));
     match second.ready_within(10) {
         Ok(_) => panic!("two gateways on one state_dir"),
         Err((status, log)) => {
@@ -395,7 +395,7 @@ fn damaged_state_files_are_reported_and_the_rest_recovered() {
     let rig = Rig::new("1h");
     let (broker, mport, state, path) = (&rig.broker, rig.mport, &rig.state, &rig.path);
     let collector = Collector::start(broker.port, "gw/test/#");
-    let gw = Gateway::start(&path);
+    let gw = Gateway::start(path);
     let msgs: Vec<_> = (0..2000).map(valid).collect();
     publish(broker.port, &msgs);
     assert!(wait_until(20, || metric(mport, "edgejoin_processed") == Some(2000.0)));
@@ -414,7 +414,7 @@ fn damaged_state_files_are_reported_and_the_rest_recovered() {
     bytes[mid] ^= 0x5a;
     std::fs::write(&seg, &bytes).unwrap();
     std::fs::write(state.join("spool/acked"), "18446744073709551615\n").unwrap();
-    let gw = Gateway::start(&path);
+    let gw = Gateway::start(path);
     assert!(gw.logged("write-ahead log damaged"), "{:?}", gw.log.lock().unwrap());
     assert!(gw.logged("spool: ") && gw.logged("resending from 1"), "{:?}", gw.log.lock().unwrap());
     let kept = std::fs::read_dir(state.join("wal"))
