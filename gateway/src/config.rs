@@ -763,6 +763,7 @@ fn build_stream(ck: &Checker<'_>, s: &RawStream) -> Result<StreamDef, ConfigErro
         topics,
         key,
         device,
+        device_named: s.device.is_some(),
         format,
         time_field,
         time_unit,

@@ -174,7 +174,13 @@ pub fn describe(p: &Pipeline) -> String {
 pub fn warnings(p: &Pipeline) -> Vec<String> {
     let mut w = Vec::new();
     for s in &p.streams {
-        let many_devices = !matches!(s.device, FieldRef::Constant);
+        // devices named by a topic segment (`sensors/{device}/temp`) or an explicit `device`
+        // setting; a key from a payload field (an order id) is not taken for a clock
+        let many_devices = match s.device {
+            FieldRef::Capture { .. } => true,
+            FieldRef::Payload(_) => s.device_named,
+            FieldRef::Constant => false,
+        };
         if s.clock == Clock::Device && s.watermark == WatermarkMode::Stream && many_devices {
             w.push(format!(
                 "stream `{}` takes each device's own clock (clock = \"device\") from several devices ({}) under one watermark: a device whose clock runs ahead (up to max_future, {}) makes every other device's events late. Set watermark = \"device\" (each device judged by its own progress) or clock = \"corrected\" (clocks mapped onto the gateway's); see docs/CLOCKS.md",
@@ -216,5 +222,12 @@ mod tests {
         let w = warnings(&parse("watermark = \"device\"\n"));
         assert!(w.len() == 1 && w[0].contains("idle_timeout"), "{w:?}");
         assert!(describe(&parse("watermark = \"device\"\n")).contains("device watermarks"));
+        // a key from a payload field (an order id) is no clock; a named device field is
+        let keyed = |extra: &str| {
+            let text = format!("[[stream]]\nname = \"o\"\ntopics = [\"shop/orders\"]\nkey = \"$.order_id\"\n{extra}values = [\"v\"]\n");
+            warnings(&crate::config::parse(std::path::Path::new("c.toml"), &text).unwrap()).len()
+        };
+        assert_eq!(keyed(""), 0);
+        assert_eq!(keyed("device = \"$.shop\"\n"), 1);
     }
 }

@@ -200,6 +200,8 @@ pub struct StreamDef {
     pub topics: Vec<TopicPattern>,
     pub key: FieldRef,
     pub device: FieldRef,
+    /// Whether `device` was set in the config (rather than defaulting to the key).
+    pub device_named: bool,
     pub format: Format,
     pub time_field: String,
     pub time_unit: TimeUnit,
