@@ -286,7 +286,8 @@ impl Spool {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let before = self.file.metadata()?.len();
+        // the file holds the segment's bytes but the pending ones (no fstat per flush)
+        let before = self.segments.back().map_or(0, |seg| seg.bytes) - self.pending.len() as u64;
         match self.file.write_all(&self.pending) {
             Ok(()) => {
                 self.pending.clear();
