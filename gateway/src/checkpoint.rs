@@ -163,14 +163,7 @@ pub fn load(state_dir: &Path, p: &Pipeline, hash_seed: u64) -> Result<Option<Loa
 /// Moves a checkpoint that could not be used out of the way (kept for inspection).
 pub fn set_aside(state_dir: &Path) -> io::Result<PathBuf> {
     let from = path(state_dir);
-    let mut n = 0;
-    let to = loop {
-        let to = state_dir.join(format!("checkpoint.bad-{n}"));
-        if !to.exists() {
-            break to;
-        }
-        n += 1;
-    };
+    let to = crate::frame::unused_path(state_dir, "checkpoint.bad");
     fs::rename(&from, &to)?;
     Ok(to)
 }

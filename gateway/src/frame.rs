@@ -113,14 +113,7 @@ fn frame_at(r: &mut impl Read, left: u64, buf: &mut Vec<u8>) -> io::Result<Optio
 pub fn rewrite_without_damage(path: &std::path::Path, records: &[u8]) -> io::Result<std::path::PathBuf> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let dir = path.parent().unwrap_or(std::path::Path::new("."));
-    let mut n = 0;
-    let kept = loop {
-        let k = dir.join(format!("{name}.damaged-{n}"));
-        if !k.exists() {
-            break k;
-        }
-        n += 1;
-    };
+    let kept = unused_path(dir, &format!("{name}.damaged"));
     std::fs::copy(path, &kept)?;
     let tmp = dir.join(format!("{name}.tmp"));
     let mut f = std::fs::File::create(&tmp)?;
@@ -130,6 +123,12 @@ pub fn rewrite_without_damage(path: &std::path::Path, records: &[u8]) -> io::Res
     std::fs::rename(&tmp, path)?;
     sync_dir(dir)?;
     Ok(kept)
+}
+
+/// The first of `dir/<stem>-0`, `dir/<stem>-1`, … that does not exist: where
+/// a file set aside for inspection goes without replacing an earlier one.
+pub fn unused_path(dir: &std::path::Path, stem: &str) -> std::path::PathBuf {
+    (0u32..).map(|n| dir.join(format!("{stem}-{n}"))).find(|p| !p.exists()).expect("some number is free")
 }
 
 /// Whether an IO error means the disk (or the user's quota) is full: a

@@ -699,11 +699,11 @@ impl Drop for RemoveOnDrop {
 fn report_spool_damage(spool: &Spool, counters: &ServiceCounters) {
     let d = &spool.damage;
     if !d.kept.is_empty() {
-        counters.spool_damaged.fetch_add(spool.damaged, Ordering::Relaxed);
+        counters.spool_damaged.fetch_add(spool.damaged(), Ordering::Relaxed);
         let kept: Vec<String> = d.kept.iter().map(|k| k.display().to_string()).collect();
         tracing::error!(
             "spool damaged: {} undelivered results lost (counted in spool_dropped); the rest is delivered; damaged files kept as {}",
-            spool.damaged,
+            spool.damaged(),
             kept.join(", ")
         );
     }

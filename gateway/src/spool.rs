@@ -93,8 +93,6 @@ pub struct Spool {
     /// Results dropped by the full policy (drop_oldest) and refused (refuse_new).
     pub dropped: u64,
     pub refused: u64,
-    /// Undelivered results lost to damaged records found at start-up (also counted in `dropped`).
-    pub damaged: u64,
     /// What start-up found wrong, for the service to report.
     pub damage: SpoolDamage,
     reader: Option<(u64, BufReader<File>, u64)>,
@@ -201,7 +199,6 @@ impl Spool {
             acked_saved_at: std::time::Instant::now(),
             dropped: damage.lost_results,
             refused: 0,
-            damaged: damage.lost_results,
             damage,
             reader: None,
             buf: good,
@@ -211,6 +208,11 @@ impl Spool {
     /// The (input, index) of the last result spooled, to resume after a crash without duplicates.
     pub fn last_input(&self) -> Option<(u64, u32)> {
         self.last_input
+    }
+
+    /// Undelivered results lost to damaged records found at start-up (also counted in `dropped`).
+    pub fn damaged(&self) -> u64 {
+        self.damage.lost_results
     }
 
     /// The sequence number the next appended result gets.
@@ -519,7 +521,7 @@ mod tests {
         let left = read_all(&mut s, 1);
         assert_eq!(left.len(), 99, "only the damaged result is gone");
         assert_eq!(*left.last().unwrap(), 100);
-        assert_eq!((s.damaged, s.dropped), (1, 1));
+        assert_eq!((s.damaged(), s.dropped), (1, 1));
         assert_eq!(s.damage.kept.len(), 1);
         assert_eq!(fs::read(&s.damage.kept[0]).unwrap(), bytes);
         // new results continue the numbering

@@ -107,6 +107,10 @@ pub struct DeviceWatermarks {
     pub evictions: u64,
     /// Events on time for their device but below the stream's watermark.
     pub late_after_idle: u64,
+    /// Gateway time of the last [`advance`](Self::advance) with nothing
+    /// observed since: the minimum over devices needs no recount then.
+    #[serde(skip)]
+    advanced_at: Option<i64>,
 }
 
 /// What a device's event is.
@@ -131,6 +135,7 @@ impl DeviceWatermarks {
             idle_timeout,
             evictions: 0,
             late_after_idle: 0,
+            advanced_at: None,
         }
     }
 
@@ -168,6 +173,7 @@ impl DeviceWatermarks {
             }
         };
         self.last_heard[d as usize] = now;
+        self.advanced_at = None;
         if !self.wm[d as usize].observe(ts) {
             return Arrival::Late;
         }
@@ -181,6 +187,10 @@ impl DeviceWatermarks {
     /// The stream's watermark at gateway time `now`: the minimum over active
     /// devices, never below what it reached before. Moves the frontier.
     pub fn advance(&mut self, now: i64) -> i64 {
+        if self.advanced_at == Some(now) {
+            return self.frontier;
+        }
+        self.advanced_at = Some(now);
         let mut min: Option<i64> = None;
         for d in self.devices.iter_mru() {
             if is_idle(self.idle_timeout, self.last_heard[d as usize], now) {
