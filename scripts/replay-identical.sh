@@ -26,7 +26,7 @@ done
 for sc in config/scenarios/*-gateway.toml; do
     name=$(basename "$sc" -gateway.toml)
     [ -f "config/scenarios/$name.toml" ] || continue
-    "$sim" --config "config/scenarios/$name.toml" --seed 7 --duration 10m --quiet --record "$out/rec-$name.jsonl"
+    "$sim" --config "config/scenarios/$name.toml" --seed 7 --duration 10m --start 2026-01-01T00:00:00Z --quiet --record "$out/rec-$name.jsonl"
     "$bin" replay --config "$sc" --input "$out/rec-$name.jsonl" --output "$out/scenario-$name.jsonl" \
         --stats 2>"$out/scenario-$name.stats.json"
 done

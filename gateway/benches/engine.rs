@@ -7,15 +7,15 @@ use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use edgejoin::config;
-use edgejoin::engine::{Engine, Output};
-use edgejoin::event::{Event, Key, Values};
-use edgejoin::pipeline::Pipeline;
+use edgejoin_engine::engine::{Engine, Output};
+use edgejoin_engine::event::{Event, Key, Values};
+use edgejoin_engine::Plan;
 
 const N: usize = 200_000;
 const T0: i64 = 1_700_000_000_000;
 
 fn engine(text: &str) -> Engine {
-    Engine::new(config::parse(Path::new("bench.toml"), text).unwrap(), 1).unwrap()
+    Engine::new(config::parse(Path::new("bench.toml"), text).unwrap().plan, 1)
 }
 
 fn keys(n: usize) -> Vec<Key> {
@@ -88,7 +88,7 @@ fn bench(c: &mut Criterion) {
             || (engine(WINDOW), window_events.clone()),
             |(e, evs)| {
                 let mut n = 0u64;
-                let mut sink = |_: &Pipeline, _: Output<'_>| n += 1;
+                let mut sink = |_: &Plan, _: Output<'_>| n += 1;
                 for ev in evs.iter_mut() {
                     e.process(ev, &mut sink);
                 }
@@ -116,7 +116,7 @@ fn bench(c: &mut Criterion) {
             || (engine(JOIN), join_events.clone()),
             |(e, evs)| {
                 let mut n = 0u64;
-                let mut sink = |_: &Pipeline, _: Output<'_>| n += 1;
+                let mut sink = |_: &Plan, _: Output<'_>| n += 1;
                 for ev in evs.iter_mut() {
                     e.process(ev, &mut sink);
                 }
@@ -141,7 +141,7 @@ fn bench(c: &mut Criterion) {
             || engine(WINDOW),
             |e| {
                 let mut n = 0u64;
-                let mut sink = |_: &Pipeline, _: Output<'_>| n += 1;
+                let mut sink = |_: &Plan, _: Output<'_>| n += 1;
                 for (i, (topic, payload)) in messages.iter().enumerate() {
                     e.ingest(T0 + i as i64, topic, payload, &mut sink);
                 }

@@ -1,34 +1,15 @@
-//! edgejoin: an edge stream-join gateway. The engine ([`engine`] and the
-//! modules it uses) is pure: it takes messages and the gateway's receive
-//! time and returns results and counters. The IO shell (the `edgejoin`
-//! binary) reads configs and recordings and writes results.
+//! edgejoin, the gateway: the live service and the command line around the
+//! pure engine ([`edgejoin_engine`]).
+//!
+//! Folders follow the data: [`config`] turns a TOML file into the engine's
+//! plan and the service's deployment; [`sources`] holds inputs other than
+//! MQTT (sensors on the local I2C bus); [`service`] is `edgejoin run` (source
+//! connection and acknowledgements, write-ahead log, engine loop, spool and
+//! uplink, checkpoints, metrics); [`cli`] is the three commands. See
+//! docs/ARCHITECTURE.md for the map.
 
-pub mod aggregate;
-pub mod checkpoint;
+mod backoff;
+pub mod cli;
 pub mod config;
-pub mod decode;
-pub mod describe;
-pub mod engine;
-pub mod event;
-pub mod frame;
-pub mod i2c;
-pub mod join;
-pub mod json;
-pub mod keytable;
-pub mod logging;
-pub mod metrics;
-pub mod output;
-pub mod pipeline;
-pub mod redelivery;
-pub mod replay;
 pub mod service;
-pub mod skew;
-pub mod source_proxy;
-pub mod spool;
-pub mod state_dir;
-pub mod stats;
-pub mod topic;
-pub mod units;
-pub mod wal;
-pub mod watermark;
-pub mod window;
+pub mod sources;

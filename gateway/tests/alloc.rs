@@ -10,9 +10,9 @@ use std::cell::Cell;
 use std::path::Path;
 
 use edgejoin::config;
-use edgejoin::engine::{Engine, Output};
-use edgejoin::output::JsonEncoder;
-use edgejoin::pipeline::Pipeline;
+use edgejoin_engine::engine::{Engine, Output};
+use edgejoin_engine::output::JsonEncoder;
+use edgejoin_engine::Plan;
 
 struct Counting;
 
@@ -151,8 +151,8 @@ type = "left_outer"
 
 #[test]
 fn no_allocation_per_event() {
-    let p: Pipeline = config::parse(Path::new("alloc.toml"), CONFIG).unwrap();
-    let mut engine = Engine::new(p, 7).unwrap();
+    let p: Plan = config::parse(Path::new("alloc.toml"), CONFIG).unwrap().plan;
+    let mut engine = Engine::new(p, 7);
     // inputs prepared up front
     let t0 = 1_700_000_000_000i64;
     let total = 110_000usize;
@@ -189,7 +189,7 @@ fn no_allocation_per_event() {
     let mut enc = JsonEncoder::new();
     let mut bytes = 0usize;
     let mut rows = 0u64;
-    let mut sink = |p: &Pipeline, o: Output<'_>| {
+    let mut sink = |p: &Plan, o: Output<'_>| {
         bytes += enc.encode(p, o).len();
         rows += 1;
     };

@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use edgejoin::config;
-use edgejoin::engine::{Engine, Output};
-use edgejoin::output::JsonEncoder;
-use edgejoin::pipeline::Pipeline;
+use edgejoin_engine::engine::{Engine, Output};
+use edgejoin_engine::output::JsonEncoder;
+use edgejoin_engine::Plan;
 
 fn examples() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/examples");
@@ -37,8 +37,7 @@ fn messages(recording: &Path) -> Vec<(i64, String, Vec<u8>)> {
 
 fn run(engine: &mut Engine, msgs: &[(i64, String, Vec<u8>)], out: &mut Vec<String>, flush: bool) {
     let mut enc = JsonEncoder::new();
-    let mut sink =
-        |p: &Pipeline, o: Output<'_>| out.push(String::from_utf8(enc.encode(p, o).to_vec()).unwrap());
+    let mut sink = |p: &Plan, o: Output<'_>| out.push(String::from_utf8(enc.encode(p, o).to_vec()).unwrap());
     for (recv, topic, payload) in msgs {
         engine.ingest(*recv, topic, payload, &mut sink);
     }
@@ -50,13 +49,13 @@ fn run(engine: &mut Engine, msgs: &[(i64, String, Vec<u8>)], out: &mut Vec<Strin
 #[test]
 fn restored_engine_continues_exactly() {
     for cfg in examples() {
-        let p = config::load(&cfg).unwrap();
+        let p = config::load(&cfg).unwrap().plan;
         let msgs = messages(&cfg.with_extension("jsonl"));
         let mut whole = Vec::new();
-        run(&mut Engine::new(p.clone(), 3).unwrap(), &msgs, &mut whole, true);
+        run(&mut Engine::new(p.clone(), 3), &msgs, &mut whole, true);
         for cut in (0..=msgs.len()).step_by((msgs.len() / 7).max(1)) {
             let mut out = Vec::new();
-            let mut first = Engine::new(p.clone(), 3).unwrap();
+            let mut first = Engine::new(p.clone(), 3);
             run(&mut first, &msgs[..cut], &mut out, false);
             let bytes = first.save_state();
             drop(first);
@@ -69,9 +68,11 @@ fn restored_engine_continues_exactly() {
 
 #[test]
 fn a_checkpoint_of_another_config_is_refused() {
-    let a = config::load(&examples().into_iter().find(|p| p.ends_with("tolerance.toml")).unwrap()).unwrap();
-    let b = config::load(&examples().into_iter().find(|p| p.ends_with("sliding.toml")).unwrap()).unwrap();
-    let bytes = Engine::new(a.clone(), 1).unwrap().save_state();
+    let a =
+        config::load(&examples().into_iter().find(|p| p.ends_with("tolerance.toml")).unwrap()).unwrap().plan;
+    let b =
+        config::load(&examples().into_iter().find(|p| p.ends_with("sliding.toml")).unwrap()).unwrap().plan;
+    let bytes = Engine::new(a.clone(), 1).save_state();
     assert!(Engine::restore(b, 1, &bytes).is_err());
     assert!(Engine::restore(a.clone(), 1, &bytes[..bytes.len() / 2]).is_err());
     assert!(Engine::restore(a, 1, &bytes).is_ok());

@@ -10,8 +10,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use edgejoin::config;
-use edgejoin::engine::{Engine, Output};
-use edgejoin::pipeline::Pipeline;
+use edgejoin_engine::engine::{Engine, Output};
+use edgejoin_engine::Plan;
 
 const SECONDS: i64 = 300;
 const T0: i64 = 1_700_000_000_000;
@@ -41,7 +41,7 @@ fn fleet() -> Vec<(i64, String, String, u8)> {
     msgs
 }
 
-fn config(clock: &str, watermark: &str) -> Pipeline {
+fn config(clock: &str, watermark: &str) -> Plan {
     let stream = |name: &str| {
         format!(
             "[[stream]]\nname = \"{name}\"\ntopics = [\"plant/{{device}}/{name}\"]\nkey = \"{{device}}\"\nclock = \"{clock}\"\nwatermark = \"{watermark}\"\nlateness = \"1s\"\nidle_timeout = \"5s\"\ncapacity = 256\nvalues = [\"v\"]\n\n"
@@ -52,7 +52,7 @@ fn config(clock: &str, watermark: &str) -> Pipeline {
         stream("vib"),
         stream("temp")
     );
-    config::parse(Path::new("fleet.toml"), &text).expect("valid config")
+    config::parse(Path::new("fleet.toml"), &text).expect("valid config").plan
 }
 
 #[derive(Debug, Default, PartialEq)]
@@ -62,13 +62,13 @@ struct Outcome {
     joins_good: u64,
 }
 
-fn run(p: Pipeline, msgs: &[(i64, String, String, u8)]) -> Outcome {
-    let mut e = Engine::new(p, 3).unwrap();
+fn run(p: Plan, msgs: &[(i64, String, String, u8)]) -> Outcome {
+    let mut e = Engine::new(p, 3);
     let mut out = Outcome::default();
     let fast = "d3";
     {
-        let mut sink = |_: &Pipeline, o: Output<'_>| match o {
-            Output::Window(r) if r.key.as_str() != fast => out.windows_good += 1,
+        let mut sink = |_: &Plan, o: Output<'_>| match o {
+            Output::Window(r, _) if r.key.as_str() != fast => out.windows_good += 1,
             Output::Join(r) if r.key.as_str() != fast => out.joins_good += 1,
             _ => {}
         };

@@ -5,9 +5,9 @@
 use std::path::Path;
 
 use edgejoin::config;
-use edgejoin::engine::{Engine, Output};
-use edgejoin::i2c::{self, sht3x_crc, Backoff, Sht3x};
-use edgejoin::pipeline::Pipeline;
+use edgejoin::sources::i2c::{self, sht3x_crc, Backoff, Sht3x};
+use edgejoin_engine::engine::{Engine, Output};
+use edgejoin_engine::Plan;
 use embedded_hal_mock::eh1::delay::NoopDelay;
 use embedded_hal_mock::eh1::i2c::{Mock, Transaction};
 
@@ -47,9 +47,10 @@ fn answer(t: u16, rh: u16) -> Vec<u8> {
 
 #[test]
 fn readings_flow_into_a_window_and_a_join() {
-    let p = config::parse(Path::new("i2c.toml"), CONFIG).unwrap();
+    let c = config::parse(Path::new("i2c.toml"), CONFIG).unwrap();
+    let p = c.plan;
     assert_eq!(p.streams[0].values, ["celsius", "humidity"]);
-    assert_eq!(p.streams[0].i2c.as_ref().unwrap().address, 0x44);
+    assert_eq!((c.deployment.i2c[0].stream, c.deployment.i2c[0].address), (0, 0x44));
     // 12 readings, 10 s apart; the third fails on the bus and is retried
     let mut tx = Vec::new();
     for i in 0..12u16 {
@@ -61,11 +62,11 @@ fn readings_flow_into_a_window_and_a_join() {
         tx.push(Transaction::read(0x44, answer(0x6000 + i * 16, 0x8000)));
     }
     let mut sensor = Sht3x::new(Mock::new(&tx), NoopDelay, 0x44);
-    let mut engine = Engine::new(p, 1).unwrap();
+    let mut engine = Engine::new(p, 1);
     let mut windows = Vec::new();
     let mut joins = Vec::new();
-    let mut sink = |p: &Pipeline, o: Output<'_>| match o {
-        Output::Window(r) => windows.push((r.start, r.count, r.values.get(1).unwrap())), // aggregates by name: rh, t
+    let mut sink = |p: &Plan, o: Output<'_>| match o {
+        Output::Window(r, _) => windows.push((r.start, r.count, r.values.get(1).unwrap())), // aggregates by name: rh, t
         Output::Join(r) => {
             joins.push((r.left.t0, r.right.as_ref().map(|s| s.values.get(0).unwrap()), p.joins.len()))
         }
@@ -78,7 +79,7 @@ fn readings_flow_into_a_window_and_a_join() {
     while readings < 12 {
         match i2c::poll(&mut sensor, &mut backoff, &mut errors) {
             Ok(payload) => {
-                engine.ingest(now, &i2c::topic("room"), payload.as_bytes(), &mut sink);
+                engine.ingest(now, &config::i2c_topic("room"), payload.as_bytes(), &mut sink);
                 readings += 1;
                 // an outdoor reading over MQTT 5 s after each room reading
                 engine.ingest(now + 5_000, "weather/st-1/temp", br#"{"celsius":4.5}"#, &mut sink);

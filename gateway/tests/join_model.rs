@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use edgejoin::config;
-use edgejoin::engine::{Engine, Output};
-use edgejoin::pipeline::Pipeline;
+use edgejoin_engine::engine::{Engine, Output};
+use edgejoin_engine::Plan;
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
@@ -30,16 +30,16 @@ type Row = (String, Side, Option<Side>);
 const RECV0: i64 = 5_000_000_000_000;
 
 fn engine_rows(text: &str, evs: &[Ev]) -> (Vec<(usize, Row)>, Engine) {
-    let p = config::parse(Path::new("join.toml"), text).expect("valid config");
-    let mut e = Engine::new(p, 9).unwrap();
+    let p = config::parse(Path::new("join.toml"), text).expect("valid config").plan;
+    let mut e = Engine::new(p, 9);
     let mut rows = Vec::new();
     let step = std::cell::Cell::new(0usize);
-    let side = |s: &edgejoin::join::SideRecord| -> Side {
+    let side = |s: &edgejoin_engine::join::SideRecord| -> Side {
         let v = s.values.get(0).map_or(i64::MIN, |x| x as i64);
         (s.t0, s.t1, s.count, v)
     };
     {
-        let mut sink = |_: &Pipeline, o: Output<'_>| {
+        let mut sink = |_: &Plan, o: Output<'_>| {
             if let Output::Join(r) = o {
                 rows.push((step.get(), (r.key.to_string(), side(&r.left), r.right.as_ref().map(side))));
             }

@@ -9,9 +9,9 @@
 use std::path::Path;
 
 use edgejoin::config;
-use edgejoin::engine::{Engine, Output};
-use edgejoin::pipeline::Pipeline;
-use edgejoin::skew::Estimator;
+use edgejoin_engine::engine::{Engine, Output};
+use edgejoin_engine::skew::Estimator;
+use edgejoin_engine::Plan;
 
 /// splitmix64: small, seedable, good enough for test scenarios.
 struct Rng(u64);
@@ -244,7 +244,7 @@ fn a_million_samples_in_constant_memory() {
     assert!(max_err < 100, "{max_err}");
 }
 
-fn join_config(clock: &str) -> Pipeline {
+fn join_config(clock: &str) -> Plan {
     let text = format!(
         r#"
 [[stream]]
@@ -276,7 +276,7 @@ lower = "0s"
 upper = "1s"
 "#
     );
-    config::parse(Path::new("skew-join.toml"), &text).unwrap()
+    config::parse(Path::new("skew-join.toml"), &text).unwrap().plan
 }
 
 #[test]
@@ -308,9 +308,9 @@ fn corrected_clocks_join_where_device_clocks_miss() {
     }
     msgs.sort_by_key(|m| m.0);
     let matches = |clock: &str| {
-        let mut e = Engine::new(join_config(clock), 1).unwrap();
+        let mut e = Engine::new(join_config(clock), 1);
         let mut matched = 0;
-        let mut sink = |_: &Pipeline, o: Output<'_>| {
+        let mut sink = |_: &Plan, o: Output<'_>| {
             if let Output::Join(r) = o {
                 if r.right.is_some() {
                     matched += 1;

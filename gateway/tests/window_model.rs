@@ -6,8 +6,8 @@
 use std::path::Path;
 
 use edgejoin::config;
-use edgejoin::engine::{Engine, Output};
-use edgejoin::pipeline::Pipeline;
+use edgejoin_engine::engine::{Engine, Output};
+use edgejoin_engine::Plan;
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
@@ -29,18 +29,18 @@ const AGGS: &str = r#"{ n = "count()", nv = "count(v)", s = "sum(v)", lo = "min(
 // BTreeMap order of the names above
 const AGG_ORDER: [&str; 9] = ["f", "hi", "l", "lo", "m", "n", "nv", "s", "sd"];
 
-fn pipeline(lateness: i64, window: &str) -> Pipeline {
+fn pipeline(lateness: i64, window: &str) -> Plan {
     pipeline_with(lateness, window, "", "100y")
 }
 
 /// Per-device watermarks, with an idle timeout in ms (gateway time) or none.
-fn device_pipeline(lateness: i64, window: &str, idle: Option<i64>) -> Pipeline {
+fn device_pipeline(lateness: i64, window: &str, idle: Option<i64>) -> Plan {
     let idle = idle.map_or(String::new(), |t| format!("idle_timeout = \"{t}ms\"\n"));
     // a device may run up to max_future ahead of the one holding the stream: the ring covers that
     pipeline_with(lateness, window, &format!("watermark = \"device\"\n{idle}"), "1s")
 }
 
-fn pipeline_with(lateness: i64, window: &str, stream_extra: &str, max_future: &str) -> Pipeline {
+fn pipeline_with(lateness: i64, window: &str, stream_extra: &str, max_future: &str) -> Plan {
     let text = format!(
         r#"
 [gateway]
@@ -64,14 +64,14 @@ aggregates = {AGGS}
 topic = "w/{{key}}"
 "#
     );
-    config::parse(Path::new("model.toml"), &text).expect("valid config")
+    config::parse(Path::new("model.toml"), &text).expect("valid config").plan
 }
 
-fn run_engine(p: Pipeline, base: i64, evs: &[Ev]) -> Vec<Row> {
-    let mut e = Engine::new(p, 42).unwrap();
+fn run_engine(p: Plan, base: i64, evs: &[Ev]) -> Vec<Row> {
+    let mut e = Engine::new(p, 42);
     let mut rows = Vec::new();
-    let mut sink = |_: &Pipeline, o: Output<'_>| match o {
-        Output::Window(r) => rows.push(Row::Window {
+    let mut sink = |_: &Plan, o: Output<'_>| match o {
+        Output::Window(r, _) => rows.push(Row::Window {
             key: r.key.to_string(),
             start: r.start,
             end: r.end,

@@ -250,10 +250,11 @@ fn sensor(
             } else if s.format == "postcard" {
                 // edgejoin's postcard payload: ts in ms, values positional (sorted by name)
                 let mut values = heapless::Vec::new();
-                for v in vals.iter().take(edgejoin::event::MAX_VALUES) {
+                for v in vals.iter().take(edgejoin_engine::event::MAX_VALUES) {
                     let _ = values.push(Some((v * 1000.0).round() / 1000.0));
                 }
-                let p = edgejoin::decode::PostcardPayload { ts: dev_ts, key: None, device: None, values };
+                let p =
+                    edgejoin_engine::decode::PostcardPayload { ts: dev_ts, key: None, device: None, values };
                 postcard::to_stdvec(&p).map_err(|e| e.to_string())?
             } else {
                 let mut obj = serde_json::Map::new();

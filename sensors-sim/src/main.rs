@@ -166,9 +166,8 @@ fn count(url: &str, topic: &str, n: u64, qos: u8, announce: bool) -> Result<(), 
 fn start_ms(s: Option<&str>) -> Result<i64, String> {
     match s {
         None | Some("now") => Ok(now_ms()),
-        Some(t) => {
-            edgejoin::decode::rfc3339_to_ms(t.as_bytes()).map_err(|_| format!("start `{t}`: not RFC 3339"))
-        }
+        Some(t) => edgejoin_engine::decode::rfc3339_to_ms(t.as_bytes())
+            .map_err(|_| format!("start `{t}`: not RFC 3339")),
     }
 }
 
@@ -215,7 +214,7 @@ fn run(a: RunArgs) -> Result<(), String> {
 
 /// A broker url's host and port.
 pub fn host_port(url: &str) -> Result<(String, u16), String> {
-    let b = edgejoin::pipeline::Broker::parse(url)?;
+    let b = edgejoin::config::Broker::parse(url)?;
     if b.tls {
         return Err("the simulator publishes over plain mqtt://".into());
     }

@@ -194,5 +194,5 @@ pub fn load(path: &Path) -> Result<Scenario, String> {
 
 /// A duration in ms (edgejoin's syntax).
 pub fn dur(s: &str) -> Result<i64, String> {
-    edgejoin::units::parse_duration_ms(s)
+    edgejoin::config::units::parse_duration_ms(s)
 }

@@ -1,0 +1,320 @@
+//! The acknowledgement protocol with the source broker, without IO.
+//!
+//! In durable mode a message is acknowledged (PUBACK) only once it is in the
+//! fsynced write-ahead log. An acknowledgement is never answered, so a
+//! *barrier* proves the broker processed those sent before it: an
+//! UNSUBSCRIBE of a filter never subscribed, answered by UNSUBACK in order on
+//! the same connection. Until a barrier proves it, the gateway must still
+//! recognise the broker's redeliveries of an acknowledged message (their
+//! packet ids are not yet free for new messages).
+//!
+//! [`Acks`] is the ledger the engine thread keeps: which acknowledgements are
+//! owed and in which order, what was handed to the MQTT client, and up to
+//! which log position a barrier confirmed them. [`Barriers`] counts barriers
+//! and their answers across reconnects. Both take events and answer
+//! questions; the engine loop and the source task perform the IO
+//! (`try_ack`, `try_unsubscribe`) and report back. docs/SEMANTICS.md §9
+//! states the promise this keeps.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+/// Identifies one barrier: (connection epoch, its number on that epoch's count).
+pub type Ticket = (u64, u64);
+
+/// Where a barrier stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BarrierState {
+    /// Its answer came: every acknowledgement sent before it is processed.
+    Answered,
+    /// Not answered yet.
+    Waiting,
+    /// The connection dropped since it was sent: it will never be answered.
+    Void,
+}
+
+/// Barriers sent and answered. Answers come in order, so the n-th answer is
+/// the n-th barrier's; a reconnect voids the barriers in flight (a new epoch).
+#[derive(Debug, Default)]
+pub struct Barriers {
+    sent: u64,
+    answers: u64,
+    epoch: u64,
+}
+
+impl Barriers {
+    /// The filter a barrier unsubscribes from (never subscribed).
+    pub const FILTER: &'static str = "edgejoin/barrier/never-subscribed";
+
+    /// A barrier went out; its ticket.
+    pub fn sent(&mut self) -> Ticket {
+        self.sent += 1;
+        (self.epoch, self.sent)
+    }
+
+    /// An UNSUBACK came.
+    pub fn answered(&mut self) {
+        self.answers += 1;
+    }
+
+    /// The connection (re)connected: barriers in flight will not be answered.
+    pub fn reconnected(&mut self) {
+        self.epoch += 1;
+        self.answers = self.sent;
+    }
+
+    pub fn state(&self, (epoch, n): Ticket) -> BarrierState {
+        if epoch != self.epoch {
+            BarrierState::Void
+        } else if self.answers >= n {
+            BarrierState::Answered
+        } else {
+            BarrierState::Waiting
+        }
+    }
+}
+
+/// [`Barriers`] shared by the source task (answers, reconnects) and the
+/// engine thread (sends, checks), with a wake-up for whoever waits on one.
+#[derive(Default)]
+pub struct SharedBarriers {
+    inner: Mutex<Barriers>,
+    pub changed: Notify,
+}
+
+impl SharedBarriers {
+    pub fn with<R>(&self, f: impl FnOnce(&mut Barriers) -> R) -> R {
+        let r = f(&mut self.inner.lock().expect("barrier lock"));
+        self.changed.notify_one();
+        r
+    }
+
+    pub fn state(&self, t: Ticket) -> BarrierState {
+        self.inner.lock().expect("barrier lock").state(t)
+    }
+}
+
+/// The acknowledgements owed to the source broker: those not yet handed to
+/// the client (in log order, each with the log position of its message), and
+/// up to which log position a barrier proved the broker processed the handed
+/// ones. A barrier goes out at most every [`Acks::BARRIER_EVERY`], only while
+/// some handed acknowledgement is unproven.
+#[derive(Debug, Default)]
+pub struct Acks {
+    owed: VecDeque<(u16, u64)>,
+    /// Log position of the last acknowledgement handed to the client.
+    handed: u64,
+    /// Every acknowledgement up to this log position is processed by the broker.
+    confirmed: u64,
+    /// The barrier in flight: its ticket and the position handed before it.
+    pending: Option<(Ticket, u64)>,
+    last_barrier: Option<Instant>,
+}
+
+impl Acks {
+    pub const BARRIER_EVERY: Duration = Duration::from_millis(100);
+
+    /// The message with packet id `pkid` at log position `pos` is in the
+    /// fsynced log (or is a redelivery of one that is): it is owed an
+    /// acknowledgement.
+    pub fn owe(&mut self, pkid: u16, pos: u64) {
+        self.owed.push_back((pkid, pos));
+    }
+
+    /// Acknowledgements owed and not yet handed to the client.
+    pub fn owed(&self) -> usize {
+        self.owed.len()
+    }
+
+    /// The acknowledgement to hand the client next (the oldest owed).
+    pub fn next_ack(&self) -> Option<u16> {
+        self.owed.front().map(|&(pkid, _)| pkid)
+    }
+
+    /// The client took the acknowledgement [`next_ack`](Self::next_ack) named.
+    pub fn handed(&mut self) {
+        if let Some((_, pos)) = self.owed.pop_front() {
+            self.handed = self.handed.max(pos);
+        }
+    }
+
+    /// Takes the state of the barrier in flight; returns the newly confirmed
+    /// log position when its answer came.
+    pub fn answer(&mut self, state: impl FnOnce(Ticket) -> BarrierState) -> Option<u64> {
+        let (ticket, handed) = self.pending?;
+        match state(ticket) {
+            BarrierState::Answered => {
+                self.pending = None;
+                self.confirmed = self.confirmed.max(handed);
+                Some(self.confirmed)
+            }
+            // lost with a reconnect: another goes out
+            BarrierState::Void => {
+                self.pending = None;
+                None
+            }
+            BarrierState::Waiting => None,
+        }
+    }
+
+    /// Whether a barrier should go out now.
+    pub fn barrier_due(&self, now: Instant) -> bool {
+        self.pending.is_none()
+            && self.unconfirmed()
+            && self.last_barrier.is_none_or(|at| now.duration_since(at) >= Self::BARRIER_EVERY)
+    }
+
+    /// A barrier went out with `ticket`: it covers what was handed so far.
+    pub fn barrier_sent(&mut self, ticket: Ticket, now: Instant) {
+        self.pending = Some((ticket, self.handed));
+        self.last_barrier = Some(now);
+    }
+
+    /// Whether some handed acknowledgement is not yet proven processed.
+    pub fn unconfirmed(&self) -> bool {
+        self.handed > self.confirmed
+    }
+
+    /// A barrier sent after the last handed acknowledgement was answered (at
+    /// shutdown): everything handed is confirmed; returns that position.
+    pub fn all_confirmed(&mut self) -> u64 {
+        self.confirmed = self.handed;
+        self.pending = None;
+        self.confirmed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hand_all(a: &mut Acks) -> Vec<u16> {
+        let mut out = Vec::new();
+        while let Some(p) = a.next_ack() {
+            out.push(p);
+            a.handed();
+        }
+        out
+    }
+
+    #[test]
+    fn acknowledgements_are_handed_in_log_order() {
+        let mut a = Acks::default();
+        for (pkid, pos) in [(7, 1), (3, 2), (9, 3)] {
+            a.owe(pkid, pos);
+        }
+        assert_eq!(hand_all(&mut a), [7, 3, 9]);
+        assert_eq!(a.owed(), 0);
+    }
+
+    #[test]
+    fn an_acknowledgement_the_client_cannot_take_stays_first_and_is_never_dropped() {
+        let mut a = Acks::default();
+        a.owe(1, 1);
+        a.owe(2, 2);
+        // the client's queue is full: nothing is handed, the next turn asks again
+        assert_eq!(a.next_ack(), Some(1));
+        assert_eq!(a.next_ack(), Some(1));
+        a.owe(3, 3);
+        assert_eq!(hand_all(&mut a), [1, 2, 3]);
+    }
+
+    #[test]
+    fn no_barrier_goes_out_while_nothing_handed_is_unproven() {
+        let now = Instant::now();
+        let mut a = Acks::default();
+        assert!(!a.barrier_due(now));
+        a.owe(1, 1);
+        assert!(!a.barrier_due(now), "owed but not handed: nothing for a barrier to prove");
+        a.handed();
+        assert!(a.barrier_due(now));
+    }
+
+    #[test]
+    fn a_barrier_confirms_what_was_handed_before_it_and_nothing_after() {
+        let now = Instant::now();
+        let (mut a, mut b) = (Acks::default(), Barriers::default());
+        a.owe(1, 10);
+        a.handed();
+        a.barrier_sent(b.sent(), now);
+        a.owe(2, 11);
+        a.handed();
+        assert_eq!(a.answer(|t| b.state(t)), None, "not answered yet");
+        b.answered();
+        assert_eq!(a.answer(|t| b.state(t)), Some(10));
+        assert!(a.unconfirmed(), "position 11 was handed after the barrier");
+        assert!(a.barrier_due(now + Acks::BARRIER_EVERY));
+    }
+
+    #[test]
+    fn barriers_go_out_at_most_every_100_ms() {
+        let t0 = Instant::now();
+        let (mut a, mut b) = (Acks::default(), Barriers::default());
+        a.owe(1, 1);
+        a.handed();
+        a.barrier_sent(b.sent(), t0);
+        b.answered();
+        a.answer(|t| b.state(t));
+        a.owe(2, 2);
+        a.handed();
+        assert!(!a.barrier_due(t0 + Duration::from_millis(99)));
+        assert!(a.barrier_due(t0 + Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn only_one_barrier_is_in_flight_at_a_time() {
+        let t0 = Instant::now();
+        let (mut a, mut b) = (Acks::default(), Barriers::default());
+        a.owe(1, 1);
+        a.handed();
+        a.barrier_sent(b.sent(), t0);
+        a.owe(2, 2);
+        a.handed();
+        assert!(!a.barrier_due(t0 + Duration::from_secs(5)), "the first is still unanswered");
+    }
+
+    #[test]
+    fn a_reconnect_voids_the_barrier_in_flight_and_a_new_one_goes_out() {
+        let t0 = Instant::now();
+        let (mut a, mut b) = (Acks::default(), Barriers::default());
+        a.owe(1, 1);
+        a.handed();
+        a.barrier_sent(b.sent(), t0);
+        b.reconnected();
+        // an UNSUBACK after the reconnect answers a barrier of the new connection, not the old one
+        b.answered();
+        assert_eq!(a.answer(|t| b.state(t)), None);
+        assert!(a.unconfirmed(), "a voided barrier proves nothing");
+        let later = t0 + Acks::BARRIER_EVERY;
+        assert!(a.barrier_due(later));
+        a.barrier_sent(b.sent(), later);
+        b.answered();
+        assert_eq!(a.answer(|t| b.state(t)), Some(1));
+    }
+
+    #[test]
+    fn answers_are_matched_to_barriers_in_order() {
+        let mut b = Barriers::default();
+        let (first, second) = (b.sent(), b.sent());
+        b.answered();
+        assert_eq!(b.state(first), BarrierState::Answered);
+        assert_eq!(b.state(second), BarrierState::Waiting);
+        b.answered();
+        assert_eq!(b.state(second), BarrierState::Answered);
+        b.reconnected();
+        assert_eq!(b.state(second), BarrierState::Void);
+    }
+
+    #[test]
+    fn a_final_barrier_confirms_everything_handed() {
+        let mut a = Acks::default();
+        a.owe(1, 4);
+        a.owe(2, 9);
+        hand_all(&mut a);
+        assert_eq!(a.all_confirmed(), 9);
+        assert!(!a.unconfirmed());
+    }
+}

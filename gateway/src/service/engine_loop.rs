@@ -1,0 +1,689 @@
+//! The engine thread: the one place messages become results. Each turn it
+//! takes a batch from the source channel, appends it to the write-ahead log
+//! and fsyncs once, hands the broker the batch's acknowledgements (durable
+//! mode: only now), runs the batch through the engine into the spool, ticks
+//! the engine's clock, and on their intervals checkpoints and publishes
+//! stats. Storage that is full pauses intake instead of failing.
+
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Publish, QoS};
+use tokio::sync::{mpsc, watch, Notify};
+
+use super::acks::{Acks, BarrierState, Barriers, SharedBarriers};
+use super::metrics::{self, ServiceCounters};
+use super::redelivery::Redeliveries;
+use super::shutdown::Stage;
+use super::source::Msg;
+use super::spool::Spool;
+use super::systemd::{self, Watchdog};
+use super::uplink::LatencyMarks;
+use super::wal::Wal;
+use super::{checkpoint, frame, io_err, logging, now_ms, ServiceError};
+use crate::config::{Delivery, Deployment};
+use edgejoin_engine::engine::{Engine, Output, Sink};
+use edgejoin_engine::output::JsonEncoder;
+use edgejoin_engine::plan::{LatePolicy, Plan};
+use edgejoin_engine::topic::TemplateVars;
+
+/// Most messages the engine thread logs (one fsync), acknowledges and processes at a time.
+pub(super) const BATCH: usize = 1024;
+
+/// WAL bytes (ticks, acknowledgement records) kept in memory before they are written without a batch.
+const WAL_IDLE_WRITE: usize = 64 << 10;
+
+/// The engine thread's links to the rest of the service.
+pub(super) struct Links {
+    pub rt: tokio::runtime::Handle,
+    pub shutdown: watch::Receiver<Stage>,
+    pub barriers: Arc<SharedBarriers>,
+    /// The source client: acknowledgements and barriers go out through it.
+    pub src: AsyncClient,
+    pub spool: Arc<Mutex<Spool>>,
+    /// Wakes the uplink when the spool has new results.
+    pub spool_ready: Arc<Notify>,
+    pub stats_tx: mpsc::Sender<(String, Vec<u8>)>,
+    pub metrics_text: Arc<Mutex<String>>,
+    pub counters: Arc<ServiceCounters>,
+    pub marks: Arc<LatencyMarks>,
+}
+
+/// What start-up hands the engine thread.
+pub(super) struct Start {
+    pub engine: Engine,
+    /// Log position of the last input.
+    pub seq: u64,
+    pub wal: Option<Wal>,
+    pub recent: Redeliveries,
+}
+
+/// Drops from a new batch the broker's redeliveries of messages logged
+/// before (a crash, a reconnect), also of one earlier in this same batch; a
+/// redelivery of a logged message is owed its acknowledgement again, one of a
+/// message in this batch shares the acknowledgement its original gets once
+/// the batch is fsynced. Notes each kept message at the log position it will
+/// get. Returns how many were dropped.
+fn drop_redeliveries(
+    batch: &mut Vec<Msg>,
+    recent: &mut Redeliveries,
+    acks: &mut Acks,
+    last_seq: u64,
+    durable: bool,
+) -> u64 {
+    let (mut kept, mut skipped) = (0u64, 0u64);
+    batch.retain(|b| match recent.original(b.m.dup, b.m.pkid, &b.m.topic, &b.m.payload) {
+        Some(pos) => {
+            skipped += 1;
+            if durable && b.m.qos != QoS::AtMostOnce && pos <= last_seq {
+                acks.owe(b.m.pkid, last_seq);
+            }
+            false
+        }
+        None => {
+            kept += 1;
+            recent.logged(b.m.pkid, last_seq + kept, &b.m.topic, &b.m.payload);
+            true
+        }
+    });
+    skipped
+}
+
+/// What the turn does after trying to store its batch.
+enum Stored {
+    Yes,
+    /// The state directory is full: the turn starts over (intake paused).
+    Paused,
+    /// Full while stopping: the loop ends, the batch stays with the broker.
+    GiveUp,
+}
+
+/// The engine thread: takes batches of messages from the source, logs them
+/// (one fsync), acknowledges them, runs them through the engine into the
+/// spool; ticks, checkpoints, publishes stats, pings the watchdog. One method
+/// per step of a turn; [`EngineLoop::run`] is the turn.
+pub(super) struct EngineLoop {
+    d: Deployment,
+    engine: Engine,
+    seq: u64,
+    wal: Option<Wal>,
+    recent: Redeliveries,
+    io: Links,
+    durable: bool,
+    batch: Vec<Msg>,
+    /// Whether the batch is appended to the log (not necessarily written yet).
+    batch_logged: bool,
+    acks: Acks,
+    pause: Pause,
+    enc: JsonEncoder,
+    topic: String,
+    stats_topic: String,
+    started_at: Instant,
+    last_tick: Instant,
+    last_ckpt: Instant,
+    last_stats: Instant,
+    watchdog: Watchdog,
+    processed_at_stats: u64,
+    spool_losses: (u64, u64),
+    spool_log: logging::Every,
+}
+
+impl EngineLoop {
+    pub(super) fn new(d: Deployment, start: Start, io: Links) -> Self {
+        let now = Instant::now();
+        EngineLoop {
+            durable: d.service.delivery == Delivery::Durable,
+            stats_topic: format!("{}/{}", d.upstream.topic_prefix, d.service.stats_topic),
+            d,
+            engine: start.engine,
+            seq: start.seq,
+            wal: start.wal,
+            recent: start.recent,
+            io,
+            batch: Vec::with_capacity(BATCH),
+            batch_logged: false,
+            acks: Acks::default(),
+            pause: Pause::new(),
+            enc: JsonEncoder::new(),
+            topic: String::new(),
+            started_at: now,
+            last_tick: now,
+            last_ckpt: now,
+            last_stats: now,
+            watchdog: Watchdog::from_env(),
+            processed_at_stats: 0,
+            spool_losses: (0, 0),
+            spool_log: logging::Every::new(Duration::from_secs(30)),
+        }
+    }
+
+    pub(super) fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Msg>,
+        started: tokio::sync::oneshot::Sender<()>,
+    ) -> Result<(), ServiceError> {
+        let _ = started.send(());
+        let mut stop = false;
+        while !stop {
+            if self.durable {
+                self.send_acks()?;
+            }
+            stop = *self.io.shutdown.borrow() >= Stage::StopIntake;
+            if !stop && self.batch.is_empty() && !self.pause.active() {
+                stop = self.take_batch(&mut rx);
+            }
+            self.log_batch()?;
+            match self.store(stop, rx.len())? {
+                Stored::Yes => {}
+                Stored::Paused => continue,
+                Stored::GiveUp => break,
+            }
+            self.process_batch();
+            if stop {
+                // what is left in the channel was not logged: the broker sends it again next time
+                rx.close();
+                self.last_acks();
+            }
+            self.tick(stop)?;
+            self.flush_spool()?;
+            self.io.spool_ready.notify_one();
+            if self.last_ckpt.elapsed() >= self.d.service.checkpoint || stop {
+                self.last_ckpt = Instant::now();
+                self.checkpoint();
+            }
+            if self.last_stats.elapsed() >= self.d.service.stats || stop {
+                self.stats();
+            }
+            self.watchdog.ping();
+        }
+        tracing::info!(
+            "engine stopped at input {}: {} messages processed, {} redeliveries skipped",
+            self.seq,
+            self.io.counters.processed.load(Ordering::Relaxed),
+            self.io.counters.redeliveries_skipped.load(Ordering::Relaxed)
+        );
+        Ok(())
+    }
+
+    /// Hands the client the acknowledgements it can take, in order (the
+    /// rest wait for the next turn, counted in `acks_deferred`: a lost PUBACK
+    /// would hold the broker's in-flight window until the next reconnect);
+    /// takes a barrier's answer and sends the next barrier when one is due.
+    fn send_acks(&mut self) -> Result<(), ServiceError> {
+        self.hand_acks();
+        let barriers = &self.io.barriers;
+        if let Some(through) = self.acks.answer(|t| barriers.state(t)) {
+            // the broker will not send these again: their ids may now carry new messages
+            self.recent.confirmed(through);
+            if let Some(w) = self.wal.as_mut() {
+                w.append_acked(through).map_err(io_err("write-ahead log"))?;
+            }
+        }
+        let now = Instant::now();
+        if self.acks.barrier_due(now) && self.io.src.try_unsubscribe(Barriers::FILTER).is_ok() {
+            let ticket = self.io.barriers.with(Barriers::sent);
+            self.acks.barrier_sent(ticket, now);
+        }
+        Ok(())
+    }
+
+    fn hand_acks(&mut self) {
+        while let Some(pkid) = self.acks.next_ack() {
+            let mut m = Publish::new("", QoS::AtLeastOnce, Vec::new());
+            m.pkid = pkid;
+            if self.io.src.try_ack(&m).is_err() {
+                self.io.counters.acks_deferred.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            self.acks.handed();
+        }
+    }
+
+    /// Waits for messages (at most a tick, or 1 ms while acknowledgements
+    /// wait for room in the client), then takes what else is waiting, up to a
+    /// batch; drops redeliveries of messages logged before (acknowledged
+    /// again, not processed twice). Returns whether the service is stopping.
+    fn take_batch(&mut self, rx: &mut mpsc::Receiver<Msg>) -> bool {
+        let wait = if self.acks.owed() == 0 {
+            self.d.service.tick.min(Duration::from_millis(250))
+        } else {
+            Duration::from_millis(1)
+        };
+        let mut shutdown = self.io.shutdown.clone();
+        let mut stop = false;
+        let first = self.io.rt.block_on(async {
+            tokio::select! {
+                m = tokio::time::timeout(wait, rx.recv()) => m.ok(),
+                _ = shutdown.wait_for(|s| *s >= Stage::StopIntake) => Some(None),
+            }
+        });
+        match first {
+            Some(Some(m)) => self.batch.push(m),
+            Some(None) => stop = true,
+            None => {}
+        }
+        while self.batch.len() < BATCH && !stop {
+            match rx.try_recv() {
+                Ok(m) => self.batch.push(m),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => stop = true,
+            }
+        }
+        let skipped =
+            drop_redeliveries(&mut self.batch, &mut self.recent, &mut self.acks, self.seq, self.durable);
+        self.io.counters.redeliveries_skipped.fetch_add(skipped, Ordering::Relaxed);
+        stop
+    }
+
+    /// Appends the batch to the write-ahead log (written and fsynced by [`store`](Self::store)).
+    fn log_batch(&mut self) -> Result<(), ServiceError> {
+        if self.batch.is_empty() || self.batch_logged {
+            return Ok(());
+        }
+        if let Some(w) = self.wal.as_mut() {
+            for (i, b) in self.batch.iter().enumerate() {
+                w.append_message(self.seq + 1 + i as u64, b.recv_ms, b.m.pkid, &b.m.topic, &b.m.payload)
+                    .map_err(io_err("write-ahead log"))?;
+            }
+        }
+        self.batch_logged = true;
+        Ok(())
+    }
+
+    /// Makes the log hold the batch (fsynced: it is acknowledged next) and
+    /// the spool take its results; pauses intake while the state directory is full.
+    fn store(&mut self, stop: bool, waiting: usize) -> Result<Stored, ServiceError> {
+        let durable = !self.batch.is_empty();
+        let res = (|| {
+            if let Some(w) = self.wal.as_mut() {
+                if durable {
+                    w.sync().map_err(|e| ("write-ahead log", e))?;
+                } else if w.pending_bytes() >= WAL_IDLE_WRITE {
+                    w.write().map_err(|e| ("write-ahead log", e))?;
+                }
+            }
+            self.io.spool.lock().expect("spool lock").flush().map_err(|e| ("spool", e))
+        })();
+        match res {
+            Ok(()) => {
+                self.pause.resume(&self.io.counters);
+                Ok(Stored::Yes)
+            }
+            Err((what, e)) if frame::is_storage_full(&e) => {
+                self.pause.full(&e, what, self.batch.len() + waiting, &self.io.counters);
+                if stop {
+                    tracing::warn!(
+                        "stopping while state_dir is full: the messages not yet logged stay with the broker"
+                    );
+                    return Ok(Stored::GiveUp);
+                }
+                self.watchdog.ping();
+                self.render_metrics();
+                std::thread::sleep(Duration::from_millis(500));
+                Ok(Stored::Paused)
+            }
+            Err((what, e)) => Err(ServiceError::StateDir {
+                path: self.d.gateway.state_dir.join(if what == "spool" { "spool" } else { "wal" }),
+                source: e,
+            }),
+        }
+    }
+
+    /// The logged batch: owed its acknowledgements, then through the engine
+    /// into the spool.
+    fn process_batch(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        if self.durable {
+            let first = self.seq + 1;
+            for (i, b) in self.batch.iter().enumerate() {
+                if b.m.qos != QoS::AtMostOnce {
+                    self.acks.owe(b.m.pkid, first + i as u64);
+                }
+            }
+            self.hand_acks();
+        }
+        for b in &self.batch {
+            self.seq += 1;
+            let mut sink = SpoolSink::new(
+                &self.d,
+                &self.io.spool,
+                &mut self.enc,
+                &mut self.topic,
+                &self.io.counters,
+                self.seq,
+                None,
+            );
+            self.engine.ingest(b.recv_ms, &b.m.topic, &b.m.payload, &mut sink);
+            if let Some((first, end)) = sink.appended {
+                self.io.marks.mark(first, end, b.at);
+            }
+            self.io.counters.processed.fetch_add(1, Ordering::Relaxed);
+        }
+        let c = &self.io.counters;
+        c.last_processed_unix_ms.store(now_ms() as u64, Ordering::Relaxed);
+        if let Some(oldest) = self.batch.iter().map(|b| b.recv_ms).min() {
+            c.processing_delay_ms.store(now_ms().saturating_sub(oldest).max(0) as u64, Ordering::Relaxed);
+        }
+        self.batch.clear(); // and with it, the messages' share of the intake budget
+        self.batch_logged = false;
+    }
+
+    /// Stopping: the acknowledgements still owed go out (the source
+    /// connection stays up for them, 2 s at most), and a last barrier
+    /// confirms them.
+    fn last_acks(&mut self) {
+        if !self.durable {
+            return;
+        }
+        let until = Instant::now() + Duration::from_secs(2);
+        while self.acks.owed() > 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
+            self.hand_acks();
+        }
+        if self.acks.unconfirmed() && self.pass_barrier(Duration::from_secs(1)) {
+            let through = self.acks.all_confirmed();
+            self.recent.confirmed(through);
+        }
+    }
+
+    /// Sends a barrier and waits up to `timeout` for its answer.
+    fn pass_barrier(&self, timeout: Duration) -> bool {
+        if self.io.src.try_unsubscribe(Barriers::FILTER).is_err() {
+            return false;
+        }
+        let barriers = &self.io.barriers;
+        let ticket = barriers.with(Barriers::sent);
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.io.rt.block_on(async {
+            loop {
+                match barriers.state(ticket) {
+                    BarrierState::Answered => return true,
+                    BarrierState::Void => return false,
+                    BarrierState::Waiting => {}
+                }
+                if tokio::time::timeout_at(deadline, barriers.changed.notified()).await.is_err() {
+                    return barriers.state(ticket) == BarrierState::Answered;
+                }
+            }
+        })
+    }
+
+    /// Time passing alone (idleness, ticks), logged like an input.
+    fn tick(&mut self, stop: bool) -> Result<(), ServiceError> {
+        if self.last_tick.elapsed() < self.d.service.tick && !stop {
+            return Ok(());
+        }
+        self.last_tick = Instant::now();
+        self.seq += 1;
+        let now = now_ms();
+        if let Some(w) = self.wal.as_mut() {
+            w.append_tick(self.seq, now).map_err(io_err("write-ahead log"))?;
+        }
+        let mut sink = SpoolSink::new(
+            &self.d,
+            &self.io.spool,
+            &mut self.enc,
+            &mut self.topic,
+            &self.io.counters,
+            self.seq,
+            None,
+        );
+        self.engine.tick(now, &mut sink);
+        Ok(())
+    }
+
+    fn flush_spool(&mut self) -> Result<(), ServiceError> {
+        match self.io.spool.lock().expect("spool lock").flush() {
+            Ok(()) => Ok(()),
+            // kept in memory; the next turn pauses intake until it is written
+            Err(e) if frame::is_storage_full(&e) => Ok(()),
+            Err(e) => Err(ServiceError::StateDir { path: self.d.gateway.state_dir.join("spool"), source: e }),
+        }
+    }
+
+    /// Saves a checkpoint (and lets the log before it go). A failure is
+    /// logged and counted; the log keeps everything until the next one.
+    fn checkpoint(&mut self) {
+        let dir = &self.d.gateway.state_dir;
+        // results of everything the checkpoint covers must be durable before the log goes
+        let res = self.io.spool.lock().expect("spool lock").sync().map_err(|e| ("spool", e)).and_then(|()| {
+            // with the messages the broker may still send again
+            checkpoint::save(dir, &self.engine, self.seq, self.recent.live()).map_err(|e| ("checkpoint", e))
+        });
+        let c = &self.io.counters;
+        match res {
+            Ok(bytes) => {
+                c.checkpoints.fetch_add(1, Ordering::Relaxed);
+                c.checkpoint_bytes.store(bytes, Ordering::Relaxed);
+                if let Some(w) = self.wal.as_mut() {
+                    if let Err(e) = w.checkpointed(self.seq) {
+                        tracing::error!("write-ahead log: cannot start a segment after the checkpoint: {e}");
+                    }
+                }
+            }
+            Err((what, e)) => {
+                c.checkpoint_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!("checkpoint failed ({what}: {e}); the write-ahead log keeps everything until the next one");
+            }
+        }
+    }
+
+    /// The stats message (upstream), the Prometheus text, the systemd status line.
+    fn stats(&mut self) {
+        let secs = self.last_stats.elapsed().as_secs_f64().max(1e-3);
+        self.last_stats = Instant::now();
+        let c = &self.io.counters;
+        let processed = c.processed.load(Ordering::Relaxed);
+        let rate = (processed - self.processed_at_stats) as f64 / secs;
+        self.processed_at_stats = processed;
+        let (depth, disk, dropped, refused) = {
+            let s = self.io.spool.lock().expect("spool lock");
+            (s.depth(), s.disk_bytes(), s.dropped, s.refused)
+        };
+        if (dropped, refused) != self.spool_losses {
+            if let Some(more) = self.spool_log.ready() {
+                tracing::warn!(
+                    "spool full ({} bytes): {} results dropped by drop_oldest and {} refused by refuse_new so far{}",
+                    self.d.upstream.spool,
+                    dropped,
+                    refused,
+                    logging::more(more)
+                );
+            }
+            self.spool_losses = (dropped, refused);
+        }
+        c.spool_depth.store(depth, Ordering::Relaxed);
+        c.spool_bytes.store(disk, Ordering::Relaxed);
+        c.spool_dropped.store(dropped, Ordering::Relaxed);
+        c.spool_refused.store(refused, Ordering::Relaxed);
+        let snap = metrics::stats_json(&self.engine, c, rate, self.started_at.elapsed());
+        let _ = self.io.stats_tx.try_send((self.stats_topic.clone(), snap.into_bytes()));
+        self.render_metrics();
+        systemd::status(&format!(
+            "{rate:.0} msg/s, {} results, spool depth {depth}",
+            c.results.load(Ordering::Relaxed)
+        ));
+    }
+
+    fn render_metrics(&self) {
+        if let Ok(mut m) = self.io.metrics_text.lock() {
+            *m = metrics::prometheus(&self.engine, &self.io.counters);
+        }
+    }
+}
+
+/// Intake paused because the state directory is full: said when it starts,
+/// every few seconds while it lasts, and when it ends.
+struct Pause {
+    since: Option<Instant>,
+    log: logging::Every,
+}
+
+impl Pause {
+    fn new() -> Self {
+        Pause { since: None, log: logging::Every::new(Duration::from_secs(5)) }
+    }
+
+    fn active(&self) -> bool {
+        self.since.is_some()
+    }
+
+    fn full(&mut self, e: &io::Error, what: &str, waiting: usize, counters: &ServiceCounters) {
+        let since = match self.since {
+            Some(at) => at,
+            None => {
+                counters.storage_full_pauses.fetch_add(1, Ordering::Relaxed);
+                counters.storage_paused.store(1, Ordering::Relaxed);
+                self.log = logging::Every::new(Duration::from_secs(5));
+                *self.since.insert(Instant::now())
+            }
+        };
+        if self.log.ready().is_some() {
+            tracing::warn!(
+                "state_dir full ({what}: {e}): intake paused for {:.0} s, {waiting} messages not yet acknowledged wait with the broker; free some space and it resumes",
+                since.elapsed().as_secs_f64()
+            );
+            systemd::status("paused: state_dir full");
+        }
+    }
+
+    fn resume(&mut self, counters: &ServiceCounters) {
+        if let Some(at) = self.since.take() {
+            counters.storage_paused.store(0, Ordering::Relaxed);
+            tracing::info!("state_dir has room again after {:.1} s: resuming", at.elapsed().as_secs_f64());
+        }
+    }
+}
+
+/// Spool writer used as the engine's sink: renders the topic, encodes the
+/// row, appends it with (input, index) — or skips it while replaying what the
+/// spool already holds.
+pub(super) struct SpoolSink<'a> {
+    spool: &'a Mutex<Spool>,
+    enc: &'a mut JsonEncoder,
+    topic: &'a mut String,
+    prefix: &'a str,
+    gateway: &'a str,
+    input_seq: u64,
+    idx: u32,
+    skip_through: Option<(u64, u32)>,
+    counters: &'a ServiceCounters,
+    /// Spool positions of the results appended through this sink (first, end).
+    pub(super) appended: Option<(u64, u64)>,
+}
+
+impl<'a> SpoolSink<'a> {
+    /// A sink for the results of input `input_seq`, skipping those the spool
+    /// already holds (`skip_through`, while replaying the log).
+    pub(super) fn new(
+        d: &'a Deployment,
+        spool: &'a Mutex<Spool>,
+        enc: &'a mut JsonEncoder,
+        topic: &'a mut String,
+        counters: &'a ServiceCounters,
+        input_seq: u64,
+        skip_through: Option<(u64, u32)>,
+    ) -> Self {
+        SpoolSink {
+            spool,
+            enc,
+            topic,
+            prefix: &d.upstream.topic_prefix,
+            gateway: &d.gateway.id,
+            input_seq,
+            idx: 0,
+            skip_through,
+            counters,
+            appended: None,
+        }
+    }
+}
+
+impl Sink for SpoolSink<'_> {
+    fn emit(&mut self, p: &Plan, out: Output<'_>) {
+        let idx = self.idx;
+        self.idx += 1;
+        if self.skip_through.is_some_and(|last| (self.input_seq, idx) <= last) {
+            return;
+        }
+        let (tpl, name, key) = match out {
+            Output::Window(r, topic) => (topic, &p.windows[r.window as usize].name, r.key.as_str()),
+            Output::Join(r) => {
+                let d = &p.joins[r.join as usize];
+                (&d.topic, &d.name, r.key.as_str())
+            }
+            Output::Late(r) => {
+                let d = &p.streams[r.stream as usize];
+                match &d.late {
+                    LatePolicy::Route(t) => (t, &d.name, r.key.as_str()),
+                    LatePolicy::Drop => return,
+                }
+            }
+        };
+        self.topic.clear();
+        self.topic.push_str(self.prefix);
+        self.topic.push('/');
+        tpl.render_append(&TemplateVars { name, key, gateway: self.gateway }, self.topic);
+        let payload = self.enc.encode(p, out);
+        let mut spool = self.spool.lock().expect("spool lock");
+        let at = spool.end();
+        match spool.append(self.input_seq, idx, self.topic, payload) {
+            Ok(true) => {
+                self.counters.results.fetch_add(1, Ordering::Relaxed);
+                self.appended = Some((self.appended.map_or(at, |a| a.0), at + 1));
+            }
+            Ok(false) => {}
+            Err(e) => {
+                self.counters.spool_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!("spool: cannot append a result: {e}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(pkid: u16, dup: bool, payload: &str) -> Msg {
+        let mut m = Publish::new("s/a", QoS::AtLeastOnce, payload.as_bytes().to_vec());
+        (m.pkid, m.dup) = (pkid, dup);
+        Msg { m, recv_ms: 0, at: Instant::now(), _permit: None }
+    }
+
+    #[test]
+    fn a_redelivery_of_a_logged_message_is_acknowledged_again_not_processed() {
+        let (mut recent, mut acks) = (Redeliveries::default(), Acks::default());
+        recent.logged(5, 3, "s/a", b"x");
+        let mut batch = vec![msg(5, true, "x"), msg(6, false, "y")];
+        assert_eq!(drop_redeliveries(&mut batch, &mut recent, &mut acks, 3, true), 1);
+        assert_eq!(batch.len(), 1);
+        assert_eq!(acks.next_ack(), Some(5));
+    }
+
+    #[test]
+    fn a_redelivery_within_one_batch_is_processed_once_and_acknowledged_only_after_the_fsync() {
+        let (mut recent, mut acks) = (Redeliveries::default(), Acks::default());
+        let mut batch = vec![msg(5, false, "x"), msg(5, true, "x"), msg(7, false, "z")];
+        assert_eq!(drop_redeliveries(&mut batch, &mut recent, &mut acks, 10, true), 1);
+        assert_eq!(batch.iter().map(|b| b.m.pkid).collect::<Vec<_>>(), [5, 7]);
+        // nothing is owed before the batch is in the log: the original's own acknowledgement answers both
+        assert_eq!(acks.owed(), 0);
+        // the kept messages are noted at the positions they are logged at
+        assert_eq!(recent.original(true, 5, "s/a", b"x"), Some(11));
+        assert_eq!(recent.original(true, 7, "s/a", b"z"), Some(12));
+    }
+
+    #[test]
+    fn a_message_without_dup_is_always_new() {
+        let (mut recent, mut acks) = (Redeliveries::default(), Acks::default());
+        recent.logged(5, 3, "s/a", b"x");
+        let mut batch = vec![msg(5, false, "x")];
+        assert_eq!(drop_redeliveries(&mut batch, &mut recent, &mut acks, 3, true), 0);
+        assert_eq!(batch.len(), 1);
+    }
+}

@@ -1,0 +1,369 @@
+//! `edgejoin run`: the live service, a thin IO shell around the engine.
+//!
+//! The data path, one module per step:
+//! - [`source`] (tokio task): the MQTT session with `[source]` through the
+//!   payload filter ([`source_proxy`]); messages to the engine thread over a
+//!   channel bounded by count and bytes.
+//! - [`engine_loop`] (a thread): each batch into the write-ahead log
+//!   ([`wal`], one fsync), acknowledged ([`acks`]: after the fsync, confirmed
+//!   by barriers; [`redelivery`] recognises the broker's redeliveries), run
+//!   through the engine, results into the spool ([`spool`], [`frame`]);
+//!   ticks, [`checkpoint`]s, [`stats`] and [`metrics`].
+//! - [`uplink`] (tokio task): the spool sent upstream in order, advanced only
+//!   over PUBACKs ([`delivery`]).
+//! - [`recovery`] at start: checkpoint + log replay; [`state_dir`] locks and
+//!   probes the directory; [`http`] serves the metrics; [`systemd`] says
+//!   ready, status and watchdog; [`shutdown`] orders the stop; [`mqtt`] builds
+//!   connection options (TLS, credentials); [`logging`] rate-limits warnings.
+
+pub mod acks;
+pub mod checkpoint;
+pub mod delivery;
+mod engine_loop;
+pub mod frame;
+mod http;
+pub mod logging;
+pub mod metrics;
+mod mqtt;
+mod recovery;
+pub mod redelivery;
+pub mod shutdown;
+mod source;
+pub mod source_proxy;
+pub mod spool;
+pub mod state_dir;
+pub mod stats;
+mod systemd;
+mod uplink;
+pub mod wal;
+
+use std::io;
+use std::sync::{Arc, Mutex};
+#[cfg(feature = "i2c")]
+use std::time::Instant;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rumqttc::AsyncClient;
+#[cfg(feature = "i2c")]
+use rumqttc::{Publish, QoS};
+use tokio::sync::Notify;
+
+use crate::config::{Config, Delivery};
+use acks::SharedBarriers;
+use engine_loop::{EngineLoop, Links, Start};
+use metrics::ServiceCounters;
+use recovery::{recover, report_spool_damage, Recovered};
+use shutdown::{Shutdown, Stage};
+pub use source::{intake_budget, max_message, source_buffers};
+use source::{Msg, INTAKE, SOURCE_REQUESTS};
+use spool::Spool;
+
+/// Why the service could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("state_dir {path}: {source}")]
+    StateDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("state_dir {path} is full ({source}): free some space; the service starts again by itself under systemd")]
+    StateDirFull {
+        path: std::path::PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} is locked by another edgejoin using the same state_dir ({source}); stop it, or give this one its own state_dir")]
+    Locked {
+        path: std::path::PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{0}")]
+    Config(String),
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> ServiceError {
+    move |source| ServiceError::Io { what, source }
+}
+
+/// glibc gives each thread that allocates its own arena (up to 8 per core),
+/// each keeping freed memory for reuse: with four threads that is a few
+/// hundred KiB apiece of resident memory the gateway does not need. Two
+/// arenas are plenty: the engine thread does not allocate per event.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn limit_malloc_arenas() {
+    extern "C" {
+        fn mallopt(param: i32, value: i32) -> i32;
+    }
+    const M_ARENA_MAX: i32 = -8;
+    // SAFETY: mallopt is thread-safe and only sets a limit for arenas created later.
+    unsafe {
+        mallopt(M_ARENA_MAX, 2);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_malloc_arenas() {}
+
+/// Runs the service until SIGTERM/SIGINT.
+pub fn run(c: Config) -> Result<(), ServiceError> {
+    limit_malloc_arenas();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(io_err("tokio runtime"))?;
+    rt.block_on(run_async(c))
+}
+
+async fn run_async(c: Config) -> Result<(), ServiceError> {
+    let (p, d) = (&c.plan, &c.deployment);
+    #[cfg(not(feature = "i2c"))]
+    if let Some(s) = d.i2c.first() {
+        return Err(ServiceError::Config(format!(
+            "stream `{}` reads an I2C sensor, and this build has no I2C support: build with `cargo build --release --features i2c`",
+            p.streams[s.stream].name
+        )));
+    }
+    // state files are the gateway's alone, also when not run by systemd (UMask=0077 there)
+    state_dir::restrict_umask();
+    let dir = d.gateway.state_dir.clone();
+    std::fs::create_dir_all(&dir).map_err(|source| ServiceError::StateDir { path: dir.clone(), source })?;
+    let _lock = state_dir::lock(&dir)?;
+    state_dir::probe(&dir)?;
+    let svc = d.service.clone();
+    let counters = Arc::new(ServiceCounters::default());
+    let spool = Spool::open(&dir.join("spool"), d.upstream.spool, d.upstream.spool_full)
+        .map_err(|source| ServiceError::StateDir { path: dir.join("spool"), source })?;
+    report_spool_damage(&spool, &counters);
+    let spool = Arc::new(Mutex::new(spool));
+    let seed = (now_ms() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ u64::from(std::process::id());
+    let Recovered { engine, last_seq, wal, recent } = recover(&c, seed, &spool, &counters)?;
+
+    // the source connection, through the filter that cuts oversized payloads
+    if d.source.broker.tls {
+        return Err(ServiceError::Config(format!(
+            "{}:{}: mqtts:// is supported for [upstream] (with ca_file); use mqtt:// for the source broker",
+            d.source.broker.host, d.source.broker.port
+        )));
+    }
+    let sock = source_proxy::socket_path(&dir);
+    if let Some(parent) = sock.parent() {
+        std::fs::create_dir_all(parent).map_err(io_err("source socket directory"))?;
+    }
+    let _ = std::fs::remove_file(&sock); // a stale one (the state_dir lock is ours)
+    let listener = tokio::net::UnixListener::bind(&sock)
+        .map_err(|source| ServiceError::StateDir { path: sock.clone(), source })?;
+    let _sock_guard = RemoveOnDrop(sock.clone());
+    tokio::spawn(source_proxy::serve(
+        listener,
+        d.source.broker.host.clone(),
+        d.source.broker.port,
+        p.max_payload + 1,
+        counters.clone(),
+    ));
+    let mut src_opts = mqtt::mqtt_options(
+        &d.source.client_id,
+        &crate::config::Broker { host: sock.display().to_string(), port: 0, tls: false },
+        &d.source.credentials,
+        None,
+        max_message(&c),
+        false,
+    )?;
+    src_opts.set_transport(rumqttc::Transport::Unix);
+    src_opts.set_manual_acks(svc.delivery == Delivery::Durable);
+    let (src_client, src_loop) = AsyncClient::new(src_opts, SOURCE_REQUESTS);
+    let filters: Vec<String> = {
+        let mut f: Vec<String> =
+            p.streams.iter().flat_map(|s| s.topics.iter().map(|t| t.filter().to_string())).collect();
+        f.sort();
+        f.dedup();
+        f
+    };
+
+    // the uplink connection (clean session: the spool, not the client, keeps what is undelivered)
+    let up_opts = mqtt::mqtt_options(
+        &d.upstream.client_id,
+        &d.upstream.broker,
+        &d.upstream.credentials,
+        d.upstream.tls.as_ref(),
+        16 << 20,
+        true,
+    )?;
+    let (up_client, up_loop) = AsyncClient::new(up_opts, delivery::WINDOW + 64);
+
+    let (in_tx, in_rx) = tokio::sync::mpsc::channel::<Msg>(INTAKE);
+    let budget = Arc::new(tokio::sync::Semaphore::new(intake_budget(&c)));
+    let spool_ready = Arc::new(Notify::new());
+    let shutdown = Shutdown::default();
+    let (stats_tx, stats_rx) = tokio::sync::mpsc::channel::<(String, Vec<u8>)>(8);
+    let metrics_text = Arc::new(Mutex::new(String::new()));
+    let ready = Arc::new(Notify::new());
+    let barriers = Arc::new(SharedBarriers::default());
+    let marks = Arc::new(uplink::LatencyMarks::new());
+    // the engine thread says when it has started (it can write its state) and when it ends
+    let (engine_started_tx, engine_started) = tokio::sync::oneshot::channel::<()>();
+    let (engine_done_tx, mut engine_done) = tokio::sync::oneshot::channel::<()>();
+
+    let source = tokio::spawn(source::source_task(
+        src_loop,
+        src_client.clone(),
+        filters,
+        in_tx.clone(),
+        budget.clone(),
+        counters.clone(),
+        ready.clone(),
+        barriers.clone(),
+    ));
+    let uplink = tokio::spawn(uplink::uplink_task(
+        up_loop,
+        up_client.clone(),
+        spool.clone(),
+        spool_ready.clone(),
+        stats_rx,
+        shutdown.watch(),
+        counters.clone(),
+        marks.clone(),
+        svc.shutdown,
+    ));
+    if let Some(addr) = svc.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(io_err("metrics_addr"))?;
+        tracing::info!("serving Prometheus metrics on http://{addr}/metrics");
+        tokio::spawn(http::metrics_server(listener, metrics_text.clone(), counters.clone()));
+    }
+
+    let engine_thread = {
+        let d = d.clone();
+        let links = Links {
+            rt: tokio::runtime::Handle::current(),
+            shutdown: shutdown.watch(),
+            barriers: barriers.clone(),
+            src: src_client.clone(),
+            spool: spool.clone(),
+            spool_ready: spool_ready.clone(),
+            stats_tx,
+            metrics_text: metrics_text.clone(),
+            counters: counters.clone(),
+            marks,
+        };
+        let start = Start { engine, seq: last_seq, wal, recent };
+        std::thread::Builder::new()
+            .name("engine".into())
+            .spawn(move || {
+                let r = EngineLoop::new(d, start, links).run(in_rx, engine_started_tx);
+                if let Err(e) = &r {
+                    // at once, not when somebody stops the process
+                    tracing::error!("engine stopped on an error: {e}");
+                }
+                let _ = engine_done_tx.send(());
+                r
+            })
+            .map_err(io_err("engine thread"))?
+    };
+
+    // sensors on the local I2C bus: their readings enter like MQTT messages
+    #[cfg(feature = "i2c")]
+    for src in d.i2c.iter().cloned() {
+        {
+            let tx = in_tx.clone();
+            let counters = counters.clone();
+            let name = p.streams[src.stream].name.clone();
+            std::thread::Builder::new()
+                .name(format!("i2c-{name}"))
+                .spawn(move || {
+                    crate::sources::i2c::linux::run(
+                        name,
+                        src,
+                        |topic, payload| {
+                            let m = Publish::new(topic, QoS::AtMostOnce, payload.into_bytes());
+                            let msg = Msg { m, recv_ms: now_ms(), at: Instant::now(), _permit: None };
+                            tx.blocking_send(msg).is_ok()
+                        },
+                        &counters.i2c_errors,
+                    )
+                })
+                .map_err(io_err("i2c thread"))?;
+        }
+    }
+
+    let join_engine = |t: std::thread::JoinHandle<Result<(), ServiceError>>| async move {
+        match tokio::task::spawn_blocking(move || t.join()).await {
+            Ok(Ok(r)) => r,
+            _ => Err(ServiceError::Config("the engine thread failed".into())),
+        }
+    };
+    // READY once subscriptions are confirmed and the engine runs
+    let started = async {
+        let _ = engine_started.await;
+        ready.notified().await;
+    };
+    tokio::select! {
+        _ = started => {
+            systemd::ready();
+            tracing::info!("subscribed; ready");
+        }
+        _ = &mut engine_done => {
+            shutdown.advance(Stage::DrainUplink);
+            return join_engine(engine_thread).await.and(Err(ServiceError::Config("the engine stopped".into())));
+        }
+        _ = shutdown_signal() => {
+            tracing::info!("stopping before the broker answered");
+            shutdown.advance(Stage::DrainUplink);
+            return join_engine(engine_thread).await;
+        }
+    }
+    let failed = tokio::select! {
+        _ = shutdown_signal() => false,
+        _ = &mut engine_done => true,
+    };
+    if failed {
+        // the error is logged; systemd restarts the service (Restart=on-failure)
+        systemd::stopping();
+        let r = join_engine(engine_thread).await;
+        return r.and(Err(ServiceError::Config("the engine stopped".into())));
+    }
+    tracing::info!("stopping: finishing in-flight work, checkpointing, draining the uplink");
+    systemd::stopping();
+    // the engine stops taking messages, sends the acknowledgements it still owes (the source
+    // connection stays up for them), checkpoints; then the source connection goes
+    shutdown.advance(Stage::StopIntake);
+    let res = join_engine(engine_thread).await;
+    let _ = src_client.try_disconnect();
+    source.abort();
+    shutdown.advance(Stage::DrainUplink);
+    let _ = tokio::time::timeout(svc.shutdown + Duration::from_secs(1), uplink).await;
+    if let Ok(mut s) = spool.lock() {
+        let _ = s.sync();
+    }
+    res
+}
+
+/// Deletes a file when dropped (the source filter's socket).
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

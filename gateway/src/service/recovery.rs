@@ -1,0 +1,109 @@
+//! Start-up: the checkpoint restored (or set aside when unusable), then
+//! the write-ahead log after it replayed through the engine, skipping results
+//! the spool already holds; what was found damaged is logged and counted.
+
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+
+use super::engine_loop::SpoolSink;
+use super::metrics::ServiceCounters;
+use super::redelivery::Redeliveries;
+use super::spool::Spool;
+use super::wal::{Wal, WalRecord};
+use super::{checkpoint, io_err, ServiceError};
+use crate::config::{Config, Delivery};
+use edgejoin_engine::engine::Engine;
+use edgejoin_engine::output::JsonEncoder;
+
+/// What start-up recovered: the engine, the last input sequence number, the
+/// log to append to, and recently logged messages (packet id, content hash)
+/// to recognise the broker's redeliveries of them.
+pub(super) struct Recovered {
+    pub engine: Engine,
+    pub last_seq: u64,
+    pub wal: Option<Wal>,
+    pub recent: Redeliveries,
+}
+
+/// Recovery: checkpoint + write-ahead log replay.
+pub(super) fn recover(
+    c: &Config,
+    seed: u64,
+    spool: &Mutex<Spool>,
+    counters: &ServiceCounters,
+) -> Result<Recovered, ServiceError> {
+    let (p, d) = (&c.plan, &c.deployment);
+    let dir = &d.gateway.state_dir;
+    let mut recent = Redeliveries::default();
+    let (mut engine, ckpt_seq) = match checkpoint::load(dir, p, seed) {
+        Ok(Some(l)) => {
+            tracing::info!("restored the checkpoint covering input {}", l.input_seq);
+            recent.restore(l.recent);
+            (l.engine, l.input_seq)
+        }
+        Ok(None) => (Engine::new(p.clone(), seed), 0),
+        Err(e) => {
+            let aside = checkpoint::set_aside(dir).map_err(io_err("setting the checkpoint aside"))?;
+            tracing::error!(
+                "checkpoint unusable ({e}); set aside as {}; starting from empty state",
+                aside.display()
+            );
+            counters.checkpoint_failures.fetch_add(1, Ordering::Relaxed);
+            (Engine::new(p.clone(), seed), 0)
+        }
+    };
+    if d.service.delivery == Delivery::Fast {
+        return Ok(Recovered { engine, last_seq: ckpt_seq, wal: None, recent });
+    }
+    let skip = spool.lock().expect("spool lock").last_input();
+    let mut enc = JsonEncoder::new();
+    let mut topic = String::new();
+    let mut replayed = 0u64;
+    let (wal, last, damage) = Wal::open(&dir.join("wal"), ckpt_seq, |rec| match rec {
+        WalRecord::Acked { through } => recent.confirmed(through),
+        WalRecord::Message { seq, recv_ms, pkid, topic: t, payload } => {
+            replayed += 1;
+            let mut sink = SpoolSink::new(d, spool, &mut enc, &mut topic, counters, seq, skip);
+            recent.logged(pkid, seq, &t, &payload);
+            engine.ingest(recv_ms, &t, &payload, &mut sink);
+        }
+        WalRecord::Tick { seq, now_ms } => {
+            replayed += 1;
+            let mut sink = SpoolSink::new(d, spool, &mut enc, &mut topic, counters, seq, skip);
+            engine.tick(now_ms, &mut sink);
+        }
+    })
+    .map_err(io_err("write-ahead log"))?;
+    if !damage.kept.is_empty() {
+        counters.wal_lost_inputs.fetch_add(damage.lost_inputs, Ordering::Relaxed);
+        let kept: Vec<String> = damage.kept.iter().map(|k| k.display().to_string()).collect();
+        tracing::error!(
+            "write-ahead log damaged: {} bytes unreadable, {} logged inputs lost with them; the rest was replayed; damaged files kept as {}",
+            damage.bytes,
+            damage.lost_inputs,
+            kept.join(", ")
+        );
+    }
+    if replayed > 0 {
+        tracing::info!("replayed {replayed} logged inputs after the checkpoint (up to input {last})");
+    }
+    spool.lock().expect("spool lock").flush().map_err(io_err("spool"))?;
+    Ok(Recovered { engine, last_seq: last.max(ckpt_seq), wal: Some(wal), recent })
+}
+
+/// What start-up found wrong with the spool, logged and counted.
+pub(super) fn report_spool_damage(spool: &Spool, counters: &ServiceCounters) {
+    let d = &spool.damage;
+    if !d.kept.is_empty() {
+        counters.spool_damaged.fetch_add(spool.damaged(), Ordering::Relaxed);
+        let kept: Vec<String> = d.kept.iter().map(|k| k.display().to_string()).collect();
+        tracing::error!(
+            "spool damaged: {} undelivered results lost (counted in spool_dropped); the rest is delivered; damaged files kept as {}",
+            spool.damaged(),
+            kept.join(", ")
+        );
+    }
+    if let Some(why) = &d.acked_refused {
+        tracing::error!("spool: {why} (results already delivered go again, with the same ids)");
+    }
+}

@@ -1,0 +1,166 @@
+//! Recognising the source broker's redeliveries of messages already logged.
+//!
+//! A QoS 1 message is acknowledged only after the write-ahead log holds it; if
+//! the gateway stops between the two, the broker sends it again with the DUP
+//! flag and the same packet id. An entry (packet id → content hash and log
+//! position) lives exactly as long as the broker may still send that message
+//! again: from logging until a barrier proves the broker processed its
+//! acknowledgement ([`Redeliveries::confirmed`]; the log records that too, so
+//! it survives a crash). After that the broker may reuse the packet id for a
+//! new message — even one with identical content — and it is never mistaken
+//! for a redelivery. A message without DUP is always new.
+//!
+//! Acknowledgements go out in log order, so confirmation is a position in
+//! the log: every entry at or before it goes. At most 65,535 messages can be
+//! unacknowledged at once (one per packet id), so the table is bounded:
+//! 1 MiB allocated zeroed (pages appear as ids are used).
+
+use std::collections::VecDeque;
+
+/// Most entries live at once (one per packet id a broker can have in flight).
+pub const MAX_ORDER: usize = 1 << 16;
+
+pub struct Redeliveries {
+    /// (content hash, log position) of the live entry of each packet id; hash 0 = none.
+    by_pkid: Box<[(u64, u64)]>,
+    /// Live entries in log order: (packet id, log position).
+    order: VecDeque<(u16, u64)>,
+}
+
+impl Default for Redeliveries {
+    fn default() -> Self {
+        Redeliveries {
+            by_pkid: vec![(0u64, 0u64); 1 << 16].into_boxed_slice(),
+            order: VecDeque::with_capacity(MAX_ORDER),
+        }
+    }
+}
+
+/// The content hash of a message (never 0).
+pub fn message_hash(topic: &str, payload: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(payload, xxhash_rust::xxh3::xxh3_64(topic.as_bytes())) | 1
+}
+
+impl Redeliveries {
+    /// Notes a message logged at position `seq`. Packet id 0 is a QoS 0 message: never redelivered.
+    pub fn logged(&mut self, pkid: u16, seq: u64, topic: &str, payload: &[u8]) {
+        if pkid != 0 {
+            self.logged_hash(pkid, seq, message_hash(topic, payload));
+        }
+    }
+
+    fn logged_hash(&mut self, pkid: u16, seq: u64, hash: u64) {
+        self.by_pkid[pkid as usize] = (hash, seq);
+        if self.order.len() == MAX_ORDER {
+            // cannot happen with a conforming broker (65,535 ids); the oldest is the safest to forget
+            self.order.pop_front();
+        }
+        self.order.push_back((pkid, seq));
+    }
+
+    /// The broker processed the acknowledgements of every message logged up to `through`.
+    pub fn confirmed(&mut self, through: u64) {
+        while let Some(&(pkid, seq)) = self.order.front() {
+            if seq > through {
+                break;
+            }
+            self.order.pop_front();
+            let e = &mut self.by_pkid[pkid as usize];
+            if e.1 == seq {
+                *e = (0, 0);
+            }
+        }
+    }
+
+    /// Whether a message (flagged DUP by the broker) is one already logged and not yet confirmed.
+    pub fn is_redelivery(&self, dup: bool, pkid: u16, topic: &str, payload: &[u8]) -> bool {
+        self.original(dup, pkid, topic, payload).is_some()
+    }
+
+    /// The log position of the message this one (flagged DUP by the broker)
+    /// redelivers, if it is one already logged and not yet confirmed.
+    pub fn original(&self, dup: bool, pkid: u16, topic: &str, payload: &[u8]) -> Option<u64> {
+        let (hash, seq) = self.by_pkid[pkid as usize];
+        (dup && pkid != 0 && hash == message_hash(topic, payload)).then_some(seq)
+    }
+
+    /// Live entries (packet id, content hash, log position), oldest first: what a checkpoint keeps.
+    pub fn live(&self) -> impl ExactSizeIterator<Item = (u16, u64, u64)> + '_ {
+        self.order.iter().map(|&(p, seq)| (p, self.by_pkid[p as usize].0, seq))
+    }
+
+    /// Live entries.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// Restores the entries a checkpoint kept.
+    pub fn restore(&mut self, entries: impl IntoIterator<Item = (u16, u64, u64)>) {
+        for (pkid, hash, seq) in entries {
+            if pkid != 0 && hash != 0 {
+                self.logged_hash(pkid, seq, hash);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_logged_message_flagged_dup_is_a_redelivery_until_its_ack_is_confirmed() {
+        let mut r = Redeliveries::default();
+        r.logged(7, 1, "t/a", b"1");
+        assert!(r.is_redelivery(true, 7, "t/a", b"1"));
+        // not flagged DUP, another id, other content, or QoS 0: not a redelivery
+        assert!(!r.is_redelivery(false, 7, "t/a", b"1"));
+        assert!(!r.is_redelivery(true, 8, "t/a", b"1"));
+        assert!(!r.is_redelivery(true, 7, "t/a", b"2"));
+        assert!(!r.is_redelivery(true, 7, "t/b", b"1"));
+        r.logged(0, 2, "t/q0", b"x");
+        assert!(!r.is_redelivery(true, 0, "t/q0", b"x"));
+        r.confirmed(1);
+        assert!(!r.is_redelivery(true, 7, "t/a", b"1"), "the broker may reuse id 7 for a new, equal message");
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn an_identical_message_under_a_reused_id_is_new_once_the_first_is_confirmed() {
+        let mut r = Redeliveries::default();
+        r.logged(7, 10, "t", b"1");
+        r.logged(8, 11, "t", b"1");
+        r.confirmed(10);
+        r.logged(7, 12, "t", b"1"); // id 7 reused: the broker had the first acknowledgement
+        assert!(r.is_redelivery(true, 7, "t", b"1"));
+        assert!(r.is_redelivery(true, 8, "t", b"1"));
+        // confirming up to 11 must not forget the second message under id 7 (position 12)
+        r.confirmed(11);
+        assert!(r.is_redelivery(true, 7, "t", b"1"));
+        assert!(!r.is_redelivery(true, 8, "t", b"1"));
+        r.confirmed(12);
+        assert!(!r.is_redelivery(true, 7, "t", b"1"));
+    }
+
+    #[test]
+    fn live_entries_checkpoint_and_restore() {
+        let mut r = Redeliveries::default();
+        for i in 1..=100u64 {
+            r.logged(i as u16, i, "t", &i.to_le_bytes());
+        }
+        r.confirmed(60);
+        let kept: Vec<_> = r.live().collect();
+        assert_eq!(kept.len(), 40);
+        assert_eq!(kept[0].2, 61);
+        let mut s = Redeliveries::default();
+        s.restore(kept);
+        assert!(s.is_redelivery(true, 100, "t", &100u64.to_le_bytes()));
+        assert!(!s.is_redelivery(true, 60, "t", &60u64.to_le_bytes()));
+        s.confirmed(100);
+        assert!(s.is_empty());
+    }
+}

@@ -1,0 +1,143 @@
+//! The source connection: one MQTT session with `[source]` (QoS 1,
+//! persistent session, manual acknowledgements in durable mode) through the
+//! filter that cuts oversized payloads ([`super::source_proxy`]);
+//! subscriptions from the streams' topic filters; reconnects with jittered
+//! backoff. Messages go to the engine thread over a channel bounded by count
+//! and by bytes (back-pressure: when the engine is behind, the broker holds
+//! the messages). UNSUBACKs answer the acknowledgement barriers
+//! ([`super::acks`]).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, EventLoop, Incoming, Publish, QoS};
+use tokio::sync::Notify;
+
+use super::acks::{Barriers, SharedBarriers};
+use super::metrics::ServiceCounters;
+use super::{logging, now_ms};
+use crate::backoff::Backoff;
+use crate::config::Config;
+
+/// Most messages the engine thread logs (one fsync), acknowledges and processes at a time.
+pub(super) const BATCH: usize = 1024;
+
+/// Messages waiting for the engine thread, at most (one batch; the broker holds the rest).
+pub(super) const INTAKE: usize = BATCH;
+
+/// Capacity of the source client's request queue (acknowledgements, subscriptions).
+pub(super) const SOURCE_REQUESTS: usize = 1024;
+
+/// A message on its way to the engine thread: the message, its wall-clock
+/// receive time (the event clock of `clock = "receive"` streams), the instant
+/// the broker delivered it (for the result latency histogram), and its share
+/// of the intake's byte budget, held until the engine is done with it.
+pub(super) struct Msg {
+    pub m: Publish,
+    pub recv_ms: i64,
+    pub at: Instant,
+    pub _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// What the source's messages may hold in memory between the broker and the
+/// engine, in bytes, whatever their number: the intake channel and the batch
+/// being processed. At least four of the largest messages the filter lets
+/// through, and 1 MiB.
+pub fn intake_budget(c: &Config) -> usize {
+    (4 * max_message(c)).max(1 << 20)
+}
+
+/// The largest message the source filter lets through: `max_payload + 1`
+/// bytes of payload (one more than the engine accepts, so an oversized one is
+/// counted), a topic of up to 65,535 bytes and the packet's head.
+pub fn max_message(c: &Config) -> usize {
+    c.plan.max_payload + 1 + 65_535 + 16
+}
+
+/// Bytes of the source path outside the budget: the MQTT client's read
+/// buffer and the up to 10 packets it parses per read, and the filter's two
+/// 64 KiB buffers.
+pub fn source_buffers(c: &Config) -> usize {
+    11 * max_message(c) + (128 << 10)
+}
+
+/// The intake's share of the budget a message takes.
+fn intake_cost(m: &Publish) -> u32 {
+    (m.payload.len() + m.topic.len() + 64).min(u32::MAX as usize) as u32
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn source_task(
+    mut ev: EventLoop,
+    client: AsyncClient,
+    filters: Vec<String>,
+    tx: tokio::sync::mpsc::Sender<Msg>,
+    budget: Arc<tokio::sync::Semaphore>,
+    counters: Arc<ServiceCounters>,
+    ready: Arc<Notify>,
+    barriers: Arc<SharedBarriers>,
+) {
+    let mut backoff = Backoff::jittered(now_ms() as u64);
+    let mut announced = false;
+    let mut log = logging::Every::new(Duration::from_secs(30));
+    let mut down_since: Option<Instant> = None;
+    loop {
+        match ev.poll().await {
+            Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
+                backoff.reset();
+                barriers.with(Barriers::reconnected);
+                counters.source_connects.fetch_add(1, Ordering::Relaxed);
+                match down_since.take() {
+                    Some(at) => tracing::info!(
+                        "source connected after {:.1} s down (session present: {})",
+                        at.elapsed().as_secs_f64(),
+                        ack.session_present
+                    ),
+                    None => tracing::info!("source connected (session present: {})", ack.session_present),
+                }
+                log = logging::Every::new(Duration::from_secs(30));
+                if !ack.session_present || !announced {
+                    let subs =
+                        filters.iter().map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
+                    if let Err(e) = client.try_subscribe_many(subs) {
+                        tracing::error!("cannot subscribe: {e}");
+                    }
+                }
+            }
+            Ok(Event::Incoming(Incoming::UnsubAck(_))) => barriers.with(Barriers::answered),
+            Ok(Event::Incoming(Incoming::SubAck(_))) => {
+                if !announced {
+                    announced = true;
+                    ready.notify_one();
+                }
+            }
+            Ok(Event::Incoming(Incoming::Publish(publish))) => {
+                counters.received.fetch_add(1, Ordering::Relaxed);
+                // back-pressure by bytes and by count: wait here while the engine is behind (the
+                // broker holds the rest); once the engine stopped taking messages, they are left
+                // unacknowledged (the broker sends them again next time) while the connection
+                // stays up for its last acks
+                let Ok(permit) = budget.clone().acquire_many_owned(intake_cost(&publish)).await else {
+                    continue;
+                };
+                let msg = Msg { m: publish, recv_ms: now_ms(), at: Instant::now(), _permit: Some(permit) };
+                let _ = tx.send(msg).await;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                counters.source_errors.fetch_add(1, Ordering::Relaxed);
+                let wait = backoff.wait();
+                let since = *down_since.get_or_insert_with(Instant::now);
+                if let Some(more) = log.ready() {
+                    tracing::warn!(
+                        "source broker: {e}; down for {:.0} s, reconnecting in {wait:?}{}",
+                        since.elapsed().as_secs_f64(),
+                        logging::more(more)
+                    );
+                }
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}

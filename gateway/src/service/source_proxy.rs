@@ -1,0 +1,364 @@
+//! The source connection's byte filter: every packet the source broker
+//! sends passes through here before the MQTT client reads it, and a PUBLISH
+//! whose payload is larger than the engine can use is cut down to
+//! `max_payload + 1` bytes (its topic, packet id and flags intact). The
+//! client then never meets a packet over its size limit — one oversized
+//! QoS 1 message no longer drops the connection, to be redelivered forever —
+//! and the engine still sees a payload over `max_payload`, so the message is
+//! logged, counted as `payload_too_large` and acknowledged like any other.
+//! Memory per connection is one read buffer and one packet header, whatever
+//! the size of the message.
+//!
+//! [`PublishLimiter`] is the filter itself (no IO, unit-tested); [`serve`]
+//! runs it between a Unix socket the MQTT client connects to and the real
+//! broker over TCP.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::service::metrics::{Ordering, ServiceCounters};
+
+/// The MQTT packet type of PUBLISH (upper nibble of the first byte).
+const PUBLISH: u8 = 3;
+
+/// Largest remaining length MQTT can encode (4 bytes of 7 bits).
+const MAX_REMAINING: usize = 268_435_455;
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FilterError {
+    #[error("malformed packet from the source broker: remaining length over 4 bytes")]
+    RemainingLength,
+    #[error("malformed PUBLISH from the source broker: its topic is longer than the packet")]
+    Topic,
+}
+
+/// A PUBLISH whose payload was cut.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Truncated {
+    pub topic: String,
+    /// The payload's size as the broker sent it.
+    pub payload_bytes: usize,
+}
+
+#[derive(Debug)]
+enum State {
+    /// Reading a fixed header (first byte + remaining length).
+    Header,
+    /// Reading a PUBLISH's topic and packet id.
+    PublishHead { first: u8, remaining: usize },
+    /// Forwarding `left` bytes, then skipping `skip` more.
+    Pass { left: usize, skip: usize },
+    /// Discarding `left` bytes.
+    Skip { left: usize },
+}
+
+/// Streaming MQTT 3.1.1 packet filter (broker → client direction).
+#[derive(Debug)]
+pub struct PublishLimiter {
+    keep: usize,
+    state: State,
+    head: Vec<u8>,
+}
+
+impl PublishLimiter {
+    /// A filter that keeps at most `keep` payload bytes of each PUBLISH.
+    pub fn new(keep: usize) -> Self {
+        PublishLimiter { keep, state: State::Header, head: Vec::with_capacity(16) }
+    }
+
+    /// Filters `input`, appending what the client may read to `out`; calls
+    /// `cut` for each PUBLISH whose payload was cut.
+    pub fn feed(
+        &mut self,
+        mut input: &[u8],
+        out: &mut Vec<u8>,
+        mut cut: impl FnMut(Truncated),
+    ) -> Result<(), FilterError> {
+        while !input.is_empty() {
+            match self.state {
+                State::Header => {
+                    let b = input[0];
+                    input = &input[1..];
+                    self.head.push(b);
+                    if self.head.len() == 1 {
+                        continue;
+                    }
+                    if b & 0x80 != 0 {
+                        if self.head.len() == 5 {
+                            return Err(FilterError::RemainingLength);
+                        }
+                        continue;
+                    }
+                    let remaining = self.head[1..]
+                        .iter()
+                        .enumerate()
+                        .fold(0usize, |acc, (i, &b)| acc | (usize::from(b & 0x7f) << (7 * i)));
+                    let first = self.head[0];
+                    if first >> 4 == PUBLISH {
+                        self.head.clear();
+                        self.state = State::PublishHead { first, remaining };
+                    } else {
+                        out.extend_from_slice(&self.head);
+                        self.head.clear();
+                        self.state = State::Pass { left: remaining, skip: 0 };
+                    }
+                }
+                State::PublishHead { first, remaining } => {
+                    if self.head.len() < 2 {
+                        let take = (2 - self.head.len()).min(input.len());
+                        self.head.extend_from_slice(&input[..take]);
+                        input = &input[take..];
+                        if self.head.len() < 2 {
+                            continue;
+                        }
+                    }
+                    let id_len = if (first >> 1) & 3 == 0 { 0 } else { 2 };
+                    let need = 2 + usize::from(u16::from_be_bytes([self.head[0], self.head[1]])) + id_len;
+                    if need > remaining {
+                        return Err(FilterError::Topic);
+                    }
+                    let take = (need - self.head.len()).min(input.len());
+                    self.head.extend_from_slice(&input[..take]);
+                    input = &input[take..];
+                    if self.head.len() < need {
+                        continue;
+                    }
+                    let payload = remaining - need;
+                    let kept = payload.min(self.keep);
+                    if kept < payload {
+                        let topic = String::from_utf8_lossy(&self.head[2..need - id_len]).into_owned();
+                        cut(Truncated { topic, payload_bytes: payload });
+                    }
+                    out.push(first);
+                    encode_remaining(need + kept, out);
+                    out.extend_from_slice(&self.head);
+                    self.head.clear();
+                    self.state = State::Pass { left: kept, skip: payload - kept };
+                }
+                State::Pass { left, skip } => {
+                    let n = left.min(input.len());
+                    out.extend_from_slice(&input[..n]);
+                    input = &input[n..];
+                    self.state = State::Pass { left: left - n, skip };
+                }
+                State::Skip { left } => {
+                    let n = left.min(input.len());
+                    input = &input[n..];
+                    self.state = State::Skip { left: left - n };
+                }
+            }
+            // a packet ends: on to the next header
+            match self.state {
+                State::Pass { left: 0, skip: 0 } | State::Skip { left: 0 } => self.state = State::Header,
+                State::Pass { left: 0, skip } => self.state = State::Skip { left: skip },
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+fn encode_remaining(mut n: usize, out: &mut Vec<u8>) {
+    debug_assert!(n <= MAX_REMAINING);
+    loop {
+        let mut b = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if n == 0 {
+            return;
+        }
+    }
+}
+
+/// Where the MQTT client finds the filter: `state_dir/source.sock`, or a
+/// private directory under the temporary directory when that path is too
+/// long for a Unix socket (108 bytes on Linux).
+pub fn socket_path(state_dir: &Path) -> std::path::PathBuf {
+    let p = state_dir.join("source.sock");
+    if p.as_os_str().len() < 100 {
+        return p;
+    }
+    std::env::temp_dir().join(format!("edgejoin-{}", std::process::id())).join("source.sock")
+}
+
+/// Accepts the MQTT client's connections on `listener` and pipes each to a
+/// new TCP connection to `host:port`, filtering what comes back.
+pub async fn serve(
+    listener: tokio::net::UnixListener,
+    host: String,
+    port: u16,
+    keep: usize,
+    counters: Arc<ServiceCounters>,
+) {
+    let mut log = crate::service::logging::Every::new(Duration::from_secs(10));
+    loop {
+        let client = match listener.accept().await {
+            Ok((c, _)) => c,
+            Err(e) => {
+                tracing::error!("source filter: cannot accept the MQTT client's connection: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let broker = match tokio::net::TcpStream::connect((host.as_str(), port)).await {
+            Ok(b) => b,
+            Err(e) => {
+                counters.source_errors.fetch_add(1, Ordering::Relaxed);
+                if let Some(more) = log.ready() {
+                    tracing::warn!("source broker {host}:{port}: {e}{}", crate::service::logging::more(more));
+                }
+                continue; // dropping the client's side: it reconnects after its backoff
+            }
+        };
+        let _ = broker.set_nodelay(true);
+        log = crate::service::logging::Every::new(Duration::from_secs(10));
+        let counters = counters.clone();
+        tokio::spawn(pipe(client, broker, keep, counters));
+    }
+}
+
+async fn pipe(
+    client: tokio::net::UnixStream,
+    broker: tokio::net::TcpStream,
+    keep: usize,
+    c: Arc<ServiceCounters>,
+) {
+    let (mut client_rd, mut client_wr) = client.into_split();
+    let (mut broker_rd, mut broker_wr) = broker.into_split();
+    let up = async {
+        let _ = tokio::io::copy(&mut client_rd, &mut broker_wr).await;
+    };
+    let down = async {
+        let mut limiter = PublishLimiter::new(keep);
+        let mut buf = vec![0u8; 64 << 10];
+        let mut out = Vec::with_capacity(64 << 10);
+        let mut log = crate::service::logging::Every::new(Duration::from_secs(10));
+        loop {
+            let n = match broker_rd.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            out.clear();
+            let res = limiter.feed(&buf[..n], &mut out, |t| {
+                c.payload_truncated.fetch_add(1, Ordering::Relaxed);
+                if let Some(more) = log.ready() {
+                    tracing::warn!(
+                        "a message of {} bytes on `{}` is over source.max_payload ({} bytes): counted as payload_too_large, acknowledged, skipped{}",
+                        t.payload_bytes,
+                        t.topic,
+                        keep - 1,
+                        crate::service::logging::more(more)
+                    );
+                }
+            });
+            if let Err(e) = res {
+                tracing::error!("{e}; reconnecting");
+                return;
+            }
+            if client_wr.write_all(&out).await.is_err() {
+                return;
+            }
+            if out.capacity() > 256 << 10 {
+                out = Vec::with_capacity(64 << 10);
+            }
+        }
+    };
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publish(qos: u8, pkid: u16, topic: &str, payload: &[u8]) -> Vec<u8> {
+        let mut body = Vec::new();
+        body.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+        body.extend_from_slice(topic.as_bytes());
+        if qos > 0 {
+            body.extend_from_slice(&pkid.to_be_bytes());
+        }
+        body.extend_from_slice(payload);
+        let mut p = vec![(PUBLISH << 4) | (qos << 1) | 0x08];
+        encode_remaining(body.len(), &mut p);
+        p.extend_from_slice(&body);
+        p
+    }
+
+    fn run(keep: usize, input: &[u8], chunk: usize) -> (Vec<u8>, Vec<Truncated>) {
+        let mut l = PublishLimiter::new(keep);
+        let mut out = Vec::new();
+        let mut cut = Vec::new();
+        for c in input.chunks(chunk.max(1)) {
+            l.feed(c, &mut out, |t| cut.push(t)).unwrap();
+        }
+        (out, cut)
+    }
+
+    #[test]
+    fn small_packets_pass_unchanged_in_any_chunking() {
+        let mut stream = publish(1, 7, "s/a", b"{\"ts\":1}");
+        stream.extend_from_slice(&[0x90, 0x03, 0x00, 0x01, 0x01]); // SUBACK
+        stream.extend_from_slice(&publish(0, 0, "s/b", &[b'x'; 300]));
+        stream.extend_from_slice(&[0xd0, 0x00]); // PINGRESP
+        stream.extend_from_slice(&publish(1, 9, "s/c", b""));
+        for chunk in [1, 2, 3, 7, 64, 10_000] {
+            let (out, cut) = run(300, &stream, chunk);
+            assert_eq!(out, stream, "chunk {chunk}");
+            assert!(cut.is_empty());
+        }
+    }
+
+    #[test]
+    fn an_oversized_publish_keeps_its_head_and_the_first_bytes_of_its_payload() {
+        let big = vec![7u8; 2_000_000];
+        let mut stream = publish(1, 513, "shop/x/orders", &big);
+        stream.extend_from_slice(&publish(1, 514, "shop/x/orders", b"ok"));
+        for chunk in [1, 5, 4096, 1 << 20] {
+            let (out, cut) = run(101, &stream, chunk);
+            let mut want = publish(1, 513, "shop/x/orders", &big[..101]);
+            want.extend_from_slice(&publish(1, 514, "shop/x/orders", b"ok"));
+            assert_eq!(out, want, "chunk {chunk}");
+            assert_eq!(cut, vec![Truncated { topic: "shop/x/orders".into(), payload_bytes: 2_000_000 }]);
+        }
+        // QoS 0: no packet id
+        let (out, cut) = run(3, &publish(0, 0, "t", b"abcdef"), 2);
+        assert_eq!(out, publish(0, 0, "t", b"abc"));
+        assert_eq!(cut.len(), 1);
+    }
+
+    #[test]
+    fn malformed_headers_are_errors_not_panics() {
+        let mut l = PublishLimiter::new(10);
+        let mut out = Vec::new();
+        assert_eq!(
+            l.feed(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x01], &mut out, |_| {}),
+            Err(FilterError::RemainingLength)
+        );
+        let mut l = PublishLimiter::new(10);
+        // a topic length of 200 in a packet of 4 bytes
+        assert_eq!(l.feed(&[0x32, 0x04, 0x00, 0xc8, 0x61, 0x62], &mut out, |_| {}), Err(FilterError::Topic));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_byte_stream_is_filtered_without_panicking(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..400), keep in 0usize..50, chunk in 1usize..40) {
+            let mut l = PublishLimiter::new(keep);
+            let mut out = Vec::new();
+            for c in bytes.chunks(chunk) {
+                if l.feed(c, &mut out, |_| {}).is_err() {
+                    break;
+                }
+            }
+            proptest::prop_assert!(out.len() <= bytes.len() + 4 * (bytes.len() / 2 + 1));
+        }
+    }
+}

@@ -1,0 +1,377 @@
+//! End-to-end tests of `edgejoin run` against real Mosquitto brokers started
+//! here on free ports: what the gateway publishes equals what the engine
+//! computes offline from the same messages, and nothing is lost when the
+//! broker restarts mid-stream, the upstream is down for a while, or the
+//! gateway is killed with SIGKILL and restarted.
+//!
+//! Needs `mosquitto` on PATH (`.ci/run` installs it); skipped with a notice
+//! when it is missing.
+
+#[macro_use]
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rumqttc::{Client, Event, Incoming, MqttOptions, QoS};
+
+#[test]
+fn live_results_equal_the_engine_offline() {
+    need_mosquitto!();
+    for name in ["tolerance", "rollup", "session_join", "sessions"] {
+        let broker = Broker::start();
+        let work = tempfile::tempdir().unwrap();
+        let (cfg, msgs) = example(name);
+        let (path, p) = live_config(&cfg, &broker, &broker, &work.path().join("state"));
+        let want = expected(&p, &msgs);
+        assert!(!want.is_empty(), "{name}: the example produces results before its end");
+        let collector = Collector::start(broker.port, "gw/test/#");
+        let gw = Gateway::start(&path);
+        publish(broker.port, &to_publish(&msgs));
+        let got = collector.wait_for(&want, 20);
+        assert_eq!(got, want, "{name}: live results differ from the engine's");
+        gw.stop();
+    }
+}
+
+#[test]
+fn nothing_lost_when_the_broker_restarts_mid_stream() {
+    need_mosquitto!();
+    let mut broker = Broker::start();
+    let work = tempfile::tempdir().unwrap();
+    let (cfg, msgs) = example("tolerance");
+    let (path, p) = live_config(&cfg, &broker, &broker, &work.path().join("state"));
+    let want = expected(&p, &msgs);
+    let collector = Collector::start(broker.port, "gw/test/#");
+    let _gw = Gateway::start(&path);
+    let half = msgs.len() / 2;
+    publish(broker.port, &to_publish(&msgs[..half]));
+    std::thread::sleep(Duration::from_millis(300));
+    broker.down();
+    std::thread::sleep(Duration::from_millis(500));
+    broker.up();
+    publish(broker.port, &to_publish(&msgs[half..]));
+    let got = collector.wait_for(&want, 30);
+    assert_eq!(got, want);
+}
+
+#[test]
+fn results_wait_in_the_spool_while_the_upstream_is_down() {
+    need_mosquitto!();
+    let source = Broker::start();
+    let mut upstream = Broker::start();
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("state");
+    let (cfg, msgs) = example("tolerance");
+    let (path, p) = live_config(&cfg, &source, &upstream, &state);
+    let want = expected(&p, &msgs);
+    let collector = Collector::start(upstream.port, "gw/test/#");
+    let _gw = Gateway::start(&path);
+    upstream.down();
+    publish(source.port, &to_publish(&msgs));
+    std::thread::sleep(Duration::from_millis(1500));
+    // the results are on disk, undelivered
+    let spooled: u64 = std::fs::read_dir(state.join("spool"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "spool"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    assert!(spooled > 0, "results spooled on disk during the outage");
+    assert!(collector.distinct().is_empty());
+    upstream.up();
+    let got = collector.wait_for(&want, 30);
+    assert_eq!(got, want, "every result delivered, in the end");
+}
+
+#[test]
+fn nothing_lost_when_the_gateway_is_killed() {
+    need_mosquitto!();
+    let broker = Broker::start();
+    let work = tempfile::tempdir().unwrap();
+    let (cfg, msgs) = example("rollup");
+    // no checkpoint before the kill: recovery has to come from the write-ahead log
+    let (path, p) = live_config_with(&cfg, &broker, &broker, &work.path().join("state"), "1h");
+    let want = expected(&p, &msgs);
+    let collector = Collector::start(broker.port, "gw/test/#");
+    let half = msgs.len() / 2;
+    let gw = Gateway::start(&path);
+    publish(broker.port, &to_publish(&msgs[..half]));
+    std::thread::sleep(Duration::from_millis(200));
+    gw.kill();
+    // published while the gateway is dead: the broker keeps them for its session
+    publish(broker.port, &to_publish(&msgs[half..half + 2]));
+    let gw = Gateway::start(&path);
+    publish(broker.port, &to_publish(&msgs[half + 2..]));
+    let got = collector.wait_for(&want, 30);
+    assert_eq!(got, want, "every result delivered after SIGKILL and restart");
+    // duplicates (re-sent after the crash) carry the same ids: nothing unexpected arrived
+    let all: BTreeMap<String, usize> =
+        collector.ids.lock().unwrap().iter().fold(BTreeMap::new(), |mut m, id| {
+            *m.entry(id.clone()).or_default() += 1;
+            m
+        });
+    assert!(all.keys().all(|id| want.contains(id)));
+    gw.stop();
+}
+
+#[test]
+fn stats_topic_and_prometheus_metrics() {
+    need_mosquitto!();
+    let broker = Broker::start();
+    let work = tempfile::tempdir().unwrap();
+    let (cfg, msgs) = example("tolerance");
+    let metrics_port = free_port();
+    let cfg =
+        cfg.replace("[gateway]\n", &format!("[gateway]\nmetrics_addr = \"127.0.0.1:{metrics_port}\"\n"));
+    let (path, _) = live_config(&cfg, &broker, &broker, &work.path().join("state"));
+    // a raw subscriber for the stats topic
+    let (tx, rx) = mpsc::channel::<serde_json::Value>();
+    let mut o = MqttOptions::new("stats-reader", "127.0.0.1", broker.port);
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut conn) = Client::new(o, 10);
+    client.subscribe("gw/test/stats", QoS::AtMostOnce).unwrap();
+    std::thread::spawn(move || {
+        for ev in conn.iter() {
+            if let Ok(Event::Incoming(Incoming::Publish(p))) = ev {
+                let _ = tx.send(serde_json::from_slice(&p.payload).unwrap());
+            }
+        }
+    });
+    let gw = Gateway::start(&path);
+    publish(broker.port, &to_publish(&msgs));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let stats = loop {
+        let s = rx.recv_timeout(Duration::from_secs(5)).expect("a stats message");
+        let done = s["service"]["processed"].as_u64() == Some(msgs.len() as u64)
+            && s["service"]["result_latency_p99_us"].is_u64();
+        if done || Instant::now() > deadline {
+            break s;
+        }
+    };
+    // results went upstream, each timed from its completing message's delivery
+    let p99 = stats["service"]["result_latency_p99_us"].as_u64().expect("a latency p99 in the stats");
+    assert!(p99 > 0 && p99 < 5_000_000, "{p99}");
+    assert_eq!(stats["service"]["processed"], msgs.len() as u64);
+    assert_eq!(stats["streams"]["payments"]["late_dropped"], 1);
+    assert!(stats["joins"]["orders_payments"]["matches"].as_u64().unwrap() >= 5);
+    // Prometheus text over HTTP
+    use std::io::{Read, Write};
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
+    sock.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    sock.read_to_string(&mut body).unwrap();
+    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+    assert!(body.contains(&format!("edgejoin_processed {}", msgs.len())), "{body}");
+    assert!(body.contains("edgejoin_stream_late_dropped_total{stream=\"payments\"} 1"), "{body}");
+    assert!(body.contains("edgejoin_join_matches_total{join=\"orders_payments\"}"), "{body}");
+    let value = |name: &str| -> f64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("{name} in {body}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(value("edgejoin_result_latency_seconds_count") >= 5.0, "{body}");
+    let last = value("edgejoin_last_processed_unix_ms");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as f64;
+    assert!(now - last >= 0.0 && now - last < 60_000.0, "{last} vs {now}");
+    gw.stop();
+}
+
+fn sh(cmd: &str, dir: &Path) {
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "{cmd}");
+}
+
+/// Results go upstream over mutual TLS (rustls) with a username and a
+/// password read from a file, as systemd's LoadCredential provides it.
+#[test]
+fn upstream_over_mutual_tls_with_password_file() {
+    need_mosquitto!();
+    if Command::new("openssl").arg("version").output().is_err()
+        || !Path::new("/usr/bin/mosquitto_passwd").exists()
+    {
+        eprintln!("openssl or mosquitto_passwd missing: TLS test skipped");
+        return;
+    }
+    let pki = tempfile::tempdir().unwrap();
+    let d = pki.path();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=test-ca -keyout ca.key -out ca.crt", d);
+    sh("openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out server.csr", d);
+    std::fs::write(d.join("san.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
+    sh("openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile san.ext -out server.crt", d);
+    sh("openssl req -newkey rsa:2048 -nodes -subj /CN=gateway -keyout client.key -out client.csr", d);
+    std::fs::write(d.join("client.ext"), "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n").unwrap();
+    sh("openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile client.ext -out client.crt", d);
+    sh("mosquitto_passwd -b -c passwd gw s3cret", d);
+    for f in ["server.key", "passwd", "ca.crt", "server.crt"] {
+        std::fs::set_permissions(d.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+
+    let source = Broker::start();
+    // the upstream: a TLS listener requiring a client certificate and a password, and a plain one for the test's reader
+    let tls_port = free_port();
+    let mut upstream =
+        Broker { port: free_port(), dir: tempfile::tempdir().unwrap(), child: None, extra: String::new() };
+    std::fs::set_permissions(upstream.dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let conf = upstream.dir.path().join("tls.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "per_listener_settings true\nlistener {} 127.0.0.1\nallow_anonymous true\nlistener {tls_port} 127.0.0.1\nallow_anonymous false\npassword_file {d}/passwd\ncafile {d}/ca.crt\ncertfile {d}/server.crt\nkeyfile {d}/server.key\nrequire_certificate true\n",
+            upstream.port,
+            d = d.display()
+        ),
+    )
+    .unwrap();
+    upstream.child = Some(
+        Command::new(mosquitto().unwrap())
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(("127.0.0.1", tls_port)).is_err() {
+        assert!(Instant::now() < deadline, "TLS broker did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let work = tempfile::tempdir().unwrap();
+    let (cfg, msgs) = example("tolerance");
+    let (path, p) = live_config(&cfg, &source, &source, &work.path().join("state"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    let upstream_section = format!(
+        "[upstream]\nurl = \"mqtts://localhost:{tls_port}\"\ntopic_prefix = \"gw/test\"\nusername = \"gw\"\npassword_file = \"upstream-password\"\nca_file = \"{d}/ca.crt\"\ncert_file = \"{d}/client.crt\"\nkey_file = \"{d}/client.key\"\n",
+        d = d.display()
+    );
+    let text = text[..text.find("[upstream]").unwrap()].to_string() + &upstream_section;
+    std::fs::write(&path, text).unwrap();
+    let creds = tempfile::tempdir().unwrap();
+    std::fs::write(creds.path().join("upstream-password"), "s3cret\n").unwrap();
+    std::fs::set_permissions(creds.path().join("upstream-password"), std::fs::Permissions::from_mode(0o600))
+        .unwrap();
+
+    let want = expected(&p, &msgs);
+    let collector = Collector::start(upstream.port, "gw/test/#");
+    let gw = Gateway::start_with(&path, &[("CREDENTIALS_DIRECTORY", creds.path())]);
+    publish(source.port, &to_publish(&msgs));
+    let got = collector.wait_for(&want, 20);
+    gw.kill();
+    assert_eq!(got, want, "results delivered over mutual TLS");
+}
+
+/// systemd's notify protocol: READY=1 once subscribed, STATUS= lines, and
+/// STOPPING=1 on SIGTERM, sent to $NOTIFY_SOCKET; `delivery = "fast"` runs too.
+#[test]
+fn systemd_notify_and_fast_delivery() {
+    need_mosquitto!();
+    use std::os::unix::net::UnixDatagram;
+    let broker = Broker::start();
+    let work = tempfile::tempdir().unwrap();
+    let (cfg, msgs) = example("tolerance");
+    let cfg = cfg.replace("[gateway]\n", "[gateway]\ndelivery = \"fast\"\n");
+    let (path, p) = live_config(&cfg, &broker, &broker, &work.path().join("state"));
+    let sock_path = work.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let want = expected(&p, &msgs);
+    let collector = Collector::start(broker.port, "gw/test/#");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edgejoin-under-test"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let mut seen = Vec::new();
+    while !seen.iter().any(|m: &String| m.contains("READY=1")) {
+        let n = sock.recv(&mut buf).expect("a notification");
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    publish(broker.port, &to_publish(&msgs));
+    assert_eq!(collector.wait_for(&want, 20), want, "fast delivery delivers too");
+    unsafe { libc_kill(child.id() as i32, 15) };
+    while !seen.iter().any(|m| m.contains("STOPPING=1")) {
+        let n = sock.recv(&mut buf).expect("STOPPING after SIGTERM");
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "clean exit on SIGTERM");
+    sock.set_nonblocking(true).unwrap();
+    while let Ok(n) = sock.recv(&mut buf) {
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(seen.iter().any(|m| m.contains("STATUS=") && m.contains("msg/s")), "{seen:?}");
+    assert!(work.path().join("state/checkpoint.bin").exists(), "checkpoint written at shutdown");
+}
+
+/// A large backlog at QoS 1 (the gateway paused while it piles up, as after an
+/// outage) drains completely: acknowledgements the MQTT client cannot take at
+/// once wait and go later — a lost one would hold the broker's in-flight
+/// window and stall the session. Stopped in the middle of it and started
+/// again, the gateway processes every message exactly once.
+#[test]
+fn a_qos1_backlog_drains_without_losing_acknowledgements() {
+    need_mosquitto!();
+    let broker = Broker::start_with("max_inflight_messages 100\n");
+    let work = tempfile::tempdir().unwrap();
+    let metrics_port = free_port();
+    let cfg = format!(
+        "[gateway]\nmetrics_addr = \"127.0.0.1:{metrics_port}\"\n\n[[stream]]\nname = \"s\"\ntopics = [\"load/{{k}}\"]\nkey = \"{{k}}\"\nvalues = [\"v\"]\nlateness = \"1s\"\n\n[[window]]\nname = \"w\"\ninput = \"s\"\nsize = \"10s\"\naggregates = {{ n = \"count(v)\" }}\ntopic = \"w/{{key}}\"\n"
+    );
+    let (path, _) = live_config(&cfg, &broker, &broker, &work.path().join("state"));
+    let gw = Gateway::start(&path);
+    unsafe { libc_kill(gw.child.id() as i32, 19) }; // SIGSTOP
+    const N: usize = 60_000;
+    let msgs: Vec<(String, Vec<u8>)> = (0..N)
+        .map(|i| {
+            (format!("load/k{}", i % 50), format!("{{\"ts\":{},\"v\":{i}}}", 1_000_000 + i * 10).into_bytes())
+        })
+        .collect();
+    publish(broker.port, &msgs);
+    unsafe { libc_kill(gw.child.id() as i32, 18) }; // SIGCONT
+    std::thread::sleep(Duration::from_millis(40));
+    let first = gw.stop_counting();
+    let gw = Gateway::start(&path);
+    let rest = N as u64 - first;
+    let metric = |name: &str| -> Option<u64> {
+        use std::io::{Read, Write};
+        let mut sock = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).ok()?;
+        sock.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+        let mut body = String::new();
+        sock.read_to_string(&mut body).ok()?;
+        body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline && metric("edgejoin_processed").unwrap_or(0) < rest {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let seen = metric("edgejoin_processed").unwrap_or(0);
+    assert_eq!(seen, rest, "{first} processed before the stop, {seen} after: the backlog is {N}");
+    gw.stop();
+    // restarted, the gateway processes nothing twice: whatever the broker sends again is recognised
+    let gw = Gateway::start(&path);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(metric("edgejoin_processed"), Some(0), "a message was processed twice");
+    gw.stop();
+}
