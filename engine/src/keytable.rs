@@ -8,6 +8,25 @@ use crate::event::Key;
 
 const NONE: u32 = u32::MAX;
 
+/// How a key got its slot from [`KeyTable::claim`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// The key had it.
+    Known(u32),
+    /// A free slot.
+    New(u32),
+    /// The least recently used key's slot: that key is evicted.
+    Evicted(u32),
+}
+
+impl Claim {
+    pub fn slot(self) -> u32 {
+        match self {
+            Claim::Known(s) | Claim::New(s) | Claim::Evicted(s) => s,
+        }
+    }
+}
+
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct KeyTable {
     keys: Box<[Key]>,
@@ -126,6 +145,26 @@ impl KeyTable {
         self.len += 1;
         self.link_front(slot);
         Some(slot)
+    }
+
+    /// The slot of `key`, marked most recently used. A new key takes a free
+    /// slot or, when the table is full, the slot of the least recently used
+    /// key, which is evicted: the owner's state in that slot is still the
+    /// evicted key's, to be counted and cleared ([`Claim::Evicted`]). The one
+    /// eviction rule of windows, joins, clocks and device watermarks.
+    pub fn claim(&mut self, key: &Key) -> Claim {
+        if let Some(s) = self.get(key.as_str()) {
+            self.touch(s);
+            return Claim::Known(s);
+        }
+        if let Some(s) = self.insert(key) {
+            return Claim::New(s);
+        }
+        let victim = self.lru().expect("a full table has a least recently used key");
+        self.remove(victim);
+        let s = self.insert(key).expect("a slot was freed");
+        debug_assert_eq!(s, victim, "the freed slot is the one taken");
+        Claim::Evicted(s)
     }
 
     /// Removes the key in `slot`, freeing the slot.

@@ -137,17 +137,26 @@ pub enum AggFunc {
 }
 
 impl AggFunc {
+    /// Every function, each with the name a config writes it by.
+    pub const ALL: [(AggFunc, &'static str); 8] = [
+        (AggFunc::Count, "count"),
+        (AggFunc::Sum, "sum"),
+        (AggFunc::Min, "min"),
+        (AggFunc::Max, "max"),
+        (AggFunc::Mean, "mean"),
+        (AggFunc::First, "first"),
+        (AggFunc::Last, "last"),
+        (AggFunc::Stddev, "stddev"),
+    ];
+
     pub fn name(self) -> &'static str {
-        match self {
-            AggFunc::Count => "count",
-            AggFunc::Sum => "sum",
-            AggFunc::Min => "min",
-            AggFunc::Max => "max",
-            AggFunc::Mean => "mean",
-            AggFunc::First => "first",
-            AggFunc::Last => "last",
-            AggFunc::Stddev => "stddev",
-        }
+        Self::ALL.iter().find(|(f, _)| *f == self).map_or("?", |(_, n)| n)
+    }
+
+    /// The function a config names (`avg` is `mean`).
+    pub fn from_name(name: &str) -> Option<AggFunc> {
+        let name = if name == "avg" { "mean" } else { name };
+        Self::ALL.iter().find(|(_, n)| *n == name).map(|(f, _)| *f)
     }
 }
 

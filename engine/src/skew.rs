@@ -33,7 +33,7 @@
 use crate::prelude::*;
 
 use crate::event::Key;
-use crate::keytable::KeyTable;
+use crate::keytable::{Claim, KeyTable};
 
 /// Most vertices one hull keeps; older ones are dropped first.
 pub const HULL: usize = 32;
@@ -557,20 +557,12 @@ impl SkewTable {
 
     /// Corrects `device_ts` of `device` received at `recv_ms`.
     pub fn correct(&mut self, device: &Key, device_ts: i64, recv_ms: i64) -> i64 {
-        let slot = match self.keys.get(device.as_str()) {
-            Some(s) => {
-                self.keys.touch(s);
-                s
-            }
-            None => {
-                if self.keys.is_full() {
-                    let victim = self.keys.lru().expect("full table has an LRU entry");
-                    self.keys.remove(victim);
-                    self.evictions += 1;
-                }
-                let s = self.keys.insert(device).expect("a slot is free");
-                self.est[s as usize] = Estimator::default();
-                s
+        let slot = match self.keys.claim(device) {
+            Claim::Known(s) => s,
+            claim => {
+                self.evictions += u64::from(matches!(claim, Claim::Evicted(_)));
+                self.est[claim.slot() as usize] = Estimator::default();
+                claim.slot()
             }
         };
         self.est[slot as usize].correct(device_ts, recv_ms)

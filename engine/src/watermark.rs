@@ -8,7 +8,7 @@
 use crate::prelude::*;
 
 use crate::event::Key;
-use crate::keytable::KeyTable;
+use crate::keytable::{Claim, KeyTable};
 
 /// "No watermark yet": below every timestamp.
 pub const NO_WM: i64 = i64::MIN;
@@ -158,20 +158,12 @@ impl DeviceWatermarks {
 
     /// An event of `device` at `ts`, heard at gateway time `now`.
     pub fn observe(&mut self, device: &Key, ts: i64, now: i64) -> Arrival {
-        let d = match self.devices.get(device.as_str()) {
-            Some(d) => {
-                self.devices.touch(d);
-                d
-            }
-            None => {
-                if self.devices.is_full() {
-                    let victim = self.devices.lru().expect("a full table has a least recently used device");
-                    self.devices.remove(victim);
-                    self.evictions += 1;
-                }
-                let d = self.devices.insert(device).expect("a slot was freed");
-                self.wm[d as usize] = Watermark::new(self.lateness);
-                d
+        let d = match self.devices.claim(device) {
+            Claim::Known(d) => d,
+            claim => {
+                self.evictions += u64::from(matches!(claim, Claim::Evicted(_)));
+                self.wm[claim.slot() as usize] = Watermark::new(self.lateness);
+                claim.slot()
             }
         };
         self.last_heard[d as usize] = now;

@@ -8,7 +8,7 @@ use crate::prelude::*;
 
 use crate::aggregate::AggState;
 use crate::event::{Key, Values, MAX_VALUES};
-use crate::keytable::{KeyTable, SlotHeap};
+use crate::keytable::{Claim, KeyTable, SlotHeap};
 use crate::plan::{AggFunc, WindowDef, WindowKind};
 
 /// One window's position and size, per key.
@@ -293,21 +293,16 @@ impl WindowOp {
     }
 
     fn key_slot(&mut self, key: &Key) -> u32 {
-        if let Some(k) = self.keys.get(key.as_str()) {
-            self.keys.touch(k);
-            return k;
-        }
-        if self.keys.is_full() {
-            let victim = self.keys.lru().expect("a full table has a least recently used key");
+        let claim = self.keys.claim(key);
+        if let Claim::Evicted(victim) = claim {
             self.counters.key_evictions += 1;
             self.counters.evicted_windows += u64::from(self.open[victim as usize]);
             for i in 0..self.ring {
                 self.clear_slot(victim, i);
             }
             self.heap.remove(victim);
-            self.keys.remove(victim);
         }
-        self.keys.insert(key).expect("a slot was freed")
+        claim.slot()
     }
 
     /// Adds an on-time event (`ts >= wm`, after [`advance`](Self::advance) and

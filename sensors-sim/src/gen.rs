@@ -343,6 +343,15 @@ fn pair(
     Ok(())
 }
 
+/// Every message of the scenario from its own `start` with its own `seed`
+/// (a recording anyone can make again).
+pub fn generate_as_written(sc: &Scenario) -> Result<Vec<Msg>, String> {
+    let start = sc.scenario.start.as_deref().ok_or("the scenario sets no `start`")?;
+    let start = edgejoin_engine::decode::rfc3339_to_ms(start.as_bytes())
+        .map_err(|_| format!("start `{start}`: not RFC 3339"))?;
+    generate(sc, start, sc.scenario.seed.ok_or("the scenario sets no `seed`")?)
+}
+
 /// Every message of the scenario from `start_ms` on, in order of arrival.
 pub fn generate(sc: &Scenario, start_ms: i64, seed: u64) -> Result<Vec<Msg>, String> {
     let end = start_ms + dur(&sc.scenario.duration)?;

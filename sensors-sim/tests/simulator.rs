@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use sensors_sim::gen::{generate, record_line, Msg};
+use sensors_sim::gen::{generate, generate_as_written, record_line, Msg};
 use sensors_sim::scenario::{self, dur};
 
 fn scenarios_dir() -> PathBuf {
@@ -13,9 +13,7 @@ fn scenarios_dir() -> PathBuf {
 
 fn scenario_msgs(name: &str) -> (scenario::Scenario, Vec<Msg>) {
     let sc = scenario::load(&scenarios_dir().join(format!("{name}.toml"))).unwrap();
-    let start =
-        edgejoin_engine::decode::rfc3339_to_ms(sc.scenario.start.as_deref().unwrap().as_bytes()).unwrap();
-    let msgs = generate(&sc, start, sc.scenario.seed.unwrap()).unwrap();
+    let msgs = generate_as_written(&sc).unwrap();
     (sc, msgs)
 }
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use edgejoin_engine::engine::{Engine, Output};
 use edgejoin_engine::Plan;
-use sensors_sim::gen::{generate, Msg};
+use sensors_sim::gen::{generate, generate_as_written, Msg};
 use sensors_sim::scenario;
 
 fn scenarios_dir() -> PathBuf {
@@ -15,9 +15,7 @@ fn scenarios_dir() -> PathBuf {
 
 fn scenario_msgs(name: &str) -> (scenario::Scenario, Vec<Msg>) {
     let sc = scenario::load(&scenarios_dir().join(format!("{name}.toml"))).unwrap();
-    let start =
-        edgejoin_engine::decode::rfc3339_to_ms(sc.scenario.start.as_deref().unwrap().as_bytes()).unwrap();
-    let msgs = generate(&sc, start, sc.scenario.seed.unwrap()).unwrap();
+    let msgs = generate_as_written(&sc).unwrap();
     (sc, msgs)
 }
 

@@ -1,5 +1,6 @@
-//! Joins (SPEC §7): `tolerance` and `asof` over raw events, `bucket`,
-//! `overlap` and `session` over closed windows; inner and left-outer. Each
+//! Joins (docs/SEMANTICS.md §7): `tolerance` and `asof` over raw events
+//! ([`raw`]), `bucket`, `overlap` and `session` over closed windows
+//! ([`windowed`]); inner and left-outer. Each
 //! side's elements wait per key in fixed-capacity buffers until the join's
 //! watermark proves no element of the other side can still match them.
 //!
@@ -17,14 +18,23 @@
 //! From that, each element gets a release threshold: once the *other* side's
 //! effective progress reaches it, no element of the other side can match it
 //! any more; it is released (a left-outer left without a match is emitted
-//! then with `right: null`; an as-of left is answered then).
+//! then with `right: null`; an as-of left is answered then). This file holds
+//! that mechanism; [`buffer`] the per-key element buffers.
 
 use crate::prelude::*;
 
 use crate::event::{Key, Values, MAX_VALUES};
-use crate::keytable::{KeyTable, SlotHeap};
-use crate::plan::{Input, JoinDef, JoinType, OverlapCondition, Plan, Strategy};
+use crate::keytable::{Claim, KeyTable, SlotHeap};
+use crate::plan::{Input, JoinDef, JoinType, Plan, Strategy};
 use crate::window::WindowOp;
+
+mod buffer;
+mod raw;
+mod windowed;
+
+use buffer::{Elem, SideBuf};
+use raw::{asof_best, asof_prune, asof_right_due};
+use windowed::session_open_ok;
 
 /// One side of a join row: a raw event (`t0 = t1 = ts`) or a closed window
 /// (`t0 = start`, `t1 = end`).
@@ -68,189 +78,6 @@ pub struct JoinCounters {
     pub evicted_elements: u64,
 }
 
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, bytemuck::Zeroable,
-)]
-struct Elem {
-    t0: i64,
-    t1: i64,
-    count: u64,
-    /// Arrival order (ties of as-of; emission order of matches).
-    seq: u64,
-    matches: u32,
-}
-
-/// One side's buffers: up to `cap` elements per key slot, values stored
-/// compactly beside them.
-///
-/// The layout is slot-major — element `i` of key `k` lives at `i * keys + k` —
-/// and the arrays are allocated zeroed, so the operating system maps a page
-/// only once an element lands on it: resident memory follows how deep the
-/// buffers actually get (in steps of one page ≈ 100 keys × one element), while
-/// [`JoinOp::memory_bytes`] stays the bound if every key fills up. Nothing is
-/// allocated after construction.
-#[derive(serde::Deserialize)]
-#[serde(try_from = "SideBufData")]
-struct SideBuf {
-    input: Input,
-    cap: usize,
-    nvals: usize,
-    keys: usize,
-    elems: Box<[Elem]>,
-    vals: Box<[f64]>,
-    len: Box<[u32]>,
-}
-
-/// A side's buffers as checkpointed: only the elements held, key by key.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct SideBufData {
-    input: Input,
-    cap: usize,
-    nvals: usize,
-    len: Vec<u32>,
-    elems: Vec<Elem>,
-    vals: Vec<f64>,
-}
-
-impl serde::Serialize for SideBuf {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        SideBufData::from(self).serialize(s)
-    }
-}
-
-impl From<&SideBuf> for SideBufData {
-    fn from(s: &SideBuf) -> Self {
-        let held: usize = s.len.iter().map(|&n| n as usize).sum();
-        let mut elems = Vec::with_capacity(held);
-        let mut vals = Vec::with_capacity(held * s.nvals);
-        for k in 0..s.keys as u32 {
-            for i in 0..s.len[k as usize] as usize {
-                elems.push(*s.elem(k, i));
-                vals.extend_from_slice(s.vals_of(k, i));
-            }
-        }
-        SideBufData { input: s.input, cap: s.cap, nvals: s.nvals, len: s.len.to_vec(), elems, vals }
-    }
-}
-
-impl TryFrom<SideBufData> for SideBuf {
-    type Error = String;
-    fn try_from(d: SideBufData) -> Result<Self, String> {
-        let held: usize = d.len.iter().map(|&n| n as usize).sum();
-        if d.cap == 0
-            || d.nvals > MAX_VALUES
-            || d.len.iter().any(|&n| n as usize > d.cap)
-            || d.elems.len() != held
-            || d.vals.len() != held * d.nvals
-        {
-            return Err("join buffers do not add up".into());
-        }
-        let mut s = SideBuf::new(d.input, d.cap, d.nvals, d.len.len());
-        let mut at = 0;
-        for (k, &n) in d.len.iter().enumerate() {
-            for i in 0..n as usize {
-                let slot = s.slot(k as u32, i);
-                s.elems[slot] = d.elems[at];
-                s.vals[slot * s.nvals..(slot + 1) * s.nvals]
-                    .copy_from_slice(&d.vals[at * d.nvals..(at + 1) * d.nvals]);
-                at += 1;
-            }
-        }
-        s.len.copy_from_slice(&d.len);
-        Ok(s)
-    }
-}
-
-impl SideBuf {
-    fn new(input: Input, cap: usize, nvals: usize, keys: usize) -> Self {
-        SideBuf {
-            input,
-            cap,
-            nvals,
-            keys,
-            elems: bytemuck::zeroed_slice_box(keys * cap),
-            vals: bytemuck::zeroed_slice_box(keys * cap * nvals),
-            len: bytemuck::zeroed_slice_box(keys),
-        }
-    }
-
-    fn memory_bytes(cap: u64, nvals: u64, keys: u64) -> u64 {
-        keys.saturating_mul(
-            cap.saturating_mul(core::mem::size_of::<Elem>() as u64 + nvals * 8).saturating_add(4),
-        )
-    }
-
-    /// Where element `i` of key `k` lives.
-    #[inline]
-    fn slot(&self, k: u32, i: usize) -> usize {
-        i * self.keys + k as usize
-    }
-
-    #[inline]
-    fn held(&self, k: u32) -> usize {
-        self.len[k as usize] as usize
-    }
-
-    #[inline]
-    fn elem(&self, k: u32, i: usize) -> &Elem {
-        &self.elems[self.slot(k, i)]
-    }
-
-    #[inline]
-    fn vals_of(&self, k: u32, i: usize) -> &[f64] {
-        let at = self.slot(k, i) * self.nvals;
-        &self.vals[at..at + self.nvals]
-    }
-
-    /// Key `k`'s elements, in arrival order.
-    #[inline]
-    fn iter(&self, k: u32) -> impl Iterator<Item = &Elem> + Clone + '_ {
-        (0..self.held(k)).map(move |i| self.elem(k, i))
-    }
-
-    fn record(&self, k: u32, i: usize) -> SideRecord {
-        let e = *self.elem(k, i);
-        let mut values = Values::ABSENT;
-        values.0[..self.nvals].copy_from_slice(self.vals_of(k, i));
-        SideRecord { input: self.input, t0: e.t0, t1: e.t1, count: e.count, values }
-    }
-
-    /// Appends; when full, the oldest arrival is pushed out first (returns true).
-    fn push(&mut self, k: u32, e: Elem, values: &Values) -> bool {
-        let mut evicted = false;
-        if self.held(k) == self.cap {
-            self.remove_where(k, |i, _| i == 0);
-            evicted = true;
-        }
-        let slot = self.slot(k, self.held(k));
-        self.elems[slot] = e;
-        self.vals[slot * self.nvals..(slot + 1) * self.nvals].copy_from_slice(&values.0[..self.nvals]);
-        self.len[k as usize] += 1;
-        evicted
-    }
-
-    /// Removes the elements for which `f(index, elem)` holds, keeping the order of the rest.
-    fn remove_where(&mut self, k: u32, mut f: impl FnMut(usize, &Elem) -> bool) -> usize {
-        let n = self.held(k);
-        let mut w = 0;
-        for r in 0..n {
-            let src = self.slot(k, r);
-            if f(r, &self.elems[src]) {
-                continue;
-            }
-            if w != r {
-                let dst = self.slot(k, w);
-                self.elems[dst] = self.elems[src];
-                let nv = self.nvals;
-                self.vals.copy_within(src * nv..src * nv + nv, dst * nv);
-            }
-            w += 1;
-        }
-        self.len[k as usize] = w as u32;
-        n - w
-    }
-}
-
 /// What a join needs to know about its window inputs' open state.
 #[derive(Clone, Copy, Default)]
 pub struct JoinCtx<'a> {
@@ -258,7 +85,9 @@ pub struct JoinCtx<'a> {
     pub windows: [Option<&'a WindowOp>; 2],
 }
 
+/// The left side's index.
 const L: usize = 0;
+/// The right side's index.
 const R: usize = 1;
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -397,17 +226,8 @@ impl JoinOp {
     #[inline]
     fn matches(&self, l: &Elem, r: &Elem) -> bool {
         match self.strategy {
-            Strategy::Tolerance { lower_ms, upper_ms } => {
-                let d = r.t0 - l.t0;
-                lower_ms <= d && d <= upper_ms
-            }
-            Strategy::Asof { .. } => false,
-            Strategy::Bucket => l.t0 == r.t0,
-            Strategy::Overlap { condition: OverlapCondition::ContainedStart } => r.t0 <= l.t0 && l.t0 < r.t1,
-            Strategy::Overlap { condition: OverlapCondition::Overlaps } => l.t0 < r.t1 && r.t0 < l.t1,
-            Strategy::Session { tolerance_ms } => {
-                l.t0.saturating_sub(tolerance_ms) < r.t1 && r.t0 < l.t1.saturating_add(tolerance_ms)
-            }
+            Strategy::Tolerance { .. } | Strategy::Asof { .. } => raw::matches(self.strategy, l, r),
+            _ => windowed::matches(self.strategy, l, r),
         }
     }
 
@@ -432,12 +252,8 @@ impl JoinOp {
     }
 
     fn key_slot(&mut self, key: &Key) -> u32 {
-        if let Some(k) = self.keys.get(key.as_str()) {
-            self.keys.touch(k);
-            return k;
-        }
-        if self.keys.is_full() {
-            let victim = self.keys.lru().expect("a full table has a least recently used key");
+        let claim = self.keys.claim(key);
+        if let Claim::Evicted(victim) = claim {
             self.counters.key_evictions += 1;
             for s in &mut self.sides {
                 self.counters.evicted_elements += u64::from(s.len[victim as usize]);
@@ -445,9 +261,8 @@ impl JoinOp {
             }
             self.heaps[L].remove(victim);
             self.heaps[R].remove(victim);
-            self.keys.remove(victim);
         }
-        self.keys.insert(key).expect("a slot was freed")
+        claim.slot()
     }
 
     /// One input element on `side` (0 = left, 1 = right): a raw event or a
@@ -643,141 +458,13 @@ impl JoinOp {
 }
 
 /// The watermark at which an element of `side` can match nothing more
-/// (`other` is the other side's fixed window size; for sessions, open sessions
-/// of the other side may hold it longer).
+/// (`other`: the other side's fixed window size, for window joins).
 #[inline]
 fn release_at(strategy: Strategy, other: i64, side: usize, e: &Elem) -> i64 {
-    match (strategy, side) {
-        (Strategy::Tolerance { upper_ms, .. }, L) => e.t0.saturating_add(upper_ms).saturating_add(1),
-        (Strategy::Tolerance { lower_ms, .. }, _) => e.t0.saturating_sub(lower_ms).saturating_add(1),
-        (Strategy::Asof { .. }, _) => e.t0.saturating_add(1),
-        (Strategy::Bucket, _) => e.t0.saturating_add(other).saturating_add(1),
-        (Strategy::Overlap { condition: OverlapCondition::ContainedStart }, L) => {
-            e.t0.saturating_add(other).saturating_add(1)
-        }
-        (Strategy::Overlap { .. }, _) => e.t1.saturating_add(other),
-        (Strategy::Session { tolerance_ms }, _) => e.t1.saturating_add(tolerance_ms),
-    }
-}
-
-/// Session joins: no open session of the other side (earliest start
-/// `open_min`) may still reach `e`.
-#[inline]
-fn session_open_ok(strategy: Strategy, open_min: Option<i64>, e: &Elem) -> bool {
-    match (strategy, open_min) {
-        (Strategy::Session { tolerance_ms }, Some(start)) => start >= e.t1.saturating_add(tolerance_ms),
-        _ => true,
-    }
-}
-
-/// The as-of match for a left at `ts`: the right with the greatest
-/// `(ts, arrival)` such that `r.ts <= ts` and `ts - r.ts <= tolerance`.
-fn asof_best<'a>(rights: impl Iterator<Item = &'a Elem>, ts: i64, tolerance: i64) -> Option<usize> {
-    let mut best: Option<(usize, (i64, u64))> = None;
-    for (j, r) in rights.enumerate() {
-        if r.t0 <= ts && ts - r.t0 <= tolerance && best.is_none_or(|(_, b)| (r.t0, r.seq) > b) {
-            best = Some((j, (r.t0, r.seq)));
-        }
-    }
-    best.map(|(j, _)| j)
-}
-
-/// Drops rights no pending or future left can pick: every left still to be
-/// answered has `ts >= wm` (`wm` = [`JoinOp::asof_bound`]), so among rights
-/// with `ts <= wm` only the latest can be chosen, and only while it is within
-/// `tolerance` of `wm`.
-fn asof_prune(side: &mut SideBuf, k: u32, wm: i64, tolerance: i64) {
-    let best = side
-        .iter(k)
-        .enumerate()
-        .filter(|(_, r)| r.t0 <= wm)
-        .max_by_key(|(_, r)| (r.t0, r.seq))
-        .map(|(j, r)| (j, r.t0));
-    if let Some((b, bts)) = best {
-        let keep_best = bts.saturating_add(tolerance) >= wm;
-        side.remove_where(k, |j, r| r.t0 <= wm && (j != b || !keep_best));
-    }
-}
-
-/// When the rights of a key next need pruning.
-fn asof_right_due<'a>(
-    rights: impl Iterator<Item = &'a Elem> + Clone,
-    wm: i64,
-    tolerance: i64,
-) -> Option<i64> {
-    // the next right above wm makes the current best obsolete once wm reaches it;
-    // the best itself expires at ts + tolerance + 1
-    let next_above = rights.clone().filter(|r| r.t0 > wm).map(|r| r.t0).min();
-    let best_expiry = rights
-        .filter(|r| r.t0 <= wm)
-        .map(|r| r.t0)
-        .max()
-        .map(|t| t.saturating_add(tolerance).saturating_add(1));
-    match (next_above, best_expiry) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
+    match strategy {
+        Strategy::Tolerance { .. } | Strategy::Asof { .. } => raw::release_at(strategy, side, e),
+        _ => windowed::release_at(strategy, other, side, e),
     }
 }
 
 const _: () = assert!(MAX_VALUES <= 64);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn elem(t: i64, seq: u64) -> Elem {
-        Elem { t0: t, t1: t, count: 1, seq, matches: 0 }
-    }
-
-    fn vals(v: f64) -> Values {
-        let mut x = Values::ABSENT;
-        x.0[0] = v;
-        x.0[1] = -v;
-        x
-    }
-
-    #[test]
-    fn side_buffers_keep_each_keys_order_and_checkpoint_only_what_they_hold() {
-        let mut s = SideBuf::new(Input::Stream(0), 4, 2, 3);
-        for (k, t) in [(0u32, 10), (2, 20), (0, 11), (2, 21), (0, 12)] {
-            assert!(!s.push(k, elem(t, t as u64), &vals(t as f64)));
-        }
-        let ts = |s: &SideBuf, k| s.iter(k).map(|e| e.t0).collect::<Vec<_>>();
-        assert_eq!((ts(&s, 0), ts(&s, 1), ts(&s, 2)), (vec![10, 11, 12], vec![], vec![20, 21]));
-        assert_eq!(s.record(0, 1).values.0[..2], [11.0, -11.0]);
-        // removal keeps the order of the rest, values move with their elements
-        assert_eq!(s.remove_where(0, |_, e| e.t0 == 11), 1);
-        assert_eq!(ts(&s, 0), vec![10, 12]);
-        assert_eq!(s.record(0, 1).values.0[..2], [12.0, -12.0]);
-        // full: the oldest arrival goes
-        for t in [13, 14, 15] {
-            s.push(0, elem(t, t as u64), &vals(t as f64));
-        }
-        assert_eq!(ts(&s, 0), vec![12, 13, 14, 15]);
-
-        let data = SideBufData::from(&s);
-        assert_eq!(data.elems.len(), 6, "only the held elements");
-        assert_eq!(data.vals.len(), 12);
-        let back = SideBuf::try_from(data).unwrap();
-        for k in 0..3 {
-            assert_eq!(ts(&back, k), ts(&s, k));
-            for i in 0..back.held(k) {
-                let (a, b) = (back.record(k, i), s.record(k, i));
-                assert_eq!(
-                    (a.t0, a.count, a.values.0[..2].to_vec()),
-                    (b.t0, b.count, b.values.0[..2].to_vec())
-                );
-            }
-        }
-        // a checkpoint whose counts do not add up is refused
-        let mut bad = SideBufData::from(&s);
-        bad.len[1] = 1;
-        assert!(SideBuf::try_from(bad).is_err());
-        let mut bad = SideBufData::from(&s);
-        bad.len[0] = 5;
-        assert!(SideBuf::try_from(bad).is_err());
-        let mut bad = SideBufData::from(&s);
-        bad.vals.pop();
-        assert!(SideBuf::try_from(bad).is_err());
-    }
-}

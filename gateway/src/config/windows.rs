@@ -196,17 +196,7 @@ pub(super) fn parse_agg(
     };
     let open = text.find('(').ok_or_else(bad)?;
     let arg = text[open + 1..].strip_suffix(')').ok_or_else(bad)?.trim();
-    let func = match text[..open].trim() {
-        "count" => AggFunc::Count,
-        "sum" => AggFunc::Sum,
-        "min" => AggFunc::Min,
-        "max" => AggFunc::Max,
-        "mean" | "avg" => AggFunc::Mean,
-        "first" => AggFunc::First,
-        "last" => AggFunc::Last,
-        "stddev" => AggFunc::Stddev,
-        _ => return Err(bad()),
-    };
+    let func = AggFunc::from_name(text[..open].trim()).ok_or_else(bad)?;
     if name.is_empty() {
         return Err(ck.err(spec.span(), ctx("an aggregate needs a name")));
     }

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use super::acks::{Acks, BarrierState, Barriers, SharedBarriers};
 use super::metrics::{self, ServiceCounters};
 use super::redelivery::Redeliveries;
+use super::results::ResultWriter;
 use super::shutdown::Stage;
 use super::source::Msg;
 use super::spool::Spool;
@@ -24,10 +25,7 @@ use super::uplink::LatencyMarks;
 use super::wal::Wal;
 use super::{checkpoint, frame, io_err, logging, now_ms, ServiceError};
 use crate::config::{Delivery, Deployment};
-use edgejoin_engine::engine::{Engine, Output, Sink};
-use edgejoin_engine::output::JsonEncoder;
-use edgejoin_engine::plan::{LatePolicy, Plan};
-use edgejoin_engine::topic::TemplateVars;
+use edgejoin_engine::engine::Engine;
 
 /// Most messages the engine thread logs (one fsync), acknowledges and processes at a time.
 pub(super) const BATCH: usize = 1024;
@@ -117,8 +115,7 @@ pub(super) struct EngineLoop {
     batch_logged: bool,
     acks: Acks,
     pause: Pause,
-    enc: JsonEncoder,
-    topic: String,
+    out: ResultWriter,
     stats_topic: String,
     started_at: Instant,
     last_tick: Instant,
@@ -133,6 +130,7 @@ pub(super) struct EngineLoop {
 impl EngineLoop {
     pub(super) fn new(d: Deployment, start: Start, io: Links) -> Self {
         let now = Instant::now();
+        let out = ResultWriter::new(&d, io.spool.clone(), io.counters.clone());
         EngineLoop {
             durable: d.service.delivery == Delivery::Durable,
             stats_topic: format!("{}/{}", d.upstream.topic_prefix, d.service.stats_topic),
@@ -146,8 +144,7 @@ impl EngineLoop {
             batch_logged: false,
             acks: Acks::default(),
             pause: Pause::new(),
-            enc: JsonEncoder::new(),
-            topic: String::new(),
+            out,
             started_at: now,
             last_tick: now,
             last_ckpt: now,
@@ -348,15 +345,7 @@ impl EngineLoop {
         }
         for b in &self.batch {
             self.seq += 1;
-            let mut sink = SpoolSink::new(
-                &self.d,
-                &self.io.spool,
-                &mut self.enc,
-                &mut self.topic,
-                &self.io.counters,
-                self.seq,
-                None,
-            );
+            let mut sink = self.out.sink(self.seq, None);
             self.engine.ingest(b.recv_ms, &b.m.topic, &b.m.payload, &mut sink);
             if let Some((first, end)) = sink.appended {
                 self.io.marks.mark(first, end, b.at);
@@ -423,16 +412,7 @@ impl EngineLoop {
         if let Some(w) = self.wal.as_mut() {
             w.append_tick(self.seq, now).map_err(io_err("write-ahead log"))?;
         }
-        let mut sink = SpoolSink::new(
-            &self.d,
-            &self.io.spool,
-            &mut self.enc,
-            &mut self.topic,
-            &self.io.counters,
-            self.seq,
-            None,
-        );
-        self.engine.tick(now, &mut sink);
+        self.engine.tick(now, &mut self.out.sink(self.seq, None));
         Ok(())
     }
 
@@ -555,92 +535,6 @@ impl Pause {
         if let Some(at) = self.since.take() {
             counters.storage_paused.store(0, Ordering::Relaxed);
             tracing::info!("state_dir has room again after {:.1} s: resuming", at.elapsed().as_secs_f64());
-        }
-    }
-}
-
-/// Spool writer used as the engine's sink: renders the topic, encodes the
-/// row, appends it with (input, index) — or skips it while replaying what the
-/// spool already holds.
-pub(super) struct SpoolSink<'a> {
-    spool: &'a Mutex<Spool>,
-    enc: &'a mut JsonEncoder,
-    topic: &'a mut String,
-    prefix: &'a str,
-    gateway: &'a str,
-    input_seq: u64,
-    idx: u32,
-    skip_through: Option<(u64, u32)>,
-    counters: &'a ServiceCounters,
-    /// Spool positions of the results appended through this sink (first, end).
-    pub(super) appended: Option<(u64, u64)>,
-}
-
-impl<'a> SpoolSink<'a> {
-    /// A sink for the results of input `input_seq`, skipping those the spool
-    /// already holds (`skip_through`, while replaying the log).
-    pub(super) fn new(
-        d: &'a Deployment,
-        spool: &'a Mutex<Spool>,
-        enc: &'a mut JsonEncoder,
-        topic: &'a mut String,
-        counters: &'a ServiceCounters,
-        input_seq: u64,
-        skip_through: Option<(u64, u32)>,
-    ) -> Self {
-        SpoolSink {
-            spool,
-            enc,
-            topic,
-            prefix: &d.upstream.topic_prefix,
-            gateway: &d.gateway.id,
-            input_seq,
-            idx: 0,
-            skip_through,
-            counters,
-            appended: None,
-        }
-    }
-}
-
-impl Sink for SpoolSink<'_> {
-    fn emit(&mut self, p: &Plan, out: Output<'_>) {
-        let idx = self.idx;
-        self.idx += 1;
-        if self.skip_through.is_some_and(|last| (self.input_seq, idx) <= last) {
-            return;
-        }
-        let (tpl, name, key) = match out {
-            Output::Window(r, topic) => (topic, &p.windows[r.window as usize].name, r.key.as_str()),
-            Output::Join(r) => {
-                let d = &p.joins[r.join as usize];
-                (&d.topic, &d.name, r.key.as_str())
-            }
-            Output::Late(r) => {
-                let d = &p.streams[r.stream as usize];
-                match &d.late {
-                    LatePolicy::Route(t) => (t, &d.name, r.key.as_str()),
-                    LatePolicy::Drop => return,
-                }
-            }
-        };
-        self.topic.clear();
-        self.topic.push_str(self.prefix);
-        self.topic.push('/');
-        tpl.render_append(&TemplateVars { name, key, gateway: self.gateway }, self.topic);
-        let payload = self.enc.encode(p, out);
-        let mut spool = self.spool.lock().expect("spool lock");
-        let at = spool.end();
-        match spool.append(self.input_seq, idx, self.topic, payload) {
-            Ok(true) => {
-                self.counters.results.fetch_add(1, Ordering::Relaxed);
-                self.appended = Some((self.appended.map_or(at, |a| a.0), at + 1));
-            }
-            Ok(false) => {}
-            Err(e) => {
-                self.counters.spool_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!("spool: cannot append a result: {e}");
-            }
         }
     }
 }

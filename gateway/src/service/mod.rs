@@ -7,7 +7,8 @@
 //! - [`engine_loop`] (a thread): each batch into the write-ahead log
 //!   ([`wal`], one fsync), acknowledged ([`acks`]: after the fsync, confirmed
 //!   by barriers; [`redelivery`] recognises the broker's redeliveries), run
-//!   through the engine, results into the spool ([`spool`], [`frame`]);
+//!   through the engine, results encoded into the spool ([`results`],
+//!   [`spool`], [`frame`]);
 //!   ticks, [`checkpoint`]s, [`stats`] and [`metrics`].
 //! - [`uplink`] (tokio task): the spool sent upstream in order, advanced only
 //!   over PUBACKs ([`delivery`]).
@@ -27,6 +28,7 @@ pub mod metrics;
 mod mqtt;
 mod recovery;
 pub mod redelivery;
+mod results;
 pub mod shutdown;
 mod source;
 pub mod source_proxy;

@@ -3,17 +3,16 @@
 //! the spool already holds; what was found damaged is logged and counted.
 
 use std::sync::atomic::Ordering;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use super::engine_loop::SpoolSink;
 use super::metrics::ServiceCounters;
 use super::redelivery::Redeliveries;
+use super::results::ResultWriter;
 use super::spool::Spool;
 use super::wal::{Wal, WalRecord};
 use super::{checkpoint, io_err, ServiceError};
 use crate::config::{Config, Delivery};
 use edgejoin_engine::engine::Engine;
-use edgejoin_engine::output::JsonEncoder;
 
 /// What start-up recovered: the engine, the last input sequence number, the
 /// log to append to, and recently logged messages (packet id, content hash)
@@ -29,8 +28,8 @@ pub(super) struct Recovered {
 pub(super) fn recover(
     c: &Config,
     seed: u64,
-    spool: &Mutex<Spool>,
-    counters: &ServiceCounters,
+    spool: &Arc<Mutex<Spool>>,
+    counters: &Arc<ServiceCounters>,
 ) -> Result<Recovered, ServiceError> {
     let (p, d) = (&c.plan, &c.deployment);
     let dir = &d.gateway.state_dir;
@@ -56,21 +55,18 @@ pub(super) fn recover(
         return Ok(Recovered { engine, last_seq: ckpt_seq, wal: None, recent });
     }
     let skip = spool.lock().expect("spool lock").last_input();
-    let mut enc = JsonEncoder::new();
-    let mut topic = String::new();
+    let mut out = ResultWriter::new(d, spool.clone(), counters.clone());
     let mut replayed = 0u64;
     let (wal, last, damage) = Wal::open(&dir.join("wal"), ckpt_seq, |rec| match rec {
         WalRecord::Acked { through } => recent.confirmed(through),
         WalRecord::Message { seq, recv_ms, pkid, topic: t, payload } => {
             replayed += 1;
-            let mut sink = SpoolSink::new(d, spool, &mut enc, &mut topic, counters, seq, skip);
             recent.logged(pkid, seq, &t, &payload);
-            engine.ingest(recv_ms, &t, &payload, &mut sink);
+            engine.ingest(recv_ms, &t, &payload, &mut out.sink(seq, skip));
         }
         WalRecord::Tick { seq, now_ms } => {
             replayed += 1;
-            let mut sink = SpoolSink::new(d, spool, &mut enc, &mut topic, counters, seq, skip);
-            engine.tick(now_ms, &mut sink);
+            engine.tick(now_ms, &mut out.sink(seq, skip));
         }
     })
     .map_err(io_err("write-ahead log"))?;
