@@ -168,7 +168,7 @@ pub fn run(config: &Path, input: &Path, output: Option<&Path>, want_stats: bool)
         eprintln!("edgejoin: {name}: {} lines skipped in all", st.bad_lines);
     }
     if want_stats {
-        let mut s = crate::service::stats::snapshot(&engine);
+        let mut s = crate::service::metrics::engine_stats(&engine);
         s["replay"] = serde_json::json!({
             "lines": st.lines, "messages": st.messages, "bad_lines": st.bad_lines, "results": st.results,
         });

@@ -14,7 +14,8 @@ use rumqttc::{AsyncClient, Publish, QoS};
 use tokio::sync::{mpsc, watch, Notify};
 
 use super::acks::{Acks, BarrierState, Barriers, SharedBarriers};
-use super::metrics::{self, ServiceCounters};
+use super::counters::ServiceCounters;
+use super::metrics;
 use super::redelivery::Redeliveries;
 use super::results::ResultWriter;
 use super::shutdown::Stage;

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::counters::ServiceCounters;
 use super::logging;
-use super::metrics::ServiceCounters;
 
 /// Metrics connections served at once, at most; more are closed at once.
 const METRICS_CONNECTIONS: usize = 16;

@@ -9,7 +9,8 @@
 //!   by barriers; [`redelivery`] recognises the broker's redeliveries), run
 //!   through the engine, results encoded into the spool ([`results`],
 //!   [`spool`], [`frame`]);
-//!   ticks, [`checkpoint`]s, [`stats`] and [`metrics`].
+//!   ticks, [`checkpoint`]s, stats and [`metrics`] (what is counted:
+//!   [`counters`], [`registry`]).
 //! - [`uplink`] (tokio task): the spool sent upstream in order, advanced only
 //!   over PUBACKs ([`delivery`]).
 //! - [`recovery`] at start: checkpoint + log replay; [`state_dir`] locks and
@@ -19,6 +20,7 @@
 
 pub mod acks;
 pub mod checkpoint;
+pub mod counters;
 pub mod delivery;
 mod engine_loop;
 pub mod frame;
@@ -28,13 +30,13 @@ pub mod metrics;
 mod mqtt;
 mod recovery;
 pub mod redelivery;
+pub mod registry;
 mod results;
 pub mod shutdown;
 mod source;
 pub mod source_proxy;
 pub mod spool;
 pub mod state_dir;
-pub mod stats;
 mod systemd;
 mod uplink;
 pub mod wal;
@@ -52,8 +54,8 @@ use tokio::sync::Notify;
 
 use crate::config::{Config, Delivery};
 use acks::SharedBarriers;
+use counters::ServiceCounters;
 use engine_loop::{EngineLoop, Links, Start};
-use metrics::ServiceCounters;
 use recovery::{recover, report_spool_damage, Recovered};
 use shutdown::{Shutdown, Stage};
 pub use source::{intake_budget, max_message, source_buffers};

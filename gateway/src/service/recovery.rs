@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use super::metrics::ServiceCounters;
+use super::counters::ServiceCounters;
 use super::redelivery::Redeliveries;
 use super::results::ResultWriter;
 use super::spool::Spool;

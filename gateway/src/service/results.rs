@@ -6,7 +6,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use super::metrics::ServiceCounters;
+use super::counters::ServiceCounters;
 use super::spool::Spool;
 use crate::config::Deployment;
 use edgejoin_engine::engine::{Output, Sink};

@@ -15,7 +15,7 @@ use rumqttc::{AsyncClient, Event, EventLoop, Incoming, Publish, QoS};
 use tokio::sync::Notify;
 
 use super::acks::{Barriers, SharedBarriers};
-use super::metrics::ServiceCounters;
+use super::counters::ServiceCounters;
 use super::{logging, now_ms};
 use crate::backoff::Backoff;
 use crate::config::Config;

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::service::metrics::{Ordering, ServiceCounters};
+use super::counters::{Ordering, ServiceCounters};
 
 /// The MQTT packet type of PUBLISH (upper nibble of the first byte).
 const PUBLISH: u8 = 3;

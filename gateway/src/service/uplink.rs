@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use rumqttc::{AsyncClient, Event, EventLoop, Incoming, Outgoing, QoS};
 use tokio::sync::{watch, Notify};
 
+use super::counters::ServiceCounters;
 use super::delivery::{Delivery, WINDOW};
-use super::metrics::ServiceCounters;
 use super::shutdown::Stage;
 use super::spool::{Spool, SpoolRecord};
 use super::{logging, now_ms};

@@ -115,7 +115,7 @@ pub mod linux {
         stream: String,
         src: I2cSource,
         mut send: impl FnMut(String, String) -> bool,
-        errors: &crate::service::metrics::Counter,
+        errors: &crate::service::counters::Counter,
     ) {
         let topic = i2c_topic(&stream);
         let mut backoff = Backoff::default();
@@ -123,7 +123,7 @@ pub mod linux {
             let dev = match linux_embedded_hal::I2cdev::new(&src.bus) {
                 Ok(d) => d,
                 Err(e) => {
-                    errors.fetch_add(1, crate::service::metrics::Ordering::Relaxed);
+                    errors.fetch_add(1, crate::service::counters::Ordering::Relaxed);
                     let wait = backoff.wait().as_millis() as u64;
                     tracing::warn!(
                         "i2c {}: cannot open {}: {e}; retrying in {wait} ms",
@@ -147,7 +147,7 @@ pub mod linux {
                         std::thread::sleep(src.period);
                     }
                     Err(wait) => {
-                        errors.fetch_add(n, crate::service::metrics::Ordering::Relaxed);
+                        errors.fetch_add(n, crate::service::counters::Ordering::Relaxed);
                         failures += 1;
                         tracing::warn!("i2c {}: read failed; retrying in {wait} ms", stream);
                         std::thread::sleep(Duration::from_millis(wait));
