@@ -92,18 +92,11 @@ impl KeyTable {
             .saturating_add(size.saturating_mul(4))
     }
 
-    pub fn capacity(&self) -> usize {
-        self.keys.len()
-    }
-
     pub fn len(&self) -> usize {
         self.len
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
+    #[cfg(test)]
     pub fn is_full(&self) -> bool {
         self.free.is_empty()
     }
@@ -294,12 +287,9 @@ impl SlotHeap {
         (self.len > 0).then(|| self.heap[0])
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     /// The time of `slot`, if queued.

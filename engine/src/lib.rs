@@ -16,16 +16,17 @@
 
 extern crate alloc;
 
-pub mod aggregate;
+mod aggregate;
 pub mod decode;
 pub mod engine;
 pub mod event;
 pub mod join;
-pub mod json;
-pub mod keytable;
+mod json;
+mod keytable;
 mod math;
 pub mod output;
 pub mod plan;
+mod prelude;
 pub mod skew;
 pub mod topic;
 pub mod watermark;
@@ -33,12 +34,4 @@ pub mod window;
 
 pub use engine::{Engine, Output, Sink};
 
-/// What `std`'s prelude would give, from `alloc` (the engine also builds without std).
-mod prelude {
-    pub use alloc::boxed::Box;
-    pub use alloc::format;
-    pub use alloc::string::{String, ToString};
-    pub use alloc::vec;
-    pub use alloc::vec::Vec;
-}
 pub use plan::Plan;

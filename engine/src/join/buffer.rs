@@ -7,7 +7,23 @@ use crate::prelude::*;
 use crate::event::{Values, MAX_VALUES};
 use crate::plan::Input;
 
-use super::SideRecord;
+/// The left side's index.
+pub(super) const L: usize = 0;
+/// The right side's index.
+pub(super) const R: usize = 1;
+
+/// One side of a join row: a raw event (`t0 = t1 = ts`) or a closed window
+/// (`t0 = start`, `t1 = end`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SideRecord {
+    pub input: Input,
+    pub t0: i64,
+    pub t1: i64,
+    /// Events in the window (1 for a raw event).
+    pub count: u64,
+    /// A stream's values (NaN = absent) or a window's aggregates.
+    pub values: Values,
+}
 
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, bytemuck::Zeroable,

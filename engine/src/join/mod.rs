@@ -23,7 +23,7 @@
 
 use crate::prelude::*;
 
-use crate::event::{Key, Values, MAX_VALUES};
+use crate::event::{Key, MAX_VALUES};
 use crate::keytable::{Claim, KeyTable, SlotHeap};
 use crate::plan::{Input, JoinDef, JoinType, Plan, Strategy};
 use crate::window::WindowOp;
@@ -32,22 +32,10 @@ mod buffer;
 mod raw;
 mod windowed;
 
-use buffer::{Elem, SideBuf};
+pub use buffer::SideRecord;
+use buffer::{Elem, SideBuf, L, R};
 use raw::{asof_best, asof_prune, asof_right_due};
 use windowed::session_open_ok;
-
-/// One side of a join row: a raw event (`t0 = t1 = ts`) or a closed window
-/// (`t0 = start`, `t1 = end`).
-#[derive(Clone, Debug, PartialEq)]
-pub struct SideRecord {
-    pub input: Input,
-    pub t0: i64,
-    pub t1: i64,
-    /// Events in the window (1 for a raw event).
-    pub count: u64,
-    /// A stream's values (NaN = absent) or a window's aggregates.
-    pub values: Values,
-}
 
 /// A join result.
 #[derive(Clone, Debug, PartialEq)]
@@ -84,11 +72,6 @@ pub struct JoinCtx<'a> {
     /// For session joins: the window operators of the left and right inputs.
     pub windows: [Option<&'a WindowOp>; 2],
 }
-
-/// The left side's index.
-const L: usize = 0;
-/// The right side's index.
-const R: usize = 1;
 
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct JoinOp {

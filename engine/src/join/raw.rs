@@ -4,8 +4,7 @@
 //! element can match nothing more, and how as-of keeps only the rights a
 //! left can still pick.
 
-use super::buffer::{Elem, SideBuf};
-use super::L;
+use super::buffer::{Elem, SideBuf, L};
 use crate::plan::Strategy;
 
 #[inline]

@@ -3,8 +3,7 @@
 //! `tolerance` of each other), docs/SEMANTICS.md §7.3–7.5. What decides a
 //! match and when a window can match nothing more.
 
-use super::buffer::Elem;
-use super::L;
+use super::buffer::{Elem, L};
 use crate::plan::{OverlapCondition, Strategy};
 
 #[inline]

@@ -201,7 +201,7 @@ pub fn warnings(c: &Config) -> Vec<String> {
 
 /// `edgejoin check-config`: the config validated, the pipeline and its memory
 /// bound printed, warnings after it.
-pub fn run(path: &Path) -> super::CmdResult {
+pub fn run(path: &Path) -> Result<(), Box<dyn std::error::Error>> {
     use std::io::Write as _;
     let c = crate::config::load(path)?;
     // a closed pipe (`| head`) is not an error worth a panic

@@ -1,9 +1,9 @@
 //! The `edgejoin` command line: `run` ([`run`]), `check-config`
 //! ([`check_config`]) and `replay` ([`replay`]).
 
-pub mod check_config;
-pub mod replay;
-pub mod run;
+mod check_config;
+mod replay;
+mod run;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -67,6 +67,3 @@ pub fn main() -> ExitCode {
         }
     }
 }
-
-/// What a command returns: a message for the user on failure.
-pub type CmdResult = Result<(), Box<dyn std::error::Error>>;

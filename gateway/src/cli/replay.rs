@@ -143,7 +143,12 @@ pub fn replay(
 
 /// `edgejoin replay`: the recording at `input` (`-`: stdin) through the
 /// engine, results to `output` (default stdout), counters on stderr with `stats`.
-pub fn run(config: &Path, input: &Path, output: Option<&Path>, want_stats: bool) -> super::CmdResult {
+pub fn run(
+    config: &Path,
+    input: &Path,
+    output: Option<&Path>,
+    want_stats: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
     let c = crate::config::load(config)?;
     // replay needs no protection against crafted keys: a fixed seed keeps runs identical
     let mut engine = Engine::new(c.plan, 0x6564_67656a6f696e);

@@ -3,14 +3,13 @@
 
 use std::path::Path;
 
-use super::CmdResult;
 use crate::config::{self, Deployment};
 
-pub fn run(path: &Path) -> CmdResult {
+pub fn run(path: &Path) -> Result<(), Box<dyn std::error::Error>> {
     init_tracing();
     let c = config::load(path)?;
     warn_on_readable_secrets(&c.deployment);
-    for w in super::check_config::warnings(&c) {
+    for w in crate::cli::check_config::warnings(&c) {
         tracing::warn!("{w}");
     }
     tracing::info!(

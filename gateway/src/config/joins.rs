@@ -8,11 +8,10 @@ use edgejoin_engine::plan::*;
 use edgejoin_engine::topic::{TopicTemplate, Var};
 
 use super::raw::{RawJoin, RawStrategy};
-use super::streams::nonneg;
 use super::units::format_duration_ms;
 use std::num::NonZeroU32;
 
-use super::{Checker, ConfigError, MAX_CAPACITY, S};
+use super::check::{nonneg, Checker, ConfigError, MAX_CAPACITY, S};
 
 pub(super) fn build_join(
     ck: &Checker<'_>,

@@ -7,7 +7,9 @@
 //! and [`deployment`] check and build their sections; [`units`] reads
 //! durations and sizes.
 
+mod check;
 mod deployment;
+mod gateway;
 mod joins;
 mod raw;
 mod streams;
@@ -15,97 +17,21 @@ pub mod units;
 mod windows;
 
 use std::collections::HashMap;
-use std::num::NonZeroU32;
-use std::ops::Range;
-use std::path::{Path, PathBuf};
-
-use toml::Spanned;
+use std::path::Path;
 
 use edgejoin_engine::plan::{Input, Plan};
 use edgejoin_engine::topic::{TopicTemplate, Var};
 
+use check::{Checker, S};
+pub use check::{ConfigError, MAX_CAPACITY, MAX_KEYS, MAX_STATE_BYTES};
 pub use deployment::*;
 use raw::RawConfig;
-use units::parse_duration_ms;
 
 /// A checked config: what the engine computes and how the gateway runs it.
 #[derive(Clone, Debug)]
 pub struct Config {
     pub plan: Plan,
     pub deployment: Deployment,
-}
-
-/// A value as written, with where it was written.
-type S<T> = Spanned<T>;
-
-/// The most engine state a config may imply (it is all allocated at start).
-pub const MAX_STATE_BYTES: u64 = 2 << 30;
-/// Largest `capacity` (slots per key) accepted.
-pub const MAX_CAPACITY: u32 = 1 << 20;
-/// Largest `max_keys` accepted.
-pub const MAX_KEYS: u32 = 1 << 22;
-
-const DEFAULT_MAX_DEVICES: NonZeroU32 = match NonZeroU32::new(1024) {
-    Some(n) => n,
-    None => unreachable!(),
-};
-
-/// Why a config was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{path}: cannot read the config: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}:{line}:{column}: {reason}")]
-    Invalid { path: PathBuf, line: usize, column: usize, reason: String },
-}
-
-impl ConfigError {
-    /// The 1-based line the error points at (0 when it has none).
-    pub fn line(&self) -> usize {
-        match self {
-            ConfigError::Read { .. } => 0,
-            ConfigError::Invalid { line, .. } => *line,
-        }
-    }
-}
-
-struct Checker<'a> {
-    path: &'a Path,
-    text: &'a str,
-}
-
-impl Checker<'_> {
-    fn err(&self, span: Range<usize>, reason: impl Into<String>) -> ConfigError {
-        let (line, column) = line_col(self.text, span.start);
-        ConfigError::Invalid { path: self.path.to_path_buf(), line, column, reason: reason.into() }
-    }
-
-    fn duration(&self, s: &S<String>, what: &str) -> Result<i64, ConfigError> {
-        parse_duration_ms(s.get_ref()).map_err(|e| self.err(s.span(), format!("{what}: {e}")))
-    }
-
-    fn count(&self, s: &S<i64>, what: &str, max: u32) -> Result<NonZeroU32, ConfigError> {
-        let v = *s.get_ref();
-        if v < 1 {
-            return Err(self.err(s.span(), format!("{what} = {v}: it must be at least 1")));
-        }
-        if v > max as i64 {
-            return Err(self.err(s.span(), format!("{what} = {v}: at most {max} is accepted")));
-        }
-        Ok(NonZeroU32::new(v as u32).expect("checked >= 1"))
-    }
-}
-
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
-    (line, column)
 }
 
 /// Reads and checks a config file.
@@ -154,9 +80,9 @@ fn build(ck: &Checker<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         claim(&j.get_ref().name, "join")?;
     }
 
-    let (gateway, service, max_devices) = build_gateway(ck, raw.gateway.as_ref())?;
-    let (source, max_payload) = build_source(ck, raw.source.as_ref(), &gateway)?;
-    let upstream = build_upstream(ck, raw.upstream.as_ref(), &gateway, &source)?;
+    let (gateway, service, max_devices) = gateway::build_gateway(ck, raw.gateway.as_ref())?;
+    let (source, max_payload) = gateway::build_source(ck, raw.source.as_ref(), &gateway)?;
+    let upstream = gateway::build_upstream(ck, raw.upstream.as_ref(), &gateway, &source)?;
 
     let mut streams = Vec::with_capacity(raw.stream.len());
     let mut i2c = Vec::new();

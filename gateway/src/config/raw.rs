@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::S;
+use super::check::S;
 use edgejoin_engine::plan::{Clock, Format, JoinType, OverlapCondition, TimeUnit, WatermarkMode};
 
-use super::Delivery;
+use super::deployment::{Delivery, FullPolicy, SensorModel};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -56,7 +56,7 @@ pub(super) struct RawUpstream {
     pub(super) url: S<String>,
     pub(super) topic_prefix: Option<S<String>>,
     pub(super) spool: Option<S<String>>,
-    pub(super) spool_full: Option<S<super::FullPolicy>>,
+    pub(super) spool_full: Option<S<FullPolicy>>,
     pub(super) client_id: Option<S<String>>,
     pub(super) username: Option<String>,
     pub(super) password_file: Option<S<String>>,
@@ -92,7 +92,7 @@ pub(super) struct RawStream {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawI2c {
     pub(super) bus: String,
-    pub(super) sensor: super::SensorModel,
+    pub(super) sensor: SensorModel,
     pub(super) address: Option<i64>,
     pub(super) period: Option<S<String>>,
 }

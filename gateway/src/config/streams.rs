@@ -8,8 +8,9 @@ use edgejoin_engine::event::MAX_VALUES;
 use edgejoin_engine::plan::*;
 use edgejoin_engine::topic::{TopicPattern, TopicTemplate, Var};
 
+use super::check::{nonneg, positive, Checker, ConfigError, MAX_CAPACITY, MAX_KEYS, S};
+use super::deployment::{i2c_topic, I2cSource};
 use super::raw::{RawLate, RawStream};
-use super::{i2c_topic, Checker, ConfigError, I2cSource, MAX_CAPACITY, MAX_KEYS, S};
 
 pub(super) fn field_ref(
     ck: &Checker<'_>,
@@ -251,20 +252,4 @@ pub(super) fn build_stream(
         values,
     };
     Ok((def, i2c))
-}
-
-pub(super) fn nonneg(ck: &Checker<'_>, s: &S<String>, what: &str) -> Result<i64, ConfigError> {
-    let v = ck.duration(s, what)?;
-    if v < 0 {
-        return Err(ck.err(s.span(), format!("{what} may not be negative")));
-    }
-    Ok(v)
-}
-
-pub(super) fn positive(ck: &Checker<'_>, s: &S<String>, what: &str) -> Result<i64, ConfigError> {
-    let v = ck.duration(s, what)?;
-    if v <= 0 {
-        return Err(ck.err(s.span(), format!("{what} must be longer than 0")));
-    }
-    Ok(v)
 }

@@ -7,10 +7,9 @@ use edgejoin_engine::plan::*;
 use edgejoin_engine::topic::{TopicTemplate, Var};
 
 use super::raw::RawConfig;
-use super::streams::positive;
 use edgejoin_engine::event::MAX_VALUES;
 
-use super::{Checker, ConfigError, MAX_KEYS, S};
+use super::check::{positive, Checker, ConfigError, MAX_KEYS, S};
 
 pub(super) fn build_windows(
     ck: &Checker<'_>,

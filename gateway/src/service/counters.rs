@@ -70,6 +70,7 @@ impl LatencyHistogram {
         self.sum_us.fetch_add(us, Ordering::Relaxed);
     }
 
+    #[cfg(test)]
     pub fn count(&self) -> u64 {
         self.buckets.iter().map(|c| c.load(Ordering::Relaxed)).sum()
     }

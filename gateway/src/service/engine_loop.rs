@@ -14,7 +14,9 @@ use rumqttc::{AsyncClient, Publish, QoS};
 use tokio::sync::{mpsc, watch, Notify};
 
 use super::acks::{Acks, BarrierState, Barriers, SharedBarriers};
+use super::clock::now_ms;
 use super::counters::ServiceCounters;
+use super::error::{io_err, ServiceError};
 use super::metrics;
 use super::redelivery::Redeliveries;
 use super::results::ResultWriter;
@@ -24,7 +26,7 @@ use super::spool::Spool;
 use super::systemd::{self, Watchdog};
 use super::uplink::LatencyMarks;
 use super::wal::Wal;
-use super::{checkpoint, frame, io_err, logging, now_ms, ServiceError};
+use super::{checkpoint, frame, logging};
 use crate::config::{Delivery, Deployment};
 use edgejoin_engine::engine::Engine;
 

@@ -18,34 +18,35 @@
 //!   ready, status and watchdog; [`shutdown`] orders the stop; [`mqtt`] builds
 //!   connection options (TLS, credentials); [`logging`] rate-limits warnings.
 
-pub mod acks;
-pub mod checkpoint;
-pub mod counters;
-pub mod delivery;
+mod acks;
+mod checkpoint;
+mod clock;
+mod counters;
+mod delivery;
 mod engine_loop;
-pub mod frame;
+mod error;
+mod frame;
 mod http;
-pub mod logging;
-pub mod metrics;
+mod logging;
+pub(crate) mod metrics;
 mod mqtt;
 mod recovery;
-pub mod redelivery;
-pub mod registry;
+mod redelivery;
+mod registry;
 mod results;
-pub mod shutdown;
+mod shutdown;
 mod source;
-pub mod source_proxy;
-pub mod spool;
-pub mod state_dir;
+mod source_proxy;
+mod spool;
+mod state_dir;
 mod systemd;
 mod uplink;
-pub mod wal;
+mod wal;
 
-use std::io;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 #[cfg(feature = "i2c")]
 use std::time::Instant;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rumqttc::AsyncClient;
 #[cfg(feature = "i2c")]
@@ -54,52 +55,16 @@ use tokio::sync::Notify;
 
 use crate::config::{Config, Delivery};
 use acks::SharedBarriers;
+use clock::now_ms;
 use counters::ServiceCounters;
 use engine_loop::{EngineLoop, Links, Start};
+use error::io_err;
+pub use error::ServiceError;
 use recovery::{recover, report_spool_damage, Recovered};
 use shutdown::{Shutdown, Stage};
 pub use source::{intake_budget, max_message, source_buffers};
 use source::{Msg, INTAKE, SOURCE_REQUESTS};
 use spool::Spool;
-
-/// Why the service could not start or had to stop.
-#[derive(Debug, thiserror::Error)]
-pub enum ServiceError {
-    #[error("state_dir {path}: {source}")]
-    StateDir {
-        path: std::path::PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("state_dir {path} is full ({source}): free some space; the service starts again by itself under systemd")]
-    StateDirFull {
-        path: std::path::PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("{path} is locked by another edgejoin using the same state_dir ({source}); stop it, or give this one its own state_dir")]
-    Locked {
-        path: std::path::PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("{what}: {source}")]
-    Io {
-        what: &'static str,
-        #[source]
-        source: io::Error,
-    },
-    #[error("{0}")]
-    Config(String),
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
-fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> ServiceError {
-    move |source| ServiceError::Io { what, source }
-}
 
 /// glibc gives each thread that allocates its own arena (up to 8 per core),
 /// each keeping freed memory for reuse: with four threads that is a few
@@ -294,7 +259,9 @@ async fn run_async(c: Config) -> Result<(), ServiceError> {
                             let msg = Msg { m, recv_ms: now_ms(), at: Instant::now(), _permit: None };
                             tx.blocking_send(msg).is_ok()
                         },
-                        &counters.i2c_errors,
+                        |n| {
+                            counters.i2c_errors.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                        },
                     )
                 })
                 .map_err(io_err("i2c thread"))?;

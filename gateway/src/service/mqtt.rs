@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rumqttc::MqttOptions;
 
-use super::ServiceError;
+use super::error::ServiceError;
 use crate::config::{Credentials, TlsFiles};
 
 /// A rustls client configuration from PEM files: the CA to trust, and

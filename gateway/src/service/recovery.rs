@@ -5,12 +5,13 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
+use super::checkpoint;
 use super::counters::ServiceCounters;
+use super::error::{io_err, ServiceError};
 use super::redelivery::Redeliveries;
 use super::results::ResultWriter;
 use super::spool::Spool;
 use super::wal::{Wal, WalRecord};
-use super::{checkpoint, io_err, ServiceError};
 use crate::config::{Config, Delivery};
 use edgejoin_engine::engine::Engine;
 

@@ -34,10 +34,6 @@ impl Shutdown {
         });
     }
 
-    pub fn stage(&self) -> Stage {
-        *self.0.borrow()
-    }
-
     pub fn watch(&self) -> watch::Receiver<Stage> {
         self.0.subscribe()
     }
@@ -53,6 +49,6 @@ mod tests {
         let w = s.watch();
         s.advance(Stage::DrainUplink);
         s.advance(Stage::StopIntake);
-        assert_eq!((s.stage(), *w.borrow()), (Stage::DrainUplink, Stage::DrainUplink));
+        assert_eq!(*w.borrow(), Stage::DrainUplink);
     }
 }

@@ -15,8 +15,9 @@ use rumqttc::{AsyncClient, Event, EventLoop, Incoming, Publish, QoS};
 use tokio::sync::Notify;
 
 use super::acks::{Barriers, SharedBarriers};
+use super::clock::now_ms;
 use super::counters::ServiceCounters;
-use super::{logging, now_ms};
+use super::logging;
 use crate::backoff::Backoff;
 use crate::config::Config;
 

@@ -298,11 +298,6 @@ impl Spool {
         }
     }
 
-    /// Bytes appended and not yet written to the file.
-    pub fn pending_bytes(&self) -> usize {
-        self.pending.len()
-    }
-
     /// Makes everything appended durable.
     pub fn sync(&mut self) -> io::Result<()> {
         self.flush()?;

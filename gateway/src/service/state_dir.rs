@@ -8,7 +8,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
 
-use crate::service::ServiceError;
+use super::error::ServiceError;
 
 extern "C" {
     fn flock(fd: i32, operation: i32) -> i32;
@@ -57,7 +57,7 @@ pub fn probe(dir: &Path) -> Result<(), ServiceError> {
     })();
     let _ = fs::remove_file(&path);
     res.map_err(|source| {
-        if crate::service::frame::is_storage_full(&source) {
+        if super::frame::is_storage_full(&source) {
             ServiceError::StateDirFull { path: dir.to_path_buf(), source }
         } else {
             ServiceError::StateDir { path: dir.to_path_buf(), source }

@@ -13,11 +13,12 @@ use std::time::{Duration, Instant};
 use rumqttc::{AsyncClient, Event, EventLoop, Incoming, Outgoing, QoS};
 use tokio::sync::{watch, Notify};
 
+use super::clock::now_ms;
 use super::counters::ServiceCounters;
 use super::delivery::{Delivery, WINDOW};
+use super::logging;
 use super::shutdown::Stage;
 use super::spool::{Spool, SpoolRecord};
-use super::{logging, now_ms};
 use crate::backoff::Backoff;
 
 /// Which spool positions the results of each recent message got, and when

@@ -249,15 +249,6 @@ impl Wal {
         }
         sync_dir(&self.dir)
     }
-
-    /// Bytes the log holds on disk.
-    pub fn disk_bytes(&self) -> u64 {
-        self.segments
-            .iter()
-            .filter_map(|&f| fs::metadata(segment_path(&self.dir, f)).ok())
-            .map(|m| m.len())
-            .sum()
-    }
 }
 
 #[cfg(test)]

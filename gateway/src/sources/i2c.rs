@@ -110,12 +110,12 @@ pub mod linux {
     use crate::config::{i2c_topic, I2cSource};
 
     /// Reads `src` every period until `send` fails (the service stopped);
-    /// `errors` counts failed reads and failed opens.
+    /// `errors` is told of failed reads and failed opens.
     pub fn run(
         stream: String,
         src: I2cSource,
         mut send: impl FnMut(String, String) -> bool,
-        errors: &crate::service::counters::Counter,
+        errors: impl Fn(u64),
     ) {
         let topic = i2c_topic(&stream);
         let mut backoff = Backoff::default();
@@ -123,7 +123,7 @@ pub mod linux {
             let dev = match linux_embedded_hal::I2cdev::new(&src.bus) {
                 Ok(d) => d,
                 Err(e) => {
-                    errors.fetch_add(1, crate::service::counters::Ordering::Relaxed);
+                    errors(1);
                     let wait = backoff.wait().as_millis() as u64;
                     tracing::warn!(
                         "i2c {}: cannot open {}: {e}; retrying in {wait} ms",
@@ -147,7 +147,7 @@ pub mod linux {
                         std::thread::sleep(src.period);
                     }
                     Err(wait) => {
-                        errors.fetch_add(n, crate::service::counters::Ordering::Relaxed);
+                        errors(n);
                         failures += 1;
                         tracing::warn!("i2c {}: read failed; retrying in {wait} ms", stream);
                         std::thread::sleep(Duration::from_millis(wait));

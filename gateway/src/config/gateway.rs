@@ -1,0 +1,219 @@
+//! `[gateway]`, `[source]` and `[upstream]`: checked into the
+//! [`Deployment`](super::Deployment)'s parts (identity, service intervals,
+//! brokers, credentials, TLS files, spool).
+
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::check::{positive, Checker, ConfigError, DEFAULT_MAX_DEVICES, MAX_KEYS, S};
+use super::deployment::{Broker, Credentials, FullPolicy, Gateway, ServiceCfg, Source, TlsFiles, Upstream};
+use super::raw::{RawGateway, RawSource, RawUpstream};
+use super::units::parse_size;
+
+fn opt_duration(
+    ck: &Checker<'_>,
+    s: Option<&S<String>>,
+    what: &str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match s {
+        Some(v) => Ok(Duration::from_millis(positive(ck, v, what)? as u64)),
+        None => Ok(default),
+    }
+}
+
+/// `[gateway]`: who the gateway is, how its service runs, and how many devices a stream tracks.
+pub(super) fn build_gateway(
+    ck: &Checker<'_>,
+    g: Option<&RawGateway>,
+) -> Result<(Gateway, ServiceCfg, NonZeroU32), ConfigError> {
+    let Some(g) = g else {
+        let gw = Gateway { id: "edgejoin".into(), state_dir: "/var/lib/edgejoin".into() };
+        return Ok((gw, ServiceCfg::default(), DEFAULT_MAX_DEVICES));
+    };
+    let id = g.id.as_ref().map(|s| s.get_ref().clone()).unwrap_or_else(|| "edgejoin".into());
+    if let Some(s) = &g.id {
+        if id.is_empty() || id.contains(['/', '+', '#']) || id.len() > 64 {
+            return Err(ck.err(
+                s.span(),
+                "gateway id must be 1-64 characters without `/`, `+` or `#` (it names the MQTT clients)",
+            ));
+        }
+    }
+    let d = ServiceCfg::default();
+    let metrics_addr = match &g.metrics_addr {
+        Some(a) => Some(a.get_ref().parse().map_err(|_| {
+            ck.err(
+                a.span(),
+                format!(
+                    "metrics_addr `{}`: write an address and port such as \"127.0.0.1:9108\"",
+                    a.get_ref()
+                ),
+            )
+        })?),
+        None => None,
+    };
+    let stats_topic = match &g.stats_topic {
+        Some(t) => {
+            if t.get_ref().is_empty() || t.get_ref().contains(['+', '#']) {
+                return Err(ck.err(t.span(), "stats_topic may not be empty or contain `+` or `#`"));
+            }
+            t.get_ref().clone()
+        }
+        None => d.stats_topic.clone(),
+    };
+    let gw =
+        Gateway { id, state_dir: g.state_dir.clone().unwrap_or_else(|| "/var/lib/edgejoin".into()).into() };
+    let max_devices = match &g.max_devices {
+        Some(m) => ck.count(m, "gateway: max_devices", MAX_KEYS)?,
+        None => DEFAULT_MAX_DEVICES,
+    };
+    let svc = ServiceCfg {
+        checkpoint: opt_duration(ck, g.checkpoint_interval.as_ref(), "checkpoint_interval", d.checkpoint)?,
+        tick: opt_duration(ck, g.tick.as_ref(), "tick", d.tick)?,
+        stats: opt_duration(ck, g.stats_interval.as_ref(), "stats_interval", d.stats)?,
+        stats_topic,
+        metrics_addr,
+        delivery: g.delivery.as_ref().map_or(d.delivery, |v| *v.get_ref()),
+        shutdown: opt_duration(ck, g.shutdown_timeout.as_ref(), "shutdown_timeout", d.shutdown)?,
+    };
+    Ok((gw, svc, max_devices))
+}
+
+fn broker(ck: &Checker<'_>, url: &S<String>, what: &str) -> Result<Broker, ConfigError> {
+    Broker::parse(url.get_ref()).map_err(|e| ck.err(url.span(), format!("{what}: {e}")))
+}
+
+fn client_id(ck: &Checker<'_>, v: Option<&S<String>>, default: String) -> Result<String, ConfigError> {
+    match v {
+        Some(c) if c.get_ref().is_empty() || c.get_ref().len() > 128 => {
+            Err(ck.err(c.span(), "client_id must be 1-128 characters"))
+        }
+        Some(c) => Ok(c.get_ref().clone()),
+        None => Ok(default),
+    }
+}
+
+fn credentials(
+    ck: &Checker<'_>,
+    username: &Option<String>,
+    password_file: &Option<Spanned<String>>,
+) -> Result<Option<Credentials>, ConfigError> {
+    if let (None, Some(f)) = (username, password_file) {
+        return Err(ck.err(
+            f.span(),
+            "password_file needs `username` as well (MQTT sends a password only with a user name)",
+        ));
+    }
+    Ok(username.as_ref().map(|u| Credentials {
+        username: u.clone(),
+        password_file: password_file.as_ref().map(|f| PathBuf::from(f.get_ref())),
+    }))
+}
+
+/// `[source]`, and the largest payload the engine accepts from it.
+pub(super) fn build_source(
+    ck: &Checker<'_>,
+    s: Option<&RawSource>,
+    g: &Gateway,
+) -> Result<(Source, usize), ConfigError> {
+    let default_broker = Broker::parse("mqtt://127.0.0.1:1883").expect("valid default");
+    let Some(s) = s else {
+        let src = Source {
+            url: "mqtt://127.0.0.1:1883".into(),
+            broker: default_broker,
+            client_id: format!("{}-in", g.id),
+            credentials: None,
+        };
+        return Ok((src, 64 << 10));
+    };
+    let max_payload = match &s.max_payload {
+        Some(m) => {
+            let v = parse_size(m.get_ref()).map_err(|e| ck.err(m.span(), format!("max_payload: {e}")))?;
+            if !(16..=256 << 20).contains(&v) {
+                return Err(ck.err(m.span(), "max_payload must be between 16 B and 256 MiB"));
+            }
+            v as usize
+        }
+        None => 64 << 10,
+    };
+    let (url, b) = match &s.url {
+        Some(u) => (u.get_ref().clone(), broker(ck, u, "source url")?),
+        None => ("mqtt://127.0.0.1:1883".into(), default_broker),
+    };
+    let src = Source {
+        url,
+        broker: b,
+        client_id: client_id(ck, s.client_id.as_ref(), format!("{}-in", g.id))?,
+        credentials: credentials(ck, &s.username, &s.password_file)?,
+    };
+    Ok((src, max_payload))
+}
+
+/// `[upstream]`: where results go (the source broker when absent).
+pub(super) fn build_upstream(
+    ck: &Checker<'_>,
+    u: Option<&RawUpstream>,
+    g: &Gateway,
+    src: &Source,
+) -> Result<Upstream, ConfigError> {
+    let prefix_default = format!("gw/{}", g.id);
+    let Some(u) = u else {
+        return Ok(Upstream {
+            url: src.url.clone(),
+            broker: src.broker.clone(),
+            topic_prefix: prefix_default,
+            spool: 64 << 20,
+            spool_full: FullPolicy::DropOldest,
+            client_id: format!("{}-out", g.id),
+            credentials: src.credentials.clone(),
+            tls: None,
+        });
+    };
+    let b = broker(ck, &u.url, "upstream url")?;
+    let topic_prefix = match &u.topic_prefix {
+        Some(t) if t.get_ref().contains(['+', '#']) => {
+            return Err(ck.err(t.span(), "topic_prefix may not contain `+` or `#`"))
+        }
+        Some(t) => t.get_ref().trim_end_matches('/').to_string(),
+        None => prefix_default,
+    };
+    let spool = match &u.spool {
+        Some(s) => {
+            let v = parse_size(s.get_ref()).map_err(|e| ck.err(s.span(), format!("spool: {e}")))?;
+            if v < 64 << 10 {
+                return Err(ck.err(s.span(), "spool must be at least 64KiB"));
+            }
+            v
+        }
+        None => 64 << 20,
+    };
+    let tls = if b.tls {
+        Some(TlsFiles {
+            ca_file: u.ca_file.as_ref().map(PathBuf::from),
+            cert_file: u.cert_file.as_ref().map(PathBuf::from),
+            key_file: u.key_file.as_ref().map(PathBuf::from),
+        })
+    } else {
+        if u.ca_file.is_some() || u.cert_file.is_some() || u.key_file.is_some() {
+            return Err(ck.err(u.url.span(), "ca_file, cert_file and key_file need an `mqtts://` url"));
+        }
+        None
+    };
+    if u.cert_file.is_some() != u.key_file.is_some() {
+        return Err(ck.err(u.url.span(), "a client certificate needs both cert_file and key_file"));
+    }
+    Ok(Upstream {
+        url: u.url.get_ref().clone(),
+        broker: b,
+        topic_prefix,
+        spool,
+        spool_full: u.spool_full.as_ref().map_or(FullPolicy::DropOldest, |p| *p.get_ref()),
+        client_id: client_id(ck, u.client_id.as_ref(), format!("{}-out", g.id))?,
+        credentials: credentials(ck, &u.username, &u.password_file)?,
+        tls,
+    })
+}
