@@ -29,8 +29,9 @@ for t in "${TARGETS[@]}"; do
     # the live-service tests need a broker and spawn binaries: they run natively (.ci/run)
     log="target/pi-check-$t.log"
     mkdir -p target
-    if ! cargo test --locked --target "$t" -p edgejoin --lib \
-        --test window_model --test join_model --test checkpoint --test alloc --test skew_truth -q >"$log" 2>&1; then
+    if ! { cargo test --locked --target "$t" -p edgejoin-engine -q \
+        && cargo test --locked --target "$t" -p edgejoin --lib --test window_model --test join_model \
+            --test checkpoint --test alloc --test skew_truth --test decode --test engine_state -q; } >"$log" 2>&1; then
         grep -E "FAILED|panicked|error" "$log" | head -20
         echo "$t: tests failed (full log: $log)"
         exit 1

@@ -14,7 +14,7 @@ use crate::topic::TopicTemplate;
 use crate::watermark::{is_idle, Arrival, DeviceWatermarks, Watermark, NO_WM};
 use crate::window::{WindowCounters, WindowOp, WindowRecord};
 
-/// A late event routed by `late = "route"` (SPEC §9).
+/// A late event routed by `late = "route"` (docs/SEMANTICS.md §2.2).
 #[derive(Clone, Debug, PartialEq)]
 pub struct LateRecord {
     pub stream: u16,

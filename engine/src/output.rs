@@ -1,4 +1,4 @@
-//! Results as JSON (SPEC §9): window rows and routed late events, one object
+//! Results as JSON (docs/SEMANTICS.md §8, §5.1): window rows and routed late events, one object
 //! per line or MQTT message, each with a deterministic `id` — a hash of the
 //! row's content without `emitted_ms` (xxh3-64, hex), so a redelivered input
 //! yields an equal row with an equal id. Encoding reuses one buffer: no

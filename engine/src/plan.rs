@@ -64,7 +64,7 @@ pub enum Clock {
     Receive,
 }
 
-/// Whose progress a stream's watermark follows (SPEC §13.13).
+/// Whose progress a stream's watermark follows (docs/SEMANTICS.md §2.4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WatermarkMode {

@@ -1,4 +1,4 @@
-//! Per-device clock correction (`clock = "corrected"`, SPEC §4): maps a
+//! Per-device clock correction (`clock = "corrected"`, docs/SEMANTICS.md §3): maps a
 //! device's timestamps onto the gateway clock with an offset and a drift
 //! term fitted to the *lower envelope* of `recv - device` — the samples that
 //! met the path's minimum delay — so that delay spikes do not pull it.
@@ -48,7 +48,7 @@ const SWITCH_SPAN_MS: i64 = 60_000;
 /// Below the line by more than this (plus the drift allowance) is a forward step.
 const STEP_BELOW_MS: i64 = 50;
 /// How far off the fit may be for drift: its slope is held within ±600 ppm
-/// of zero and devices drift up to ±500 ppm (SPEC §4), so it is off by at most
+/// of zero and devices drift up to ±500 ppm (docs/SEMANTICS.md §3), so it is off by at most
 /// 1100 ppm of the distance to the newest fitted sample.
 const DRIFT_ALLOWANCE_PPM: i64 = 1200;
 /// Above the line by more than this (and more than 8 mean residuals) starts a step run.
@@ -60,7 +60,7 @@ const CLOCK_JUMP_MS: i64 = 86_400_000;
 /// A sample below the line that sits at most this far above the previous
 /// segment's line is a straggler stamped before the step (ms).
 const MAX_STRAGGLER_DELAY_MS: i64 = 600_000;
-/// The steepest drift the fit believes (ppm); SPEC §4 names ±500.
+/// The steepest drift the fit believes (ppm): ±500 (docs/SEMANTICS.md §3).
 const MAX_SLOPE_PPM: f64 = 600.0;
 /// Samples a segment fits before its own slope replaces the one from before a step.
 const PRIOR_SAMPLES: u32 = 32;

@@ -1,7 +1,7 @@
 //! Event-time progress of one input: `wm = max ts seen - lateness`, the late
 //! test (`ts < wm` on arrival, before the max moves), and idleness on the
-//! gateway clock (SPEC §5, §13.4); and per-device watermarks
-//! ([`DeviceWatermarks`], SPEC §13.13), where each device of a stream is
+//! gateway clock (docs/SEMANTICS.md §2.1, §2.3); and per-device watermarks
+//! ([`DeviceWatermarks`], docs/SEMANTICS.md §2.4), where each device of a stream is
 //! judged against its own progress and the stream advances on the slowest
 //! device that is not idle.
 

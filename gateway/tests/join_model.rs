@@ -100,7 +100,7 @@ values = ["v"]
 }
 
 /// Stream-level and join-level acceptance, and the join watermark after
-/// each arrival, exactly as SPEC §5 and §13.4 define them.
+/// each arrival, exactly as docs/SEMANTICS.md §2.1, §2.3 and §5.5 define them.
 struct Sim {
     /// Accepted by the join (on time for its stream and not below the frontier).
     accepted: Vec<bool>,
@@ -108,7 +108,7 @@ struct Sim {
     eff_after: [Vec<i64>; 2],
 }
 
-/// The same with per-device watermarks on both streams (SPEC §13.13): a
+/// The same with per-device watermarks on both streams (docs/SEMANTICS.md §2.4): a
 /// side's watermark is the minimum over its devices heard within its idle
 /// timeout, never moving back; an event below its device's watermark is
 /// late, one below its stream's watermark is late for the join.

@@ -1,7 +1,7 @@
 //! Clock correction against ground truth over many seeds: offsets from ±1
 //! day to boot-relative clocks, drift up to ±500 ppm, a minimum delay plus
 //! lognormal jitter plus spikes of seconds, bursts after outages, reordering,
-//! duplicates, reboots and NTP steps. SPEC §4 and §13.12: after 30 samples of
+//! duplicates, reboots and NTP steps. docs/SEMANTICS.md §3 and docs/CLOCKS.md: after 30 samples of
 //! each clock segment (in arrival order), p99 of |corrected − true| is at
 //! most the minimum one-way delay + 2 ms, and a corrected time is never
 //! later than its receive time.

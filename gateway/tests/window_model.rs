@@ -131,7 +131,7 @@ enum Shape {
 #[derive(Clone, Copy, Debug)]
 enum Progress {
     Stream,
-    /// Per device (SPEC §13.13), with the idle timeout in gateway ms.
+    /// Per device (docs/SEMANTICS.md §2.4), with the idle timeout in gateway ms.
     Device(Option<i64>),
 }
 

@@ -1,7 +1,7 @@
 //! `sensors-sim`: simulated sensor fleets for edgejoin — devices with their
 //! own rates, wrong and drifting clocks, delayed, reordered and duplicated
 //! delivery — published to an MQTT broker in real time or as fast as it
-//! takes, and/or recorded (SPEC §10, with the truth per message). And
+//! takes, and/or recorded (docs/SEMANTICS.md §10, with the truth per message). And
 //! `sensors-sim demo`: a broker, the simulator and the gateway in one
 //! process, printing correlated results as they appear.
 

@@ -1,4 +1,4 @@
-//! Joins (docs/SEMANTICS.md §7): `tolerance` and `asof` over raw events
+//! Joins (docs/SEMANTICS.md §5): `tolerance` and `asof` over raw events
 //! ([`raw`]), `bucket`, `overlap` and `session` over closed windows
 //! ([`windowed`]); inner and left-outer. Each
 //! side's elements wait per key in fixed-capacity buffers until the join's
@@ -56,7 +56,7 @@ pub struct JoinCounters {
     pub unmatched: u64,
     /// Matches beyond `max_matches` of a left, not emitted.
     pub dropped_matches: u64,
-    /// Inputs below the join's frontier after an idle input let it advance (SPEC §13.4).
+    /// Inputs below the join's frontier after an idle input let it advance (docs/SEMANTICS.md §5.5).
     pub late_after_idle: u64,
     /// Elements pushed out of a full per-key buffer before they were released (left, right).
     pub capacity_evictions: [u64; 2],

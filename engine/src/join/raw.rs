@@ -1,6 +1,6 @@
 //! Joins of raw events: `tolerance` (`lower <= right.ts - left.ts <=
 //! upper`) and `asof` (the latest right at or before the left, within
-//! `tolerance`), docs/SEMANTICS.md §7.1–7.2. What decides a match, when an
+//! `tolerance`), docs/SEMANTICS.md §5.3–5.4. What decides a match, when an
 //! element can match nothing more, and how as-of keeps only the rights a
 //! left can still pick.
 

@@ -1,6 +1,6 @@
 //! Joins of closed windows: `bucket` (equal tumbling windows), `overlap`
 //! (`contained_start` or `overlaps`) and `session` (sessions within
-//! `tolerance` of each other), docs/SEMANTICS.md §7.3–7.5. What decides a
+//! `tolerance` of each other), docs/SEMANTICS.md §5.3–5.4. What decides a
 //! match and when a window can match nothing more.
 
 use super::buffer::{Elem, L};

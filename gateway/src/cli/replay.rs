@@ -1,4 +1,4 @@
-//! Offline replay of a recording (SPEC §10): each line's `recv_ms` is the
+//! Offline replay of a recording (docs/SEMANTICS.md §10): each line's `recv_ms` is the
 //! gateway clock, its `topic` and `payload` (or `payload_b64`) the message.
 //! At the end of the input every watermark passes all data. Deterministic:
 //! the same config and input give the same bytes.

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// What a full spool does with a new result (`spool_full` in `[upstream]`, SPEC §11).
+/// What a full spool does with a new result (`spool_full` in `[upstream]`, docs/SEMANTICS.md §9.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FullPolicy {

@@ -1,4 +1,4 @@
-//! Reading a config file: TOML with the contract's names (SPEC §12), parsed
+//! Reading a config file: TOML with the contract's names (docs/CONFIG.md), parsed
 //! once and checked into a [`Config`]: the engine's [`Plan`] (what it
 //! computes) and the [`Deployment`] (how the service runs). Every refusal
 //! names the file, the line and a reason a user can act on.

@@ -1,5 +1,5 @@
 //! The config file as written: the TOML shapes serde reads (contract names,
-//! SPEC §12), each value with its span for line-precise errors. Nothing here
+//! docs/CONFIG.md), each value with its span for line-precise errors. Nothing here
 //! is checked yet; [`super`] turns it into a plan and a deployment.
 
 use std::collections::BTreeMap;

@@ -13,7 +13,7 @@
 //! which log position a barrier confirmed them. [`Barriers`] counts barriers
 //! and their answers across reconnects. Both take events and answer
 //! questions; the engine loop and the source task perform the IO
-//! (`try_ack`, `try_unsubscribe`) and report back. docs/SEMANTICS.md §9
+//! (`try_ack`, `try_unsubscribe`) and report back. docs/SEMANTICS.md §9.1
 //! states the promise this keeps.
 
 use std::collections::VecDeque;

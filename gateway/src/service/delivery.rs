@@ -4,7 +4,7 @@
 //! position may advance. The uplink task ([`super::uplink`]) reads the spool,
 //! talks to the client and reports each event here.
 //!
-//! The promise (docs/SEMANTICS.md §9): a result leaves the spool only after
+//! The promise (docs/SEMANTICS.md §9.2): a result leaves the spool only after
 //! the broker acknowledged it and every result before it; after a reconnect
 //! everything from the delivered position goes again (the client's own queue
 //! is dropped with its clean session), with the same ids.
