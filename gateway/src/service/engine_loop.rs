@@ -419,8 +419,17 @@ impl EngineLoop {
         Ok(())
     }
 
+    /// Hands the turn's results to the uplink, deletes what it delivered, saves
+    /// its position now and then.
     fn flush_spool(&mut self) -> Result<(), ServiceError> {
-        match self.io.spool.lock().expect("spool lock").flush() {
+        let mut spool = self.io.spool.lock().expect("spool lock");
+        if let Err(e) = spool.maintain() {
+            // what was delivered since the last save is sent again after a restart (same ids)
+            if let Some(more) = self.spool_log.ready() {
+                tracing::warn!("spool: cannot save the delivered position: {e}{}", logging::more(more));
+            }
+        }
+        match spool.flush() {
             Ok(()) => Ok(()),
             // kept in memory; the next turn pauses intake until it is written
             Err(e) if frame::is_storage_full(&e) => Ok(()),

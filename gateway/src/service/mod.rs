@@ -198,7 +198,7 @@ async fn run_async(c: Config) -> Result<(), ServiceError> {
     let uplink = tokio::spawn(uplink::uplink_task(
         up_loop,
         up_client.clone(),
-        spool.clone(),
+        spool.lock().expect("spool lock").reader(),
         spool_ready.clone(),
         stats_rx,
         shutdown.watch(),

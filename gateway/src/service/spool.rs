@@ -14,11 +14,19 @@
 //! damaged file kept aside. Appends go to a buffer in memory and reach the
 //! file at [`Spool::flush`]; a flush that fails (a full disk) keeps them for
 //! the next one.
+//!
+//! Two halves: [`Spool`], the writer, belongs to the engine thread (appends,
+//! flushes, fsyncs, drops and deletes segments, saves the delivered
+//! position); [`SpoolReader`] belongs to the uplink (reads what was flushed,
+//! records what was delivered). They share three numbers and the list of
+//! segments under a lock that is never held across IO, so the uplink never
+//! waits for the writer's fsync and never fsyncs itself.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
@@ -63,20 +71,33 @@ struct Segment {
     bytes: u64,
 }
 
+/// What the writer and the reader share.
+#[derive(Debug)]
+struct Shared {
+    /// First positions of the segment files, oldest first.
+    firsts: VecDeque<u64>,
+    /// Results below this position reached the files: the reader may read them.
+    flushed: u64,
+    /// Every result below this position is delivered.
+    acked: u64,
+}
+
+/// The writing half (the engine thread's).
 pub struct Spool {
     dir: PathBuf,
     budget: u64,
     segment_max: u64,
     policy: FullPolicy,
     segments: VecDeque<Segment>,
+    /// Sum of the segments' bytes.
+    bytes: u64,
+    shared: Arc<Mutex<Shared>>,
     /// The segment being written, and the records appended to it not yet written.
     file: File,
     pending: Vec<u8>,
     pending_count: u64,
     next_seq: u64,
     last_input: Option<(u64, u32)>,
-    /// Every result with `seq < acked` is delivered.
-    acked: u64,
     acked_saved: u64,
     /// When the delivered position was last saved: at most once a second (an fsync
     /// per ack burst would stall the uplink), and at every checkpoint and stop. After
@@ -87,7 +108,48 @@ pub struct Spool {
     pub refused: u64,
     /// What start-up found wrong, for the service to report.
     pub damage: SpoolDamage,
-    reader: Option<(u64, BufReader<File>, u64)>,
+    buf: Vec<u8>,
+}
+
+/// The delivered and flushed positions, cheap to ask and to move (no IO).
+#[derive(Clone)]
+pub struct SpoolState(Arc<Mutex<Shared>>);
+
+impl SpoolState {
+    fn shared(&self) -> MutexGuard<'_, Shared> {
+        self.0.lock().expect("spool lock")
+    }
+
+    /// The delivered position.
+    pub fn acked(&self) -> u64 {
+        self.shared().acked
+    }
+
+    /// Whether a result at or after `from` was flushed and can be read.
+    pub fn readable(&self, from: u64) -> bool {
+        let sh = self.shared();
+        from.max(sh.acked) < sh.flushed
+    }
+
+    /// Flushed results not yet delivered.
+    pub fn depth(&self) -> u64 {
+        let sh = self.shared();
+        sh.flushed.saturating_sub(sh.acked)
+    }
+
+    /// Everything before `seq` is delivered (the writer deletes what that frees).
+    pub fn ack(&self, seq: u64) {
+        let mut sh = self.shared();
+        sh.acked = sh.acked.max(seq.min(sh.flushed));
+    }
+}
+
+/// The reading half (the uplink's): what was flushed, in order.
+pub struct SpoolReader {
+    dir: PathBuf,
+    shared: Arc<Mutex<Shared>>,
+    /// The segment file being read: its first position, the file, the next position in it.
+    file: Option<(u64, BufReader<File>, u64)>,
     buf: Vec<u8>,
 }
 
@@ -175,26 +237,36 @@ impl Spool {
                 OpenOptions::new().create(true).append(true).open(segment_path(dir, next_seq))?
             }
         };
+        let shared = Shared { firsts: segments.iter().map(|s| s.first).collect(), flushed: next_seq, acked };
         Ok(Spool {
             dir: dir.to_path_buf(),
             budget,
             segment_max,
             policy,
+            bytes: segments.iter().map(|s| s.bytes).sum(),
             segments,
+            shared: Arc::new(Mutex::new(shared)),
             file,
             pending: Vec::new(),
             pending_count: 0,
             next_seq,
             last_input,
-            acked,
             acked_saved: acked,
             acked_saved_at: std::time::Instant::now(),
             dropped: damage.lost_results,
             refused: 0,
             damage,
-            reader: None,
             buf: good,
         })
+    }
+
+    /// The reading half, for the uplink.
+    pub fn reader(&self) -> SpoolReader {
+        SpoolReader { dir: self.dir.clone(), shared: self.shared.clone(), file: None, buf: Vec::new() }
+    }
+
+    fn shared(&self) -> MutexGuard<'_, Shared> {
+        self.shared.lock().expect("spool lock")
     }
 
     /// The (input, index) of the last result spooled, to resume after a crash without duplicates.
@@ -214,11 +286,16 @@ impl Spool {
 
     /// Results not yet delivered.
     pub fn depth(&self) -> u64 {
-        self.next_seq - self.acked
+        self.next_seq - self.acked()
     }
 
     pub fn disk_bytes(&self) -> u64 {
-        self.segments.iter().map(|s| s.bytes).sum()
+        self.bytes
+    }
+
+    /// The delivered position.
+    pub fn acked(&self) -> u64 {
+        self.shared().acked
     }
 
     /// Appends one result; `false` if the full policy refused it.
@@ -227,7 +304,11 @@ impl Spool {
         self.buf.clear();
         let bytes = postcard::to_extend(&rec, std::mem::take(&mut self.buf)).map_err(io::Error::other)?;
         let size = 8 + bytes.len() as u64;
-        while self.disk_bytes() + size > self.budget {
+        if self.bytes + size > self.budget {
+            // delivered segments go first
+            self.collect_delivered();
+        }
+        while self.bytes + size > self.budget {
             match self.policy {
                 FullPolicy::RefuseNew => {
                     self.refused += 1;
@@ -241,13 +322,15 @@ impl Spool {
                         break;
                     }
                     let old = self.segments.pop_front().expect("two segments");
+                    self.bytes -= old.bytes;
                     let end = self.segments.front().map_or(self.next_seq, |s| s.first);
-                    self.dropped += end.saturating_sub(old.first.max(self.acked));
-                    self.acked = self.acked.max(end);
-                    let _ = fs::remove_file(segment_path(&self.dir, old.first));
-                    if self.reader.as_ref().is_some_and(|r| r.0 == old.first) {
-                        self.reader = None;
+                    {
+                        let mut sh = self.shared.lock().expect("spool lock");
+                        sh.firsts.pop_front();
+                        self.dropped += end.saturating_sub(old.first.max(sh.acked));
+                        sh.acked = sh.acked.max(end);
                     }
+                    let _ = fs::remove_file(segment_path(&self.dir, old.first));
                 }
             }
         }
@@ -258,6 +341,7 @@ impl Spool {
         write_record(&mut self.pending, &bytes)?;
         self.pending_count += 1;
         self.segments.back_mut().expect("a segment").bytes += size;
+        self.bytes += size;
         self.next_seq += 1;
         self.last_input = Some((input_seq, idx));
         self.buf = bytes;
@@ -270,6 +354,39 @@ impl Spool {
         self.file =
             OpenOptions::new().create(true).append(true).open(segment_path(&self.dir, self.next_seq))?;
         self.segments.push_back(Segment { first: self.next_seq, bytes: 0 });
+        self.shared().firsts.push_back(self.next_seq);
+        Ok(())
+    }
+
+    /// Deletes the segments every result of which is delivered (never the
+    /// one being written).
+    fn collect_delivered(&mut self) {
+        let mut gone = Vec::new();
+        {
+            let mut sh = self.shared.lock().expect("spool lock");
+            while self.segments.len() > 1 && self.segments[1].first <= sh.acked {
+                let old = self.segments.pop_front().expect("checked");
+                sh.firsts.pop_front();
+                self.bytes -= old.bytes;
+                gone.push(old.first);
+            }
+        }
+        for first in gone {
+            let _ = fs::remove_file(segment_path(&self.dir, first));
+        }
+    }
+
+    /// Housekeeping between batches: deletes delivered segments and saves the
+    /// delivered position, at most once a second (an fsync per PUBACK burst
+    /// would cost the SD card; after a crash what was delivered since the
+    /// last save is sent again, with the same ids).
+    pub fn maintain(&mut self) -> io::Result<()> {
+        self.collect_delivered();
+        if self.acked() > self.acked_saved
+            && self.acked_saved_at.elapsed() >= std::time::Duration::from_secs(1)
+        {
+            self.save_acked()?;
+        }
         Ok(())
     }
 
@@ -286,6 +403,7 @@ impl Spool {
             Ok(()) => {
                 self.pending.clear();
                 self.pending_count = 0;
+                self.shared().flushed = self.next_seq;
                 if self.pending.capacity() > 1 << 20 {
                     self.pending = Vec::new();
                 }
@@ -305,33 +423,60 @@ impl Spool {
         self.save_acked()
     }
 
-    /// Reads up to `max` results from `from` on (`from >= acked`) into `out`.
+    /// Persists the delivered position (atomically), with its checksum.
+    pub fn save_acked(&mut self) -> io::Result<()> {
+        let acked = self.acked();
+        let tmp = self.dir.join("acked.tmp");
+        let mut f = File::create(&tmp)?;
+        writeln!(f, "{} {:08x}", acked, crc32fast::hash(acked.to_string().as_bytes()))?;
+        f.sync_all()?;
+        fs::rename(&tmp, self.dir.join("acked"))?;
+        sync_dir(&self.dir)?;
+        self.acked_saved = acked;
+        self.acked_saved_at = std::time::Instant::now();
+        Ok(())
+    }
+}
+
+impl SpoolReader {
+    fn shared(&self) -> MutexGuard<'_, Shared> {
+        self.shared.lock().expect("spool lock")
+    }
+
+    /// The positions, for the uplink's async side.
+    pub fn state(&self) -> SpoolState {
+        SpoolState(self.shared.clone())
+    }
+
+    /// Reads up to `max` flushed results from `from` on (at least the
+    /// delivered position) into `out`. File IO: the uplink calls it off its
+    /// async workers.
     pub fn read(&mut self, from: u64, max: usize, out: &mut Vec<SpoolRecord>) -> io::Result<()> {
-        let from = from.max(self.acked);
-        // only what reached the file can be read
-        let end = self.next_seq - self.pending_count;
+        let (from, end, first) = {
+            let sh = self.shared();
+            let from = from.max(sh.acked);
+            let first = sh.firsts.iter().rev().find(|&&f| f <= from).or(sh.firsts.front()).copied();
+            (from, sh.flushed, first)
+        };
         if from >= end {
             return Ok(());
         }
-        let reposition = !matches!(&self.reader, Some((_, _, next)) if *next == from);
-        if reposition {
-            let seg = self
-                .segments
-                .iter()
-                .rev()
-                .find(|s| s.first <= from)
-                .or(self.segments.front())
-                .map(|s| s.first);
-            let Some(first) = seg else { return Ok(()) };
-            let mut r = BufReader::new(File::open(segment_path(&self.dir, first))?);
-            r.seek(SeekFrom::Start(0))?;
-            self.reader = Some((first, r, first));
+        if !matches!(&self.file, Some((_, _, next)) if *next == from) {
+            let Some(first) = first else { return Ok(()) };
+            match File::open(segment_path(&self.dir, first)) {
+                Ok(f) => self.file = Some((first, BufReader::new(f), first)),
+                // dropped by the writer (drop_oldest) since: the next call starts from what is left
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    self.file = None;
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
         }
-        let mut buf = Vec::new();
         while out.len() < max {
-            let Some((first, r, next)) = self.reader.as_mut() else { break };
-            if *next < end && read_record(r, &mut buf)? {
-                let rec: SpoolRecord = postcard::from_bytes(&buf).map_err(io::Error::other)?;
+            let Some((first, r, next)) = self.file.as_mut() else { break };
+            if *next < end && read_record(r, &mut self.buf)? {
+                let rec: SpoolRecord = postcard::from_bytes(&self.buf).map_err(io::Error::other)?;
                 *next = rec.seq + 1;
                 if rec.seq >= from {
                     out.push(rec);
@@ -343,48 +488,10 @@ impl Spool {
             }
             // end of this segment: on to the next one, if any
             let cur = *first;
-            let Some(nxt) = self.segments.iter().find(|s| s.first > cur).map(|s| s.first) else { break };
-            let r = BufReader::new(File::open(segment_path(&self.dir, nxt))?);
-            self.reader = Some((nxt, r, nxt));
+            let nxt = self.shared().firsts.iter().find(|&&f| f > cur).copied();
+            let Some(nxt) = nxt else { break };
+            self.file = Some((nxt, BufReader::new(File::open(segment_path(&self.dir, nxt))?), nxt));
         }
-        Ok(())
-    }
-
-    /// Everything before `seq` is delivered: frees the segments it covers.
-    pub fn ack(&mut self, seq: u64) -> io::Result<()> {
-        if seq <= self.acked {
-            return Ok(());
-        }
-        self.acked = seq.min(self.next_seq);
-        while self.segments.len() > 1 && self.segments[1].first <= self.acked {
-            let old = self.segments.pop_front().expect("checked");
-            let _ = fs::remove_file(segment_path(&self.dir, old.first));
-            if self.reader.as_ref().is_some_and(|r| r.0 == old.first) {
-                self.reader = None;
-            }
-        }
-        if self.acked > self.acked_saved && self.acked_saved_at.elapsed() >= std::time::Duration::from_secs(1)
-        {
-            self.save_acked()?;
-        }
-        Ok(())
-    }
-
-    /// The delivered position, as saved for a restart.
-    pub fn acked(&self) -> u64 {
-        self.acked
-    }
-
-    /// Persists the delivered position (atomically), with its checksum.
-    pub fn save_acked(&mut self) -> io::Result<()> {
-        let tmp = self.dir.join("acked.tmp");
-        let mut f = File::create(&tmp)?;
-        writeln!(f, "{} {:08x}", self.acked, crc32fast::hash(self.acked.to_string().as_bytes()))?;
-        f.sync_all()?;
-        fs::rename(&tmp, self.dir.join("acked"))?;
-        sync_dir(&self.dir)?;
-        self.acked_saved = self.acked;
-        self.acked_saved_at = std::time::Instant::now();
         Ok(())
     }
 }
@@ -420,7 +527,7 @@ mod tests {
     fn read_all(s: &mut Spool, from: u64) -> Vec<u64> {
         s.flush().unwrap();
         let mut v = Vec::new();
-        s.read(from, usize::MAX, &mut v).unwrap();
+        s.reader().read(from, usize::MAX, &mut v).unwrap();
         v.iter().map(|r| r.seq).collect()
     }
 
@@ -433,7 +540,7 @@ mod tests {
         }
         assert_eq!(read_all(&mut s, 1), (1..=100).collect::<Vec<_>>());
         assert_eq!(read_all(&mut s, 51), (51..=100).collect::<Vec<_>>());
-        s.ack(41).unwrap();
+        s.reader().state().ack(41);
         s.sync().unwrap();
         drop(s);
         let mut s = Spool::open(dir.path(), 1 << 20, FullPolicy::DropOldest).unwrap();
@@ -521,7 +628,7 @@ mod tests {
         for bad in ["18446744073709551615", "18446744073709551614", "1500", "50", "41 0badc0de", "x"] {
             let (dir, _) = spool_with(100);
             let mut s = Spool::open(dir.path(), 1 << 20, FullPolicy::DropOldest).unwrap();
-            s.ack(41).unwrap();
+            s.reader().state().ack(41);
             s.save_acked().unwrap();
             drop(s);
             fs::write(dir.path().join("acked"), format!("{bad}\n")).unwrap();
@@ -532,7 +639,7 @@ mod tests {
         // a sound position is used
         let (dir, _) = spool_with(100);
         let mut s = Spool::open(dir.path(), 1 << 20, FullPolicy::DropOldest).unwrap();
-        s.ack(41).unwrap();
+        s.reader().state().ack(41);
         s.save_acked().unwrap();
         drop(s);
         let mut s = Spool::open(dir.path(), 1 << 20, FullPolicy::DropOldest).unwrap();
@@ -548,9 +655,75 @@ mod tests {
         s.append(9, 0, "r/t", b"while full").unwrap();
         assert!(crate::service::frame::is_storage_full(&s.flush().unwrap_err()));
         let mut v = Vec::new();
-        s.read(1, 10, &mut v).unwrap();
+        s.reader().read(1, 10, &mut v).unwrap();
         assert_eq!(v.len(), 3, "a pending result is not readable yet");
         s.file = OpenOptions::new().append(true).open(&seg).unwrap();
         assert_eq!(read_all(&mut s, 1), vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn the_reader_sees_only_what_was_flushed_and_frees_segments_by_acknowledging() {
+        let dir = tempfile::tempdir().unwrap();
+        // small segments (4 KiB): several of them
+        let mut s = Spool::open(dir.path(), 32 << 10, FullPolicy::DropOldest).unwrap();
+        let mut r = s.reader();
+        for i in 0..10u64 {
+            s.append(i, 0, "r/t", &[b'x'; 200]).unwrap();
+        }
+        let mut v = Vec::new();
+        r.read(1, 100, &mut v).unwrap();
+        assert!(v.is_empty(), "nothing flushed yet");
+        s.flush().unwrap();
+        r.read(1, 100, &mut v).unwrap();
+        assert_eq!(v.len(), 10);
+        // more than a segment's worth: the writer starts new segments (flushing the last)
+        for i in 10..60u64 {
+            s.append(i, 0, "r/t", &[b'x'; 200]).unwrap();
+        }
+        s.flush().unwrap();
+        r.read(11, 100, &mut v).unwrap();
+        assert_eq!(v.iter().map(|x| x.seq).collect::<Vec<_>>(), (1..=60).collect::<Vec<_>>());
+        let files = || {
+            fs::read_dir(dir.path())
+                .unwrap()
+                .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "spool"))
+                .count()
+        };
+        let before = files();
+        assert!(before > 2, "{before} segments");
+        r.state().ack(61);
+        assert_eq!((r.state().depth(), s.depth()), (0, 0));
+        s.maintain().unwrap();
+        assert_eq!(files(), 1, "only the segment being written is left");
+        assert_eq!(
+            s.disk_bytes(),
+            fs::metadata(segment_path(dir.path(), s.segments[0].first)).unwrap().len()
+        );
+    }
+
+    #[test]
+    fn a_reader_keeps_up_when_the_writer_drops_the_oldest_segment_under_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), 40 << 10, FullPolicy::DropOldest).unwrap();
+        let mut r = s.reader();
+        let mut seen = Vec::new();
+        for i in 0..400u64 {
+            s.append(i, 0, "r/t", &[b'y'; 300]).unwrap();
+            if i % 50 == 0 {
+                s.flush().unwrap();
+                let mut v = Vec::new();
+                r.read(seen.last().map_or(1, |l: &u64| l + 1), 20, &mut v).unwrap();
+                seen.extend(v.iter().map(|x| x.seq));
+            }
+        }
+        s.flush().unwrap();
+        let mut v = Vec::new();
+        r.read(seen.last().map_or(1, |l| l + 1), usize::MAX, &mut v).unwrap();
+        seen.extend(v.iter().map(|x| x.seq));
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "in order, no repeats");
+        assert_eq!(*seen.last().unwrap(), 400);
+        // a result read but not yet acknowledged is still undelivered: dropping it counts it
+        assert!(seen.len() as u64 + s.dropped >= 400, "every result read or counted as dropped");
+        assert!(s.dropped > 200 && s.disk_bytes() <= 40 << 10);
     }
 }

@@ -3,7 +3,9 @@
 //! order with QoS 1, at most a window in flight, and advances the spool's
 //! delivered position only over PUBACKs ([`super::delivery`] keeps that
 //! state); after a reconnect it resends from there. Stats go out at QoS 0. At
-//! shutdown it drains the spool for at most `shutdown_timeout`.
+//! shutdown it drains the spool for at most `shutdown_timeout`. Spool files
+//! are read on a blocking thread; acknowledgements only move a number (the
+//! engine thread deletes and fsyncs).
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -18,7 +20,7 @@ use super::counters::ServiceCounters;
 use super::delivery::{Delivery, WINDOW};
 use super::logging;
 use super::shutdown::Stage;
-use super::spool::{Spool, SpoolRecord};
+use super::spool::{SpoolReader, SpoolState};
 use crate::backoff::Backoff;
 
 /// Which spool positions the results of each recent message got, and when
@@ -52,22 +54,41 @@ impl LatencyMarks {
     }
 }
 
-/// Reads what the client may take from the spool and hands it over.
-fn refill(d: &mut Delivery, client: &AsyncClient, spool: &Mutex<Spool>, buf: &mut Vec<SpoolRecord>) {
+/// Reads what the client may take from the spool (on a blocking thread:
+/// file IO stays off the async workers) and hands it over.
+async fn refill(
+    d: &mut Delivery,
+    client: &AsyncClient,
+    spool: &SpoolState,
+    reader: &Arc<Mutex<SpoolReader>>,
+) {
     loop {
-        buf.clear();
-        {
-            let mut s = spool.lock().expect("spool lock");
-            let Some((from, room)) = d.wanted(s.acked()) else { return };
-            if let Err(e) = s.read(from, room, buf) {
+        let Some((from, room)) = d.wanted(spool.acked()) else { return };
+        if !spool.readable(from) {
+            return;
+        }
+        let r = reader.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::with_capacity(room);
+            let mut r = r.lock().unwrap_or_else(|e| e.into_inner());
+            r.read(from, room, &mut out).map(|()| out)
+        })
+        .await;
+        let recs = match read {
+            Ok(Ok(recs)) => recs,
+            Ok(Err(e)) => {
                 tracing::error!("spool: cannot read: {e}");
                 return;
             }
-        }
-        if buf.is_empty() {
+            Err(e) => {
+                tracing::error!("spool: the read failed: {e}");
+                return;
+            }
+        };
+        if recs.is_empty() {
             return;
         }
-        for rec in buf.drain(..) {
+        for rec in recs {
             if !d.offer(rec.seq) {
                 continue;
             }
@@ -83,14 +104,14 @@ fn refill(d: &mut Delivery, client: &AsyncClient, spool: &Mutex<Spool>, buf: &mu
 fn on_event(
     d: &mut Delivery,
     e: Result<Event, rumqttc::ConnectionError>,
-    spool: &Mutex<Spool>,
+    spool: &SpoolState,
     counters: &ServiceCounters,
     marks: &LatencyMarks,
 ) -> Result<(), Box<rumqttc::ConnectionError>> {
     match e.map_err(Box::new)? {
         Event::Incoming(Incoming::ConnAck(_)) => {
             counters.uplink_connects.fetch_add(1, Ordering::Relaxed);
-            let from = spool.lock().expect("spool lock").acked();
+            let from = spool.acked();
             d.connected(from);
             tracing::info!("uplink connected; resending from result {from}");
         }
@@ -100,12 +121,8 @@ fn on_event(
             }
         }
         Event::Incoming(Incoming::PubAck(ack)) => {
-            let mut s = spool.lock().expect("spool lock");
-            let before = s.acked();
-            if let Some(through) = d.acknowledged(ack.pkid, before) {
-                if let Err(e) = s.ack(through) {
-                    tracing::error!("spool: cannot record delivery: {e}");
-                }
+            if let Some(through) = d.acknowledged(ack.pkid, spool.acked()) {
+                spool.ack(through);
             }
         }
         _ => {}
@@ -117,7 +134,7 @@ fn on_event(
 pub(super) async fn uplink_task(
     mut ev: EventLoop,
     client: AsyncClient,
-    spool: Arc<Mutex<Spool>>,
+    reader: SpoolReader,
     spool_ready: Arc<Notify>,
     mut stats_rx: tokio::sync::mpsc::Receiver<(String, Vec<u8>)>,
     mut shutdown: watch::Receiver<Stage>,
@@ -126,8 +143,9 @@ pub(super) async fn uplink_task(
     drain_for: Duration,
 ) {
     let mut backoff = Backoff::jittered(now_ms() as u64 ^ 0x5555);
-    let mut up = Delivery::new(spool.lock().expect("spool lock").acked());
-    let mut buf = Vec::new();
+    let spool = reader.state();
+    let reader = Arc::new(Mutex::new(reader));
+    let mut up = Delivery::new(spool.acked());
     let mut stop_deadline: Option<Instant> = None;
     let mut down_since: Option<Instant> = None;
     let mut draining = false;
@@ -138,19 +156,17 @@ pub(super) async fn uplink_task(
             stop_deadline = Some(Instant::now() + drain_for);
         }
         if let Some(d) = stop_deadline {
-            let depth = spool.lock().expect("spool lock").depth();
+            let depth = spool.depth();
             if depth == 0 || Instant::now() >= d {
                 if depth > 0 {
                     tracing::warn!("shutdown: {depth} results still undelivered stay in the spool");
                 }
+                // the engine's side saves the delivered position once this task is done
                 let _ = client.try_disconnect();
-                if let Ok(mut s) = spool.lock() {
-                    let _ = s.save_acked();
-                }
                 return;
             }
         }
-        refill(&mut up, &client, &spool, &mut buf);
+        refill(&mut up, &client, &spool, &reader).await;
         let mut res = tokio::select! {
             e = ev.poll() => on_event(&mut up, e, &spool, &counters, &marks),
             _ = spool_ready.notified() => Ok(()),
@@ -188,7 +204,7 @@ pub(super) async fn uplink_task(
                 log = logging::Every::new(Duration::from_secs(30));
             }
             if let Some(more) = log.ready() {
-                let depth = spool.lock().map(|s| s.depth()).unwrap_or(0);
+                let depth = spool.depth();
                 tracing::warn!(
                     "uplink broker: {e}; down for {:.0} s, {depth} results wait in the spool{}",
                     since.elapsed().as_secs_f64(),
@@ -198,7 +214,7 @@ pub(super) async fn uplink_task(
             counters.uplink_errors.fetch_add(1, Ordering::Relaxed);
             // rumqttc moves everything unsent or unacknowledged to its pending list and
             // drops it at the next (clean-session) CONNACK: it is all sent again from the spool
-            up.disconnected(spool.lock().expect("spool lock").acked());
+            up.disconnected(spool.acked());
             if stop_deadline.is_some() {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             } else {
@@ -207,7 +223,7 @@ pub(super) async fn uplink_task(
         } else if up.is_connected() {
             backoff.reset();
             if let Some(at) = down_since.take() {
-                let depth = spool.lock().map(|s| s.depth()).unwrap_or(0);
+                let depth = spool.depth();
                 tracing::info!(
                     "uplink back after {:.1} s: {depth} spooled results to send",
                     at.elapsed().as_secs_f64()
@@ -215,7 +231,7 @@ pub(super) async fn uplink_task(
                 draining = depth > 0;
             }
         }
-        if draining && spool.lock().map(|s| s.depth() == 0).unwrap_or(false) {
+        if draining && spool.depth() == 0 {
             draining = false;
             tracing::info!("uplink: the spool is drained");
         }
