@@ -27,12 +27,17 @@ pub fn describe(c: &Config) -> String {
     let u = &dep.upstream;
     let _ = writeln!(
         o,
-        "upstream {} (prefix `{}`, spool {} {:?}), delivery {:?}",
+        "upstream {} (prefix `{}`, spool {} {:?}), delivery {:?}{}",
         u.url,
         u.topic_prefix,
         format_bytes(u.spool),
         u.spool_full,
-        dep.service.delivery
+        dep.service.delivery,
+        match dep.service.delivery {
+            crate::config::Delivery::Durable =>
+                format!(" (group commit within {})", d(dep.service.commit_delay.as_millis() as i64)),
+            crate::config::Delivery::Fast => String::new(),
+        }
     );
     let _ = writeln!(o, "\nstreams:");
     for s in &p.streams {

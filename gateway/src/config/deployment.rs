@@ -47,6 +47,9 @@ pub struct ServiceCfg {
     /// Where Prometheus metrics are served (none: not served).
     pub metrics_addr: Option<std::net::SocketAddr>,
     pub delivery: Delivery,
+    /// Durable delivery: how long a message may wait for the fsync that logs
+    /// it with others (group commit); zero: one fsync per batch taken.
+    pub commit_delay: Duration,
     /// How long a shutdown waits for the uplink to drain.
     pub shutdown: Duration,
 }
@@ -60,6 +63,7 @@ impl Default for ServiceCfg {
             stats_topic: "stats".into(),
             metrics_addr: None,
             delivery: Delivery::Durable,
+            commit_delay: Duration::from_millis(50),
             shutdown: Duration::from_secs(10),
         }
     }

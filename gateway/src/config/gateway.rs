@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::check::{positive, Checker, ConfigError, DEFAULT_MAX_DEVICES, MAX_KEYS, S};
+use super::check::{nonneg, positive, Checker, ConfigError, DEFAULT_MAX_DEVICES, MAX_KEYS, S};
 use super::deployment::{Broker, Credentials, FullPolicy, Gateway, ServiceCfg, Source, TlsFiles, Upstream};
 use super::raw::{RawGateway, RawSource, RawUpstream};
 use super::units::parse_size;
@@ -79,6 +79,18 @@ pub(super) fn build_gateway(
         metrics_addr,
         delivery: g.delivery.as_ref().map_or(d.delivery, |v| *v.get_ref()),
         shutdown: opt_duration(ck, g.shutdown_timeout.as_ref(), "shutdown_timeout", d.shutdown)?,
+        commit_delay: match &g.commit_delay {
+            Some(v) => {
+                let ms = nonneg(ck, v, "commit_delay")?;
+                if ms > 10_000 {
+                    return Err(
+                        ck.err(v.span(), "commit_delay: at most 10s (acknowledgements wait this long)")
+                    );
+                }
+                Duration::from_millis(ms as u64)
+            }
+            None => d.commit_delay,
+        },
     };
     Ok((gw, svc, max_devices))
 }

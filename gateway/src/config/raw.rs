@@ -38,6 +38,7 @@ pub(super) struct RawGateway {
     pub(super) metrics_addr: Option<S<String>>,
     pub(super) delivery: Option<S<Delivery>>,
     pub(super) shutdown_timeout: Option<S<String>>,
+    pub(super) commit_delay: Option<S<String>>,
 }
 
 #[derive(Deserialize)]

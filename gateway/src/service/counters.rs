@@ -162,6 +162,10 @@ pub struct ServiceCounters {
     pub storage_paused: Counter,
     /// Metrics connections turned away (over the limit of open connections).
     pub metrics_connections_refused: Counter,
+    /// Group commits: fsyncs of the write-ahead log that made a batch durable.
+    pub commits: Counter,
+    /// The source broker's in-flight window as learned by the group commit.
+    pub broker_window: Counter,
     /// Broker delivery of a message → publish of the results it completed.
     pub result_latency: LatencyHistogram,
 }

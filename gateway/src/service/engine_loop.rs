@@ -15,13 +15,14 @@ use tokio::sync::{mpsc, watch, Notify};
 
 use super::acks::{Acks, BarrierState, Barriers, SharedBarriers};
 use super::clock::now_ms;
+use super::commit::{Gathered, GroupCommit, Next};
 use super::counters::ServiceCounters;
 use super::error::{io_err, ServiceError};
 use super::metrics;
 use super::redelivery::Redeliveries;
 use super::results::ResultWriter;
 use super::shutdown::Stage;
-use super::source::Msg;
+use super::source::{IntakeWake, Msg, BATCH};
 use super::spool::Spool;
 use super::systemd::{self, Watchdog};
 use super::uplink::LatencyMarks;
@@ -29,9 +30,6 @@ use super::wal::Wal;
 use super::{checkpoint, frame, logging};
 use crate::config::{Delivery, Deployment};
 use edgejoin_engine::engine::Engine;
-
-/// Most messages the engine thread logs (one fsync), acknowledges and processes at a time.
-pub(super) const BATCH: usize = 1024;
 
 /// WAL bytes (ticks, acknowledgement records) kept in memory before they are written without a batch.
 const WAL_IDLE_WRITE: usize = 64 << 10;
@@ -41,6 +39,7 @@ pub(super) struct Links {
     pub rt: tokio::runtime::Handle,
     pub shutdown: watch::Receiver<Stage>,
     pub barriers: Arc<SharedBarriers>,
+    pub intake_wake: Arc<IntakeWake>,
     /// The source client: acknowledgements and barriers go out through it.
     pub src: AsyncClient,
     pub spool: Arc<Mutex<Spool>>,
@@ -117,6 +116,7 @@ pub(super) struct EngineLoop {
     /// Whether the batch is appended to the log (not necessarily written yet).
     batch_logged: bool,
     acks: Acks,
+    commit: GroupCommit,
     pause: Pause,
     out: ResultWriter,
     stats_topic: String,
@@ -134,6 +134,7 @@ impl EngineLoop {
     pub(super) fn new(d: Deployment, start: Start, io: Links) -> Self {
         let now = Instant::now();
         let out = ResultWriter::new(&d, io.spool.clone(), io.counters.clone());
+        let commit = GroupCommit::new(d.service.commit_delay, BATCH);
         EngineLoop {
             durable: d.service.delivery == Delivery::Durable,
             stats_topic: format!("{}/{}", d.upstream.topic_prefix, d.service.stats_topic),
@@ -146,6 +147,7 @@ impl EngineLoop {
             batch: Vec::with_capacity(BATCH),
             batch_logged: false,
             acks: Acks::default(),
+            commit,
             pause: Pause::new(),
             out,
             started_at: now,
@@ -241,22 +243,28 @@ impl EngineLoop {
         }
     }
 
-    /// Waits for messages (at most a tick, or 1 ms while acknowledgements
-    /// wait for room in the client), then takes what else is waiting, up to a
-    /// batch; drops redeliveries of messages logged before (acknowledged
-    /// again, not processed twice). Returns whether the service is stopping.
+    /// Waits for messages (at most a tick; 1 ms while acknowledgements wait
+    /// for room in the client; until a barrier's answer while one is out),
+    /// then, in durable mode, gathers more until the group commit is due
+    /// ([`GroupCommit`]), up to a batch; drops redeliveries of messages logged
+    /// before (acknowledged again, not processed twice). Returns whether the
+    /// service is stopping.
     fn take_batch(&mut self, rx: &mut mpsc::Receiver<Msg>) -> bool {
-        let wait = if self.acks.owed() == 0 {
-            self.d.service.tick.min(Duration::from_millis(250))
-        } else {
+        let wait = if self.acks.owed() > 0 {
             Duration::from_millis(1)
+        } else if self.acks.unconfirmed() {
+            self.d.service.tick.min(Acks::BARRIER_EVERY)
+        } else {
+            self.d.service.tick
         };
         let mut shutdown = self.io.shutdown.clone();
+        let barriers = self.io.barriers.clone();
         let mut stop = false;
         let first = self.io.rt.block_on(async {
             tokio::select! {
                 m = tokio::time::timeout(wait, rx.recv()) => m.ok(),
                 _ = shutdown.wait_for(|s| *s >= Stage::StopIntake) => Some(None),
+                _ = barriers.changed.notified() => None,
             }
         });
         match first {
@@ -264,17 +272,52 @@ impl EngineLoop {
             Some(None) => stop = true,
             None => {}
         }
-        while self.batch.len() < BATCH && !stop {
-            match rx.try_recv() {
-                Ok(m) => self.batch.push(m),
-                Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => stop = true,
+        loop {
+            stop |= self.drain(rx);
+            if stop || self.batch.is_empty() || !self.durable || self.batch.len() >= BATCH {
+                break;
             }
+            let now = Instant::now();
+            let gathered = self.gathered();
+            let Next::Wait { until, more } = self.commit.next(now, gathered) else { break };
+            let wake = &self.io.intake_wake;
+            wake.at.store(more, Ordering::Relaxed);
+            let woke = self.io.rt.block_on(async {
+                tokio::select! {
+                    _ = tokio::time::timeout_at(until.into(), wake.notify.notified()) => false,
+                    _ = shutdown.wait_for(|s| *s >= Stage::StopIntake) => true,
+                }
+            });
+            wake.at.store(usize::MAX, Ordering::Relaxed);
+            stop |= woke;
         }
         let skipped =
             drop_redeliveries(&mut self.batch, &mut self.recent, &mut self.acks, self.seq, self.durable);
         self.io.counters.redeliveries_skipped.fetch_add(skipped, Ordering::Relaxed);
         stop
+    }
+
+    /// Takes what waits in the intake, up to a batch; whether the intake is closed.
+    fn drain(&mut self, rx: &mut mpsc::Receiver<Msg>) -> bool {
+        while self.batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(m) => self.batch.push(m),
+                Err(mpsc::error::TryRecvError::Empty) => return false,
+                Err(mpsc::error::TryRecvError::Disconnected) => return true,
+            }
+        }
+        false
+    }
+
+    /// The batch as the group commit sees it.
+    fn gathered(&self) -> Gathered {
+        let qos1 = self.batch.iter().filter(|b| b.m.qos != QoS::AtMostOnce).count();
+        Gathered {
+            len: self.batch.len(),
+            unacked: qos1 + self.acks.owed(),
+            first: self.batch.first().map_or_else(Instant::now, |b| b.at),
+            last: self.batch.last().map_or_else(Instant::now, |b| b.at),
+        }
     }
 
     /// Appends the batch to the write-ahead log (written and fsynced by [`store`](Self::store)).
@@ -296,6 +339,11 @@ impl EngineLoop {
     /// the spool take its results; pauses intake while the state directory is full.
     fn store(&mut self, stop: bool, waiting: usize) -> Result<Stored, ServiceError> {
         let durable = !self.batch.is_empty();
+        if durable && self.wal.is_some() {
+            self.commit.synced(Instant::now(), self.gathered().unacked);
+            self.io.counters.commits.fetch_add(1, Ordering::Relaxed);
+            self.io.counters.broker_window.store(self.commit.window() as u64, Ordering::Relaxed);
+        }
         let res = (|| {
             if let Some(w) = self.wal.as_mut() {
                 if durable {

@@ -21,6 +21,7 @@
 mod acks;
 mod checkpoint;
 mod clock;
+mod commit;
 mod counters;
 mod delivery;
 mod engine_loop;
@@ -63,7 +64,7 @@ pub use error::ServiceError;
 use recovery::{recover, report_spool_damage, Recovered};
 use shutdown::{Shutdown, Stage};
 pub use source::{intake_budget, max_message, source_buffers};
-use source::{Msg, INTAKE, SOURCE_REQUESTS};
+use source::{IntakeWake, Msg, INTAKE, SOURCE_REQUESTS};
 use spool::Spool;
 
 /// glibc gives each thread that allocates its own arena (up to 8 per core),
@@ -180,6 +181,7 @@ async fn run_async(c: Config) -> Result<(), ServiceError> {
     let metrics_text = Arc::new(Mutex::new(String::new()));
     let ready = Arc::new(Notify::new());
     let barriers = Arc::new(SharedBarriers::default());
+    let intake_wake = Arc::new(IntakeWake::default());
     let marks = Arc::new(uplink::LatencyMarks::new());
     // the engine thread says when it has started (it can write its state) and when it ends
     let (engine_started_tx, engine_started) = tokio::sync::oneshot::channel::<()>();
@@ -194,6 +196,7 @@ async fn run_async(c: Config) -> Result<(), ServiceError> {
         counters.clone(),
         ready.clone(),
         barriers.clone(),
+        intake_wake.clone(),
     ));
     let uplink = tokio::spawn(uplink::uplink_task(
         up_loop,
@@ -218,6 +221,7 @@ async fn run_async(c: Config) -> Result<(), ServiceError> {
             rt: tokio::runtime::Handle::current(),
             shutdown: shutdown.watch(),
             barriers: barriers.clone(),
+            intake_wake: intake_wake.clone(),
             src: src_client.clone(),
             spool: spool.clone(),
             spool_ready: spool_ready.clone(),

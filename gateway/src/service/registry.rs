@@ -91,6 +91,8 @@ families! {
     STORAGE_FULL_PAUSES: Some("service.storage_full_pauses"), Some("storage_full_pauses"), Counter, "Times the state directory was full and intake paused.";
     STORAGE_PAUSED: Some("service.storage_paused"), Some("storage_paused"), Gauge, "1 while intake is paused because the state directory is full.";
     METRICS_REFUSED: Some("service.metrics_connections_refused"), Some("metrics_connections_refused"), Counter, "Metrics connections turned away (over the limit of open connections).";
+    COMMITS: Some("service.commits"), Some("commits_total"), Counter, "Group commits: fsyncs of the write-ahead log that made a batch durable (then acknowledged).";
+    BROKER_WINDOW: Some("service.broker_window"), Some("broker_window"), Gauge, "The source broker's QoS 1 in-flight window as the group commit learned it (most unacknowledged messages held at a commit).";
     RATE: Some("service.rate_per_s"), None, Gauge, "Messages processed per second over the last stats interval.";
     UPTIME: Some("service.uptime_s"), None, Gauge, "Seconds since the service started.";
     GATEWAY_MS: Some("service.gateway_ms"), None, Gauge, "The engine's gateway clock (Unix ms).";
@@ -272,7 +274,7 @@ impl Samples {
 
     /// Everything the live service counts; `rate` and `uptime` over the last stats interval.
     pub fn service(&mut self, c: &ServiceCounters, rate: f64, uptime: Duration, gateway_ms: i64) {
-        let fields: [(&'static Family, &Counter); 27] = [
+        let fields: [(&'static Family, &Counter); 29] = [
             (&RECEIVED, &c.received),
             (&PROCESSED, &c.processed),
             (&REDELIVERIES_SKIPPED, &c.redeliveries_skipped),
@@ -300,6 +302,8 @@ impl Samples {
             (&STORAGE_FULL_PAUSES, &c.storage_full_pauses),
             (&STORAGE_PAUSED, &c.storage_paused),
             (&METRICS_REFUSED, &c.metrics_connections_refused),
+            (&COMMITS, &c.commits),
+            (&BROKER_WINDOW, &c.broker_window),
         ];
         for (f, n) in fields {
             self.add(f, &[], Val::U(n.load(Ordering::Relaxed)));

@@ -7,7 +7,7 @@
 //! the messages). UNSUBACKs answer the acknowledgement barriers
 //! ([`super::acks`]).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,13 +22,29 @@ use crate::backoff::Backoff;
 use crate::config::Config;
 
 /// Most messages the engine thread logs (one fsync), acknowledges and processes at a time.
-pub(super) const BATCH: usize = 1024;
+pub(super) const BATCH: usize = 4096;
 
 /// Messages waiting for the engine thread, at most (one batch; the broker holds the rest).
 pub(super) const INTAKE: usize = BATCH;
 
-/// Capacity of the source client's request queue (acknowledgements, subscriptions).
-pub(super) const SOURCE_REQUESTS: usize = 1024;
+/// Capacity of the source client's request queue (acknowledgements, subscriptions):
+/// a batch's acknowledgements fit.
+pub(super) const SOURCE_REQUESTS: usize = BATCH + 64;
+
+/// Wakes the engine thread while it gathers a batch (group commit) once the
+/// intake holds as many messages as it asked for, not at every message.
+#[derive(Debug)]
+pub(super) struct IntakeWake {
+    /// Messages queued at which to wake the engine thread (`usize::MAX`: it is not waiting).
+    pub at: AtomicUsize,
+    pub notify: Notify,
+}
+
+impl Default for IntakeWake {
+    fn default() -> Self {
+        IntakeWake { at: AtomicUsize::new(usize::MAX), notify: Notify::new() }
+    }
+}
 
 /// A message on its way to the engine thread: the message, its wall-clock
 /// receive time (the event clock of `clock = "receive"` streams), the instant
@@ -78,6 +94,7 @@ pub(super) async fn source_task(
     counters: Arc<ServiceCounters>,
     ready: Arc<Notify>,
     barriers: Arc<SharedBarriers>,
+    wake: Arc<IntakeWake>,
 ) {
     let mut backoff = Backoff::jittered(now_ms() as u64);
     let mut announced = false;
@@ -124,6 +141,9 @@ pub(super) async fn source_task(
                 };
                 let msg = Msg { m: publish, recv_ms: now_ms(), at: Instant::now(), _permit: Some(permit) };
                 let _ = tx.send(msg).await;
+                if INTAKE - tx.capacity() >= wake.at.load(Ordering::Relaxed) {
+                    wake.notify.notify_one();
+                }
             }
             Ok(_) => {}
             Err(e) => {

@@ -178,7 +178,9 @@ pub(super) async fn uplink_task(
                 Ok(())
             }
             _ = &mut wakeup => {
-                wakeup.as_mut().reset(tokio::time::Instant::now() + Duration::from_millis(200));
+                // a look now and then (a publish the client's queue refused is retried); often while draining at a stop
+                let next = if stop_deadline.is_some() { Duration::from_millis(200) } else { Duration::from_secs(2) };
+                wakeup.as_mut().reset(tokio::time::Instant::now() + next);
                 Ok(())
             }
         };
