@@ -12,7 +12,10 @@
 #     QoS 1 intake rate, from the `edgejoin_result_latency_seconds` histogram;
 #   - peak RSS with 4 streams × 1000 keys × 256 slots after all of the above;
 #   - CPU and RSS slope at 1,000 msg/s over STEADY seconds.
-# Needs mosquitto, curl, python3.
+#   - then the per-message table (scripts/bench-per-message.sh): CPU, system
+#     calls, block-device bytes and fsyncs per message at 100, 1,000 and
+#     10,000 msg/s beside a counting subscriber, and idle CPU.
+# Needs mosquitto, curl, python3, strace, GNU time.
 # Usage: scripts/bench.sh [steady-seconds (default 600)]   (ROUNDS=3 by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,7 +39,8 @@ now_us() { echo $(( $(date +%s%N) / 1000 )); }
 say() { echo "bench: $*" >&2; }
 
 port=$(free_port)
-printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000000\nmax_inflight_messages 100\n' "$port" > "$work/m.conf"
+# the broker's QoS 1 in-flight window bounds durable intake (window / commit time, docs/SERVICE.md)
+printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000000\nmax_inflight_messages 1000\n' "$port" > "$work/m.conf"
 "$MOSQ" -c "$work/m.conf" >/dev/null 2>&1 & pids+=($!)
 sleep 0.5
 URL="mqtt://127.0.0.1:$port"
@@ -239,3 +243,7 @@ cat <<EOT
 | CPU at 1,000 msg/s over ${STEADY} s | $cpu_pct % of one core |
 | RSS at 1,000 msg/s: first / last sample, slope | $rss_first MiB / $rss_last MiB, $slope KiB/min |
 EOT
+
+echo
+PER_MESSAGE_SECS=${PER_MESSAGE_SECS:-20}
+scripts/bench-per-message.sh "$PER_MESSAGE_SECS"

@@ -166,6 +166,8 @@ pub struct ServiceCounters {
     pub commits: Counter,
     /// The source broker's in-flight window as learned by the group commit.
     pub broker_window: Counter,
+    /// Bytes written to the write-ahead log and the spool.
+    pub state_bytes_written: Counter,
     /// Broker delivery of a message → publish of the results it completed.
     pub result_latency: LatencyHistogram,
 }

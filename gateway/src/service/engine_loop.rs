@@ -520,9 +520,9 @@ impl EngineLoop {
         let processed = c.processed.load(Ordering::Relaxed);
         let rate = (processed - self.processed_at_stats) as f64 / secs;
         self.processed_at_stats = processed;
-        let (depth, disk, dropped, refused) = {
+        let (depth, disk, dropped, refused, state_bytes) = {
             let s = self.io.spool.lock().expect("spool lock");
-            (s.depth(), s.disk_bytes(), s.dropped, s.refused)
+            (s.depth(), s.disk_bytes(), s.dropped, s.refused, s.bytes_written)
         };
         if (dropped, refused) != self.spool_losses {
             if let Some(more) = self.spool_log.ready() {
@@ -540,6 +540,8 @@ impl EngineLoop {
         c.spool_bytes.store(disk, Ordering::Relaxed);
         c.spool_dropped.store(dropped, Ordering::Relaxed);
         c.spool_refused.store(refused, Ordering::Relaxed);
+        c.state_bytes_written
+            .store(state_bytes + self.wal.as_ref().map_or(0, |w| w.bytes_written), Ordering::Relaxed);
         let snap = metrics::stats_json(&self.engine, c, rate, self.started_at.elapsed());
         let _ = self.io.stats_tx.try_send((self.stats_topic.clone(), snap.into_bytes()));
         self.render_metrics();

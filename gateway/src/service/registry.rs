@@ -93,6 +93,7 @@ families! {
     METRICS_REFUSED: Some("service.metrics_connections_refused"), Some("metrics_connections_refused"), Counter, "Metrics connections turned away (over the limit of open connections).";
     COMMITS: Some("service.commits"), Some("commits_total"), Counter, "Group commits: fsyncs of the write-ahead log that made a batch durable (then acknowledged).";
     BROKER_WINDOW: Some("service.broker_window"), Some("broker_window"), Gauge, "The source broker's QoS 1 in-flight window as the group commit learned it (most unacknowledged messages held at a commit).";
+    STATE_BYTES_WRITTEN: Some("service.state_bytes_written"), Some("state_bytes_written_total"), Counter, "Bytes written to the write-ahead log and the spool (what reaches the disk is this plus the file system's overhead).";
     RATE: Some("service.rate_per_s"), None, Gauge, "Messages processed per second over the last stats interval.";
     UPTIME: Some("service.uptime_s"), None, Gauge, "Seconds since the service started.";
     GATEWAY_MS: Some("service.gateway_ms"), None, Gauge, "The engine's gateway clock (Unix ms).";
@@ -274,7 +275,7 @@ impl Samples {
 
     /// Everything the live service counts; `rate` and `uptime` over the last stats interval.
     pub fn service(&mut self, c: &ServiceCounters, rate: f64, uptime: Duration, gateway_ms: i64) {
-        let fields: [(&'static Family, &Counter); 29] = [
+        let fields: [(&'static Family, &Counter); 30] = [
             (&RECEIVED, &c.received),
             (&PROCESSED, &c.processed),
             (&REDELIVERIES_SKIPPED, &c.redeliveries_skipped),
@@ -304,6 +305,7 @@ impl Samples {
             (&METRICS_REFUSED, &c.metrics_connections_refused),
             (&COMMITS, &c.commits),
             (&BROKER_WINDOW, &c.broker_window),
+            (&STATE_BYTES_WRITTEN, &c.state_bytes_written),
         ];
         for (f, n) in fields {
             self.add(f, &[], Val::U(n.load(Ordering::Relaxed)));

@@ -109,6 +109,8 @@ pub struct Spool {
     /// What start-up found wrong, for the service to report.
     pub damage: SpoolDamage,
     buf: Vec<u8>,
+    /// Bytes written to segment files since start.
+    pub bytes_written: u64,
 }
 
 /// The delivered and flushed positions, cheap to ask and to move (no IO).
@@ -257,6 +259,7 @@ impl Spool {
             refused: 0,
             damage,
             buf: good,
+            bytes_written: 0,
         })
     }
 
@@ -401,6 +404,7 @@ impl Spool {
         let before = self.segments.back().map_or(0, |seg| seg.bytes) - self.pending.len() as u64;
         match self.file.write_all(&self.pending) {
             Ok(()) => {
+                self.bytes_written += self.pending.len() as u64;
                 self.pending.clear();
                 self.pending_count = 0;
                 self.shared().flushed = self.next_seq;

@@ -83,6 +83,8 @@ pub struct Wal {
     /// Segment first-sequence numbers, oldest first; the last is being written.
     segments: Vec<u64>,
     buf: Vec<u8>,
+    /// Bytes written to segment files since start.
+    pub bytes_written: u64,
 }
 
 fn segment_path(dir: &Path, first: u64) -> PathBuf {
@@ -158,6 +160,7 @@ impl Wal {
             unsynced: false,
             segments,
             buf: good,
+            bytes_written: 0,
         };
         if wal.segments.last() != Some(&next) {
             wal.segments.push(next);
@@ -208,6 +211,7 @@ impl Wal {
         match self.file.write_all(&self.pending) {
             Ok(()) => {
                 self.written += self.pending.len() as u64;
+                self.bytes_written += self.pending.len() as u64;
                 self.pending.clear();
                 if self.pending.capacity() > 1 << 20 {
                     self.pending = Vec::new();
