@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.."
 SECS=${1:-20}
 RATES=${2:-"100 1000 10000"}
 cargo build --release --locked -q -p edgejoin -p sensors-sim
-EJ=$PWD/target/release/edgejoin
+EJ=${EDGEJOIN_BIN:-$PWD/target/release/edgejoin}
 SIM=$PWD/target/release/sensors-sim
 MOSQ=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 command -v strace >/dev/null || { echo "needs strace" >&2; exit 1; }

@@ -22,7 +22,7 @@ cd "$(dirname "$0")/.."
 STEADY=${1:-600}
 ROUNDS=${ROUNDS:-3}
 cargo build --release --locked -q -p edgejoin -p sensors-sim
-EJ=$PWD/target/release/edgejoin
+EJ=${EDGEJOIN_BIN:-$PWD/target/release/edgejoin}
 SIM=$PWD/target/release/sensors-sim
 MOSQ=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 work=$(mktemp -d)
@@ -246,4 +246,4 @@ EOT
 
 echo
 PER_MESSAGE_SECS=${PER_MESSAGE_SECS:-20}
-scripts/bench-per-message.sh "$PER_MESSAGE_SECS"
+[ "$PER_MESSAGE_SECS" = 0 ] || scripts/bench-per-message.sh "$PER_MESSAGE_SECS"

@@ -91,7 +91,9 @@ pub fn save(
         cw.write_all(&seq.to_le_bytes())?;
     }
     {
-        let mut enc = lz4_flex::frame::FrameEncoder::new(&mut cw);
+        // 64 KiB blocks: the encoder's buffers stay small (left to choose, it took 4 MiB ones)
+        let info = lz4_flex::frame::FrameInfo::new().block_size(lz4_flex::frame::BlockSize::Max64KB);
+        let mut enc = lz4_flex::frame::FrameEncoder::with_frame_info(info, &mut cw);
         engine.write_state(&mut enc)?;
         enc.finish().map_err(io::Error::other)?;
     }

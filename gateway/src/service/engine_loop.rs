@@ -26,7 +26,7 @@ use super::source::{IntakeWake, Msg, BATCH};
 use super::spool::Spool;
 use super::systemd::{self, Watchdog};
 use super::uplink::LatencyMarks;
-use super::wal::Wal;
+use super::wal::{Wal, WRITE_AT};
 use super::{checkpoint, frame, logging};
 use crate::config::{Delivery, Deployment};
 use edgejoin_engine::engine::Engine;
@@ -329,6 +329,10 @@ impl EngineLoop {
             for (i, b) in self.batch.iter().enumerate() {
                 w.append_message(self.seq + 1 + i as u64, b.recv_ms, b.m.pkid, &b.m.topic, &b.m.payload)
                     .map_err(io_err("write-ahead log"))?;
+                if w.pending_bytes() >= WRITE_AT {
+                    // a failure (a full disk) leaves them pending: `store` retries and pauses
+                    let _ = w.write();
+                }
             }
         }
         self.batch_logged = true;

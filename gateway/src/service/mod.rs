@@ -91,6 +91,8 @@ pub fn run(c: Config) -> Result<(), ServiceError> {
     limit_malloc_arenas();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // one thread for blocking work: the uplink's spool reads (more would only add stacks and arenas)
+        .max_blocking_threads(1)
         .enable_all()
         .build()
         .map_err(io_err("tokio runtime"))?;

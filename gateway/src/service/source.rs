@@ -22,7 +22,7 @@ use crate::backoff::Backoff;
 use crate::config::Config;
 
 /// Most messages the engine thread logs (one fsync), acknowledges and processes at a time.
-pub(super) const BATCH: usize = 4096;
+pub(super) const BATCH: usize = 2048;
 
 /// Messages waiting for the engine thread, at most (one batch; the broker holds the rest).
 pub(super) const INTAKE: usize = BATCH;

@@ -341,6 +341,10 @@ impl Spool {
             // when the disk is full the segment grows past its size until a flush succeeds
             let _ = self.start_segment();
         }
+        if self.pending.len() >= super::wal::WRITE_AT {
+            // bounds the buffer; a failure (a full disk) keeps it for the turn's flush
+            let _ = self.flush();
+        }
         write_record(&mut self.pending, &bytes)?;
         self.pending_count += 1;
         self.segments.back_mut().expect("a segment").bytes += size;
@@ -408,7 +412,7 @@ impl Spool {
                 self.pending.clear();
                 self.pending_count = 0;
                 self.shared().flushed = self.next_seq;
-                if self.pending.capacity() > 1 << 20 {
+                if self.pending.capacity() > super::wal::WRITE_AT {
                     self.pending = Vec::new();
                 }
                 Ok(())

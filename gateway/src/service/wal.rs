@@ -71,6 +71,11 @@ pub struct WalDamage {
     pub kept: Vec<PathBuf>,
 }
 
+/// Appended bytes beyond which they are written out before the batch ends
+/// (a buffer kept this small bounds the memory a large batch takes; the
+/// fsync still comes once, for the batch).
+pub const WRITE_AT: usize = 256 << 10;
+
 pub struct Wal {
     dir: PathBuf,
     file: File,
@@ -213,7 +218,7 @@ impl Wal {
                 self.written += self.pending.len() as u64;
                 self.bytes_written += self.pending.len() as u64;
                 self.pending.clear();
-                if self.pending.capacity() > 1 << 20 {
+                if self.pending.capacity() > WRITE_AT {
                     self.pending = Vec::new();
                 }
                 self.unsynced = true;
