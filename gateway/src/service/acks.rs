@@ -86,14 +86,29 @@ pub struct SharedBarriers {
 }
 
 impl SharedBarriers {
-    pub fn with<R>(&self, f: impl FnOnce(&mut Barriers) -> R) -> R {
-        let r = f(&mut self.inner.lock().expect("barrier lock"));
+    fn lock(&self) -> std::sync::MutexGuard<'_, Barriers> {
+        self.inner.lock().expect("barrier lock")
+    }
+
+    /// The engine thread sent a barrier: its ticket.
+    pub fn sent(&self) -> Ticket {
+        self.lock().sent()
+    }
+
+    /// The source task saw an UNSUBACK: wakes whoever waits for an answer.
+    pub fn answered(&self) {
+        self.lock().answered();
         self.changed.notify_one();
-        r
+    }
+
+    /// The source connection (re)connected: barriers in flight are void.
+    pub fn reconnected(&self) {
+        self.lock().reconnected();
+        self.changed.notify_one();
     }
 
     pub fn state(&self, t: Ticket) -> BarrierState {
-        self.inner.lock().expect("barrier lock").state(t)
+        self.lock().state(t)
     }
 }
 

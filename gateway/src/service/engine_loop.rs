@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use rumqttc::{AsyncClient, Publish, QoS};
 use tokio::sync::{mpsc, watch, Notify};
 
-use super::acks::{Acks, BarrierState, Barriers, SharedBarriers};
+use super::acks::{Acks, BarrierState, Barriers, SharedBarriers, Ticket};
 use super::clock::now_ms;
 use super::commit::{Gathered, GroupCommit, Next};
 use super::counters::ServiceCounters;
@@ -224,11 +224,18 @@ impl EngineLoop {
             }
         }
         let now = Instant::now();
-        if self.acks.barrier_due(now) && self.io.src.try_unsubscribe(Barriers::FILTER).is_ok() {
-            let ticket = self.io.barriers.with(Barriers::sent);
-            self.acks.barrier_sent(ticket, now);
+        if self.acks.barrier_due(now) {
+            if let Some(ticket) = self.send_barrier() {
+                self.acks.barrier_sent(ticket, now);
+            }
         }
         Ok(())
+    }
+
+    /// Sends a barrier through the source client; its ticket, if the client took it.
+    fn send_barrier(&self) -> Option<Ticket> {
+        self.io.src.try_unsubscribe(Barriers::FILTER).ok()?;
+        Some(self.io.barriers.sent())
     }
 
     fn hand_acks(&mut self) {
@@ -343,11 +350,7 @@ impl EngineLoop {
     /// the spool take its results; pauses intake while the state directory is full.
     fn store(&mut self, stop: bool, waiting: usize) -> Result<Stored, ServiceError> {
         let durable = !self.batch.is_empty();
-        if durable && self.wal.is_some() {
-            self.commit.synced(Instant::now(), self.gathered().unacked);
-            self.io.counters.commits.fetch_add(1, Ordering::Relaxed);
-            self.io.counters.broker_window.store(self.commit.window() as u64, Ordering::Relaxed);
-        }
+        let started = Instant::now();
         let res = (|| {
             if let Some(w) = self.wal.as_mut() {
                 if durable {
@@ -361,6 +364,11 @@ impl EngineLoop {
         match res {
             Ok(()) => {
                 self.pause.resume(&self.io.counters);
+                if durable && self.wal.is_some() {
+                    self.commit.synced(started, self.gathered().unacked);
+                    self.io.counters.commits.fetch_add(1, Ordering::Relaxed);
+                    self.io.counters.broker_window.store(self.commit.window() as u64, Ordering::Relaxed);
+                }
                 Ok(Stored::Yes)
             }
             Err((what, e)) if frame::is_storage_full(&e) => {
@@ -436,11 +444,8 @@ impl EngineLoop {
 
     /// Sends a barrier and waits up to `timeout` for its answer.
     fn pass_barrier(&self, timeout: Duration) -> bool {
-        if self.io.src.try_unsubscribe(Barriers::FILTER).is_err() {
-            return false;
-        }
+        let Some(ticket) = self.send_barrier() else { return false };
         let barriers = &self.io.barriers;
-        let ticket = barriers.with(Barriers::sent);
         let deadline = tokio::time::Instant::now() + timeout;
         self.io.rt.block_on(async {
             loop {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use rumqttc::{AsyncClient, Event, EventLoop, Incoming, Publish, QoS};
 use tokio::sync::Notify;
 
-use super::acks::{Barriers, SharedBarriers};
+use super::acks::SharedBarriers;
 use super::clock::now_ms;
 use super::counters::ServiceCounters;
 use super::logging;
@@ -104,7 +104,7 @@ pub(super) async fn source_task(
         match ev.poll().await {
             Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
                 backoff.reset();
-                barriers.with(Barriers::reconnected);
+                barriers.reconnected();
                 counters.source_connects.fetch_add(1, Ordering::Relaxed);
                 match down_since.take() {
                     Some(at) => tracing::info!(
@@ -123,7 +123,7 @@ pub(super) async fn source_task(
                     }
                 }
             }
-            Ok(Event::Incoming(Incoming::UnsubAck(_))) => barriers.with(Barriers::answered),
+            Ok(Event::Incoming(Incoming::UnsubAck(_))) => barriers.answered(),
             Ok(Event::Incoming(Incoming::SubAck(_))) => {
                 if !announced {
                     announced = true;

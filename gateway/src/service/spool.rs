@@ -91,7 +91,7 @@ pub struct Spool {
     segments: VecDeque<Segment>,
     /// Sum of the segments' bytes.
     bytes: u64,
-    shared: Arc<Mutex<Shared>>,
+    shared: SpoolState,
     /// The segment being written, and the records appended to it not yet written.
     file: File,
     pending: Vec<u8>,
@@ -149,7 +149,7 @@ impl SpoolState {
 /// The reading half (the uplink's): what was flushed, in order.
 pub struct SpoolReader {
     dir: PathBuf,
-    shared: Arc<Mutex<Shared>>,
+    shared: SpoolState,
     /// The segment file being read: its first position, the file, the next position in it.
     file: Option<(u64, BufReader<File>, u64)>,
     buf: Vec<u8>,
@@ -247,7 +247,7 @@ impl Spool {
             policy,
             bytes: segments.iter().map(|s| s.bytes).sum(),
             segments,
-            shared: Arc::new(Mutex::new(shared)),
+            shared: SpoolState(Arc::new(Mutex::new(shared))),
             file,
             pending: Vec::new(),
             pending_count: 0,
@@ -269,7 +269,7 @@ impl Spool {
     }
 
     fn shared(&self) -> MutexGuard<'_, Shared> {
-        self.shared.lock().expect("spool lock")
+        self.shared.shared()
     }
 
     /// The (input, index) of the last result spooled, to resume after a crash without duplicates.
@@ -328,7 +328,7 @@ impl Spool {
                     self.bytes -= old.bytes;
                     let end = self.segments.front().map_or(self.next_seq, |s| s.first);
                     {
-                        let mut sh = self.shared.lock().expect("spool lock");
+                        let mut sh = self.shared.shared();
                         sh.firsts.pop_front();
                         self.dropped += end.saturating_sub(old.first.max(sh.acked));
                         sh.acked = sh.acked.max(end);
@@ -370,7 +370,7 @@ impl Spool {
     fn collect_delivered(&mut self) {
         let mut gone = Vec::new();
         {
-            let mut sh = self.shared.lock().expect("spool lock");
+            let mut sh = self.shared.shared();
             while self.segments.len() > 1 && self.segments[1].first <= sh.acked {
                 let old = self.segments.pop_front().expect("checked");
                 sh.firsts.pop_front();
@@ -448,12 +448,12 @@ impl Spool {
 
 impl SpoolReader {
     fn shared(&self) -> MutexGuard<'_, Shared> {
-        self.shared.lock().expect("spool lock")
+        self.shared.shared()
     }
 
     /// The positions, for the uplink's async side.
     pub fn state(&self) -> SpoolState {
-        SpoolState(self.shared.clone())
+        self.shared.clone()
     }
 
     /// Reads up to `max` flushed results from `from` on (at least the
