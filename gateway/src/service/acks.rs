@@ -17,6 +17,7 @@
 //! states the promise this keeps.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -112,12 +113,62 @@ impl SharedBarriers {
     }
 }
 
+/// Holds the source broker's flood back while acknowledgements wait.
+///
+/// The MQTT client serves its request queue (our acknowledgements) one
+/// request per turn of its loop, against up to ten incoming messages per
+/// turn; and a broker may send far more than its configured in-flight window
+/// (Mosquitto 2.0 sent 176,000 unacknowledged messages into a backlog drain).
+/// Acknowledgements would then pile up without bound. The engine thread
+/// reports how many it owes; at [`HIGH`](Self::HIGH) the source filter stops
+/// reading from the broker (TCP flow control holds the rest at the broker)
+/// until they are down to [`LOW`](Self::LOW): with nothing to read, the
+/// client's loop spends every turn on acknowledgements.
+#[derive(Debug, Default)]
+pub struct AckGate {
+    owed: AtomicUsize,
+    open: Notify,
+}
+
+impl AckGate {
+    /// Owed acknowledgements at which reading from the broker stops.
+    pub const HIGH: usize = 2048;
+    /// Owed acknowledgements at which it resumes.
+    pub const LOW: usize = Self::HIGH / 4;
+
+    /// The engine thread owes `n` acknowledgements not yet handed to the client.
+    pub fn owed(&self, n: usize) {
+        let before = self.owed.swap(n, Ordering::AcqRel);
+        if n <= Self::LOW && before > Self::LOW {
+            self.open.notify_waiters();
+        }
+    }
+
+    /// Whether reading from the broker should stop now.
+    pub fn closed(&self) -> bool {
+        self.owed.load(Ordering::Acquire) >= Self::HIGH
+    }
+
+    /// Waits until the owed acknowledgements are down to [`LOW`](Self::LOW).
+    pub async fn reopened(&self) {
+        loop {
+            let open = self.open.notified();
+            tokio::pin!(open);
+            open.as_mut().enable();
+            if self.owed.load(Ordering::Acquire) <= Self::LOW {
+                return;
+            }
+            open.await;
+        }
+    }
+}
+
 /// The acknowledgements owed to the source broker: those not yet handed to
 /// the client (in log order, each with the log position of its message), and
 /// up to which log position a barrier proved the broker processed the handed
 /// ones. A barrier goes out at most every [`Acks::BARRIER_EVERY`], only while
 /// some handed acknowledgement is unproven.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Acks {
     owed: VecDeque<(u16, u64)>,
     /// Log position of the last acknowledgement handed to the client.
@@ -129,8 +180,26 @@ pub struct Acks {
     last_barrier: Option<Instant>,
 }
 
+impl Default for Acks {
+    fn default() -> Self {
+        Acks {
+            owed: VecDeque::with_capacity(Self::CAPACITY),
+            handed: 0,
+            confirmed: 0,
+            pending: None,
+            last_barrier: None,
+        }
+    }
+}
+
 impl Acks {
     pub const BARRIER_EVERY: Duration = Duration::from_millis(100);
+
+    /// Owed acknowledgements room is made for at start: the [`AckGate`]
+    /// stops reading at `HIGH`; what was already read (the intake, a batch)
+    /// still comes after, and what the filter's socket to the client holds,
+    /// so the queue may grow past this by that much, never without bound.
+    pub const CAPACITY: usize = AckGate::HIGH + 2 * super::source::BATCH + 64;
 
     /// The message with packet id `pkid` at log position `pos` is in the
     /// fsynced log (or is a redelivery of one that is): it is owed an
@@ -213,6 +282,28 @@ mod tests {
             a.handed();
         }
         out
+    }
+
+    #[test]
+    fn the_ack_gate_closes_at_high_and_reopens_only_at_low() {
+        let g = std::sync::Arc::new(AckGate::default());
+        g.owed(AckGate::HIGH - 1);
+        assert!(!g.closed());
+        g.owed(AckGate::HIGH);
+        assert!(g.closed());
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        rt.block_on(async {
+            let waiter = tokio::spawn({
+                let g = g.clone();
+                async move { g.reopened().await }
+            });
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            g.owed(AckGate::LOW + 1);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert!(!waiter.is_finished(), "still above LOW: reading stays stopped");
+            g.owed(AckGate::LOW);
+            tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("woken at LOW").unwrap();
+        });
     }
 
     #[test]

@@ -130,6 +130,9 @@ pub struct ServiceCounters {
     /// Times the MQTT client's request queue was full and acknowledgements had
     /// to wait (all are sent later, in order).
     pub acks_deferred: Counter,
+    /// Times the source filter stopped reading from the broker until owed
+    /// acknowledgements went out ([`super::acks::AckGate`]).
+    pub intake_held: Counter,
     pub results: Counter,
     pub delivered: Counter,
     pub spool_depth: Counter,

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use rumqttc::{AsyncClient, Publish, QoS};
 use tokio::sync::{mpsc, watch, Notify};
 
-use super::acks::{Acks, BarrierState, Barriers, SharedBarriers, Ticket};
+use super::acks::{AckGate, Acks, BarrierState, Barriers, SharedBarriers, Ticket};
 use super::clock::now_ms;
 use super::commit::{Gathered, GroupCommit, Next};
 use super::counters::ServiceCounters;
@@ -39,6 +39,8 @@ pub(super) struct Links {
     pub rt: tokio::runtime::Handle,
     pub shutdown: watch::Receiver<Stage>,
     pub barriers: Arc<SharedBarriers>,
+    /// Stops the source filter reading while acknowledgements pile up.
+    pub ack_gate: Arc<AckGate>,
     pub intake_wake: Arc<IntakeWake>,
     /// The source client: acknowledgements and barriers go out through it.
     pub src: AsyncClient,
@@ -244,10 +246,11 @@ impl EngineLoop {
             m.pkid = pkid;
             if self.io.src.try_ack(&m).is_err() {
                 self.io.counters.acks_deferred.fetch_add(1, Ordering::Relaxed);
-                return;
+                break;
             }
             self.acks.handed();
         }
+        self.io.ack_gate.owed(self.acks.owed());
     }
 
     /// Waits for messages (at most a tick; 1 ms while acknowledgements wait

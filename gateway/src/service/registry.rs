@@ -68,6 +68,7 @@ families! {
     PROCESSED: Some("service.processed"), Some("processed"), Counter, "Messages run through the engine.";
     REDELIVERIES_SKIPPED: Some("service.redeliveries_skipped"), Some("redeliveries_skipped"), Counter, "Broker redeliveries of messages already logged: acknowledged again, not processed twice.";
     ACKS_DEFERRED: Some("service.acks_deferred"), Some("acks_deferred"), Counter, "Times the MQTT client's request queue was full and acknowledgements waited (all are sent later, in order).";
+    INTAKE_HELD: Some("service.intake_held"), Some("intake_held"), Counter, "Times reading from the source broker stopped until owed acknowledgements went out (a flood outran them).";
     RESULTS: Some("service.results"), Some("results"), Counter, "Results appended to the spool.";
     DELIVERED: Some("service.delivered"), Some("delivered"), Counter, "Results acknowledged by the upstream broker.";
     SPOOL_DEPTH: Some("service.spool_depth"), Some("spool_depth"), Gauge, "Results in the spool not yet delivered.";
@@ -275,11 +276,12 @@ impl Samples {
 
     /// Everything the live service counts; `rate` and `uptime` over the last stats interval.
     pub fn service(&mut self, c: &ServiceCounters, rate: f64, uptime: Duration, gateway_ms: i64) {
-        let fields: [(&'static Family, &Counter); 30] = [
+        let fields: [(&'static Family, &Counter); 31] = [
             (&RECEIVED, &c.received),
             (&PROCESSED, &c.processed),
             (&REDELIVERIES_SKIPPED, &c.redeliveries_skipped),
             (&ACKS_DEFERRED, &c.acks_deferred),
+            (&INTAKE_HELD, &c.intake_held),
             (&RESULTS, &c.results),
             (&DELIVERED, &c.delivered),
             (&SPOOL_DEPTH, &c.spool_depth),

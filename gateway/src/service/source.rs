@@ -27,9 +27,11 @@ pub(super) const BATCH: usize = 2048;
 /// Messages waiting for the engine thread, at most (one batch; the broker holds the rest).
 pub(super) const INTAKE: usize = BATCH;
 
-/// Capacity of the source client's request queue (acknowledgements, subscriptions):
-/// a batch's acknowledgements fit.
-pub(super) const SOURCE_REQUESTS: usize = BATCH + 64;
+/// Capacity of the source client's request queue (acknowledgements,
+/// subscriptions, barriers). More acknowledgements than fit wait in the
+/// engine thread's ledger (16 bytes each, not a ~100-byte request) and are
+/// handed over as the client takes them, every millisecond while any wait.
+pub(super) const SOURCE_REQUESTS: usize = 512;
 
 /// Wakes the engine thread while it gathers a batch (group commit) once the
 /// intake holds as many messages as it asked for, not at every message.

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::acks::AckGate;
 use super::counters::{Ordering, ServiceCounters};
 
 /// The MQTT packet type of PUBLISH (upper nibble of the first byte).
@@ -195,6 +196,7 @@ pub async fn serve(
     port: u16,
     keep: usize,
     counters: Arc<ServiceCounters>,
+    gate: Arc<AckGate>,
 ) {
     let mut log = crate::service::logging::Every::new(Duration::from_secs(10));
     loop {
@@ -218,8 +220,7 @@ pub async fn serve(
         };
         let _ = broker.set_nodelay(true);
         log = crate::service::logging::Every::new(Duration::from_secs(10));
-        let counters = counters.clone();
-        tokio::spawn(pipe(client, broker, keep, counters));
+        tokio::spawn(pipe(client, broker, keep, counters.clone(), gate.clone()));
     }
 }
 
@@ -228,6 +229,7 @@ async fn pipe(
     broker: tokio::net::TcpStream,
     keep: usize,
     c: Arc<ServiceCounters>,
+    gate: Arc<AckGate>,
 ) {
     let (mut client_rd, mut client_wr) = client.into_split();
     let (mut broker_rd, mut broker_wr) = broker.into_split();
@@ -240,6 +242,10 @@ async fn pipe(
         let mut out = Vec::with_capacity(64 << 10);
         let mut log = crate::service::logging::Every::new(Duration::from_secs(10));
         loop {
+            if gate.closed() {
+                c.intake_held.fetch_add(1, Ordering::Relaxed);
+                gate.reopened().await;
+            }
             let n = match broker_rd.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,

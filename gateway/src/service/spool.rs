@@ -249,7 +249,7 @@ impl Spool {
             segments,
             shared: SpoolState(Arc::new(Mutex::new(shared))),
             file,
-            pending: Vec::new(),
+            pending: super::wal::append_buffer(),
             pending_count: 0,
             next_seq,
             last_input,
@@ -409,12 +409,9 @@ impl Spool {
         match self.file.write_all(&self.pending) {
             Ok(()) => {
                 self.bytes_written += self.pending.len() as u64;
-                self.pending.clear();
+                super::wal::reset_append_buffer(&mut self.pending);
                 self.pending_count = 0;
                 self.shared().flushed = self.next_seq;
-                if self.pending.capacity() > super::wal::WRITE_AT {
-                    self.pending = Vec::new();
-                }
                 Ok(())
             }
             Err(e) => {

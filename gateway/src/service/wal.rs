@@ -74,7 +74,22 @@ pub struct WalDamage {
 /// Appended bytes beyond which they are written out before the batch ends
 /// (a buffer kept this small bounds the memory a large batch takes; the
 /// fsync still comes once, for the batch).
-pub const WRITE_AT: usize = 256 << 10;
+pub const WRITE_AT: usize = 64 << 10;
+
+/// The append buffer of the log and of the spool: allocated once at this
+/// size; one larger than [`WRITE_AT`] by a record or more (a large message)
+/// is let go after the write and allocated again at this size.
+pub fn append_buffer() -> Vec<u8> {
+    Vec::with_capacity(2 * WRITE_AT)
+}
+
+/// After a write: a buffer grown past its size by a large record goes back to it.
+pub fn reset_append_buffer(b: &mut Vec<u8>) {
+    b.clear();
+    if b.capacity() > 2 * WRITE_AT {
+        *b = append_buffer();
+    }
+}
 
 pub struct Wal {
     dir: PathBuf,
@@ -161,7 +176,7 @@ impl Wal {
             dir: dir.to_path_buf(),
             file,
             written,
-            pending: Vec::new(),
+            pending: append_buffer(),
             unsynced: false,
             segments,
             buf: good,
@@ -217,10 +232,7 @@ impl Wal {
             Ok(()) => {
                 self.written += self.pending.len() as u64;
                 self.bytes_written += self.pending.len() as u64;
-                self.pending.clear();
-                if self.pending.capacity() > WRITE_AT {
-                    self.pending = Vec::new();
-                }
+                reset_append_buffer(&mut self.pending);
                 self.unsynced = true;
                 Ok(())
             }
