@@ -113,54 +113,99 @@ impl SharedBarriers {
     }
 }
 
-/// Holds the source broker's flood back while acknowledgements wait.
+/// The way acknowledgements leave: the engine thread queues them here and
+/// the source filter ([`super::source_proxy`]) writes them to the broker in
+/// bulk, between two of the MQTT client's packets — one write for hundreds
+/// of PUBACKs, where the client would spend a turn of its loop and a system
+/// call on each (its loop serves one request per turn against up to ten
+/// incoming messages, so under a flood they fell ever further behind).
 ///
-/// The MQTT client serves its request queue (our acknowledgements) one
-/// request per turn of its loop, against up to ten incoming messages per
-/// turn; and a broker may send far more than its configured in-flight window
-/// (Mosquitto 2.0 sent 176,000 unacknowledged messages into a backlog drain).
-/// Acknowledgements would then pile up without bound. The engine thread
-/// reports how many it owes; at [`HIGH`](Self::HIGH) the source filter stops
-/// reading from the broker (TCP flow control holds the rest at the broker)
-/// until they are down to [`LOW`](Self::LOW): with nothing to read, the
-/// client's loop spends every turn on acknowledgements.
+/// It also holds the flood back: a broker may send far beyond its in-flight
+/// window (Mosquitto 2.0 sent 176,000 unacknowledged messages into a backlog
+/// drain). When [`HIGH`](Self::HIGH) acknowledgements wait (queued here or
+/// still in the engine's ledger) the filter stops reading from the broker —
+/// TCP holds the rest there — until they are down to [`LOW`](Self::LOW).
 #[derive(Debug, Default)]
-pub struct AckGate {
-    owed: AtomicUsize,
+pub struct AckPipe {
+    queue: Mutex<Vec<u16>>,
+    queued: AtomicUsize,
+    /// Owed in the engine thread's ledger, not yet queued.
+    in_ledger: AtomicUsize,
+    /// Wakes the filter: acknowledgements to write.
+    pub ready: Notify,
     open: Notify,
 }
 
-impl AckGate {
-    /// Owed acknowledgements at which reading from the broker stops.
+impl AckPipe {
+    /// Waiting acknowledgements at which reading from the broker stops.
     pub const HIGH: usize = 2048;
-    /// Owed acknowledgements at which it resumes.
+    /// Waiting acknowledgements at which it resumes.
     pub const LOW: usize = Self::HIGH / 4;
+    /// Most acknowledgements queued (the rest wait in the ledger, while the
+    /// connection is down).
+    pub const CAP: usize = 4 * Self::HIGH;
 
-    /// The engine thread owes `n` acknowledgements not yet handed to the client.
-    pub fn owed(&self, n: usize) {
-        let before = self.owed.swap(n, Ordering::AcqRel);
-        if n <= Self::LOW && before > Self::LOW {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<u16>> {
+        self.queue.lock().expect("ack queue lock")
+    }
+
+    /// The engine thread queues what its ledger owes, in order, as far as
+    /// the queue has room; returns whether some had to stay in the ledger.
+    pub fn push(&self, acks: &mut Acks) -> bool {
+        let mut q = self.lock();
+        let before = q.len();
+        while q.len() < Self::CAP {
+            let Some(pkid) = acks.next_ack() else { break };
+            q.push(pkid);
+            acks.handed();
+        }
+        self.queued.store(q.len(), Ordering::Release);
+        self.in_ledger.store(acks.owed(), Ordering::Release);
+        let pushed = q.len() > before;
+        drop(q);
+        if pushed {
+            self.ready.notify_one();
+        }
+        acks.owed() > 0
+    }
+
+    /// The filter takes every queued acknowledgement (into `out`, emptied first).
+    pub fn take(&self, out: &mut Vec<u16>) {
+        out.clear();
+        std::mem::swap(&mut *self.lock(), out);
+        self.queued.store(0, Ordering::Release);
+        if self.in_ledger.load(Ordering::Acquire) <= Self::LOW {
             self.open.notify_waiters();
         }
     }
 
-    /// Whether reading from the broker should stop now.
-    pub fn closed(&self) -> bool {
-        self.owed.load(Ordering::Acquire) >= Self::HIGH
+    fn waiting(&self) -> usize {
+        self.queued.load(Ordering::Acquire) + self.in_ledger.load(Ordering::Acquire)
     }
 
-    /// Waits until the owed acknowledgements are down to [`LOW`](Self::LOW).
+    /// Whether reading from the broker should stop now.
+    pub fn closed(&self) -> bool {
+        self.waiting() >= Self::HIGH
+    }
+
+    /// Waits until the waiting acknowledgements are down to [`LOW`](Self::LOW).
     pub async fn reopened(&self) {
         loop {
             let open = self.open.notified();
             tokio::pin!(open);
             open.as_mut().enable();
-            if self.owed.load(Ordering::Acquire) <= Self::LOW {
+            if self.waiting() <= Self::LOW {
                 return;
             }
             open.await;
         }
     }
+}
+
+/// PUBACK for packet id `pkid`, as written to the broker.
+pub fn puback(pkid: u16, out: &mut Vec<u8>) {
+    let [hi, lo] = pkid.to_be_bytes();
+    out.extend_from_slice(&[0x40, 0x02, hi, lo]);
 }
 
 /// The acknowledgements owed to the source broker: those not yet handed to
@@ -195,11 +240,12 @@ impl Default for Acks {
 impl Acks {
     pub const BARRIER_EVERY: Duration = Duration::from_millis(100);
 
-    /// Owed acknowledgements room is made for at start: the [`AckGate`]
-    /// stops reading at `HIGH`; what was already read (the intake, a batch)
-    /// still comes after, and what the filter's socket to the client holds,
-    /// so the queue may grow past this by that much, never without bound.
-    pub const CAPACITY: usize = AckGate::HIGH + 2 * super::source::BATCH + 64;
+    /// Owed acknowledgements room is made for at start: the [`AckPipe`]
+    /// takes them as they come; they gather here only while the source
+    /// connection is down or the filter cannot write them out (then reading
+    /// stops at `HIGH`; what was already read, the intake and a batch, still
+    /// comes after).
+    pub const CAPACITY: usize = AckPipe::HIGH + 2 * super::source::BATCH + 64;
 
     /// The message with packet id `pkid` at log position `pos` is in the
     /// fsynced log (or is a redelivery of one that is): it is owed an
@@ -285,25 +331,59 @@ mod tests {
     }
 
     #[test]
-    fn the_ack_gate_closes_at_high_and_reopens_only_at_low() {
-        let g = std::sync::Arc::new(AckGate::default());
-        g.owed(AckGate::HIGH - 1);
-        assert!(!g.closed());
-        g.owed(AckGate::HIGH);
-        assert!(g.closed());
+    fn the_pipe_queues_in_order_and_reading_stops_at_high_until_low() {
+        let pipe = std::sync::Arc::new(AckPipe::default());
+        let mut a = Acks::default();
+        for i in 0..AckPipe::HIGH as u64 - 1 {
+            a.owe((i % 60_000) as u16 + 1, i + 1);
+        }
+        assert!(!pipe.push(&mut a), "all queued");
+        assert!(!pipe.closed());
+        a.owe(7, 1_000_000);
+        pipe.push(&mut a);
+        assert!(pipe.closed(), "HIGH waiting: the filter stops reading");
+        let mut out = Vec::new();
         let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
         rt.block_on(async {
             let waiter = tokio::spawn({
-                let g = g.clone();
-                async move { g.reopened().await }
+                let pipe = pipe.clone();
+                async move { pipe.reopened().await }
             });
             tokio::time::sleep(Duration::from_millis(20)).await;
-            g.owed(AckGate::LOW + 1);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            assert!(!waiter.is_finished(), "still above LOW: reading stays stopped");
-            g.owed(AckGate::LOW);
-            tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("woken at LOW").unwrap();
+            assert!(!waiter.is_finished());
+            pipe.take(&mut out);
+            tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("woken").unwrap();
         });
+        assert_eq!(out.len(), AckPipe::HIGH);
+        assert_eq!(out[..3], [1, 2, 3]);
+        assert_eq!(out.last(), Some(&7));
+        assert!(!pipe.closed());
+        let mut bytes = Vec::new();
+        puback(0x1234, &mut bytes);
+        assert_eq!(bytes, [0x40, 0x02, 0x12, 0x34]);
+    }
+
+    #[test]
+    fn a_full_queue_leaves_the_rest_in_the_ledger_in_order() {
+        let pipe = AckPipe::default();
+        let mut a = Acks::default();
+        for i in 0..AckPipe::CAP as u64 + 3 {
+            a.owe((i % 60_000) as u16 + 1, i + 1);
+        }
+        assert!(pipe.push(&mut a), "three stay in the ledger");
+        assert_eq!(a.owed(), 3);
+        let mut out = Vec::new();
+        pipe.take(&mut out);
+        assert!(!pipe.push(&mut a));
+        pipe.take(&mut out);
+        assert_eq!(
+            out,
+            [
+                (AckPipe::CAP as u64 % 60_000) as u16 + 1,
+                (AckPipe::CAP as u64 % 60_000) as u16 + 2,
+                (AckPipe::CAP as u64 % 60_000) as u16 + 3
+            ]
+        );
     }
 
     #[test]

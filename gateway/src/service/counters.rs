@@ -127,11 +127,11 @@ pub struct ServiceCounters {
     pub received: Counter,
     pub processed: Counter,
     pub redeliveries_skipped: Counter,
-    /// Times the MQTT client's request queue was full and acknowledgements had
-    /// to wait (all are sent later, in order).
+    /// Turns the acknowledgement queue ([`super::acks::AckPipe`]) was full
+    /// and acknowledgements waited in the ledger (all are sent later, in order).
     pub acks_deferred: Counter,
     /// Times the source filter stopped reading from the broker until owed
-    /// acknowledgements went out ([`super::acks::AckGate`]).
+    /// acknowledgements went out ([`super::acks::AckPipe`]).
     pub intake_held: Counter,
     pub results: Counter,
     pub delivered: Counter,

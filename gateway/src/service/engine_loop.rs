@@ -10,10 +10,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, Publish, QoS};
+use rumqttc::{AsyncClient, QoS};
 use tokio::sync::{mpsc, watch, Notify};
 
-use super::acks::{AckGate, Acks, BarrierState, Barriers, SharedBarriers, Ticket};
+use super::acks::{AckPipe, Acks, BarrierState, Barriers, SharedBarriers, Ticket};
 use super::clock::now_ms;
 use super::commit::{Gathered, GroupCommit, Next};
 use super::counters::ServiceCounters;
@@ -39,8 +39,8 @@ pub(super) struct Links {
     pub rt: tokio::runtime::Handle,
     pub shutdown: watch::Receiver<Stage>,
     pub barriers: Arc<SharedBarriers>,
-    /// Stops the source filter reading while acknowledgements pile up.
-    pub ack_gate: Arc<AckGate>,
+    /// Acknowledgements go out through it (written by the source filter).
+    pub ack_pipe: Arc<AckPipe>,
     pub intake_wake: Arc<IntakeWake>,
     /// The source client: acknowledgements and barriers go out through it.
     pub src: AsyncClient,
@@ -211,10 +211,11 @@ impl EngineLoop {
         Ok(())
     }
 
-    /// Hands the client the acknowledgements it can take, in order (the
-    /// rest wait for the next turn, counted in `acks_deferred`: a lost PUBACK
-    /// would hold the broker's in-flight window until the next reconnect);
-    /// takes a barrier's answer and sends the next barrier when one is due.
+    /// Queues the acknowledgements owed for the source filter to write, in
+    /// order (while its queue is full the rest wait for the next turn,
+    /// counted in `acks_deferred`: a lost PUBACK would hold the broker's
+    /// in-flight window until the next reconnect); takes a barrier's answer
+    /// and sends the next barrier when one is due.
     fn send_acks(&mut self) -> Result<(), ServiceError> {
         self.hand_acks();
         let barriers = &self.io.barriers;
@@ -241,16 +242,9 @@ impl EngineLoop {
     }
 
     fn hand_acks(&mut self) {
-        while let Some(pkid) = self.acks.next_ack() {
-            let mut m = Publish::new("", QoS::AtLeastOnce, Vec::new());
-            m.pkid = pkid;
-            if self.io.src.try_ack(&m).is_err() {
-                self.io.counters.acks_deferred.fetch_add(1, Ordering::Relaxed);
-                break;
-            }
-            self.acks.handed();
+        if self.io.ack_pipe.push(&mut self.acks) {
+            self.io.counters.acks_deferred.fetch_add(1, Ordering::Relaxed);
         }
-        self.io.ack_gate.owed(self.acks.owed());
     }
 
     /// Waits for messages (at most a tick; 1 ms while acknowledgements wait
@@ -616,6 +610,7 @@ impl Pause {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rumqttc::Publish;
 
     fn msg(pkid: u16, dup: bool, payload: &str) -> Msg {
         let mut m = Publish::new("s/a", QoS::AtLeastOnce, payload.as_bytes().to_vec());

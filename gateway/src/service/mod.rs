@@ -55,7 +55,7 @@ use rumqttc::{Publish, QoS};
 use tokio::sync::Notify;
 
 use crate::config::{Config, Delivery};
-use acks::{AckGate, SharedBarriers};
+use acks::{AckPipe, SharedBarriers};
 use clock::now_ms;
 use counters::ServiceCounters;
 use engine_loop::{EngineLoop, Links, Start};
@@ -140,14 +140,14 @@ async fn run_async(c: Config) -> Result<(), ServiceError> {
     let listener = tokio::net::UnixListener::bind(&sock)
         .map_err(|source| ServiceError::StateDir { path: sock.clone(), source })?;
     let _sock_guard = RemoveOnDrop(sock.clone());
-    let ack_gate = Arc::new(AckGate::default());
+    let ack_pipe = Arc::new(AckPipe::default());
     tokio::spawn(source_proxy::serve(
         listener,
         d.source.broker.host.clone(),
         d.source.broker.port,
         p.max_payload + 1,
         counters.clone(),
-        ack_gate.clone(),
+        ack_pipe.clone(),
     ));
     let mut src_opts = mqtt::mqtt_options(
         &d.source.client_id,
@@ -227,7 +227,7 @@ async fn run_async(c: Config) -> Result<(), ServiceError> {
             rt: tokio::runtime::Handle::current(),
             shutdown: shutdown.watch(),
             barriers: barriers.clone(),
-            ack_gate,
+            ack_pipe,
             intake_wake: intake_wake.clone(),
             src: src_client.clone(),
             spool: spool.clone(),

@@ -67,7 +67,7 @@ families! {
     RECEIVED: Some("service.received"), Some("received"), Counter, "Messages received from the source broker.";
     PROCESSED: Some("service.processed"), Some("processed"), Counter, "Messages run through the engine.";
     REDELIVERIES_SKIPPED: Some("service.redeliveries_skipped"), Some("redeliveries_skipped"), Counter, "Broker redeliveries of messages already logged: acknowledged again, not processed twice.";
-    ACKS_DEFERRED: Some("service.acks_deferred"), Some("acks_deferred"), Counter, "Times the MQTT client's request queue was full and acknowledgements waited (all are sent later, in order).";
+    ACKS_DEFERRED: Some("service.acks_deferred"), Some("acks_deferred"), Counter, "Turns the acknowledgement queue was full and acknowledgements waited in the ledger (all are sent later, in order).";
     INTAKE_HELD: Some("service.intake_held"), Some("intake_held"), Counter, "Times reading from the source broker stopped until owed acknowledgements went out (a flood outran them).";
     RESULTS: Some("service.results"), Some("results"), Counter, "Results appended to the spool.";
     DELIVERED: Some("service.delivered"), Some("delivered"), Counter, "Results acknowledged by the upstream broker.";

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::acks::AckGate;
+use super::acks::AckPipe;
 use super::counters::{Ordering, ServiceCounters};
 
 /// The MQTT packet type of PUBLISH (upper nibble of the first byte).
@@ -162,6 +162,68 @@ impl PublishLimiter {
     }
 }
 
+/// Where the MQTT client's packets end in the bytes it sends (client →
+/// broker), so that acknowledgements can be written between two of them.
+#[derive(Debug, Default)]
+pub struct PacketBounds {
+    /// Remaining-length bytes read of the current packet's header; `None`: at its first byte.
+    len: Option<(usize, u32)>,
+    /// Body bytes left of the current packet.
+    left: usize,
+    in_body: bool,
+    /// Packets complete so far (the first is CONNECT).
+    pub packets: u64,
+}
+
+impl PacketBounds {
+    /// Takes the next bytes of the stream; returns the first offset in them
+    /// at which a packet boundary after at least one whole packet (CONNECT
+    /// first) falls: 0 when the stream is already there.
+    pub fn feed(&mut self, input: &[u8]) -> Result<Option<usize>, FilterError> {
+        let mut first = self.at_boundary().then_some(0);
+        let mut i = 0;
+        while i < input.len() {
+            if self.in_body {
+                let n = self.left.min(input.len() - i);
+                self.left -= n;
+                i += n;
+            } else {
+                let b = input[i];
+                i += 1;
+                match self.len {
+                    None => self.len = Some((0, 0)),
+                    Some((value, shift)) => {
+                        let value = value | (usize::from(b & 0x7f) << shift);
+                        if b & 0x80 != 0 {
+                            if shift == 21 {
+                                return Err(FilterError::RemainingLength);
+                            }
+                            self.len = Some((value, shift + 7));
+                        } else {
+                            self.len = None;
+                            self.in_body = true;
+                            self.left = value;
+                        }
+                    }
+                }
+            }
+            if self.in_body && self.left == 0 {
+                self.in_body = false;
+                self.packets += 1;
+                if first.is_none() {
+                    first = Some(i);
+                }
+            }
+        }
+        Ok(first)
+    }
+
+    /// Whether the stream is between two packets, after CONNECT.
+    pub fn at_boundary(&self) -> bool {
+        self.packets > 0 && !self.in_body && self.len.is_none()
+    }
+}
+
 fn encode_remaining(mut n: usize, out: &mut Vec<u8>) {
     debug_assert!(n <= MAX_REMAINING);
     loop {
@@ -196,7 +258,7 @@ pub async fn serve(
     port: u16,
     keep: usize,
     counters: Arc<ServiceCounters>,
-    gate: Arc<AckGate>,
+    gate: Arc<AckPipe>,
 ) {
     let mut log = crate::service::logging::Every::new(Duration::from_secs(10));
     loop {
@@ -229,12 +291,55 @@ async fn pipe(
     broker: tokio::net::TcpStream,
     keep: usize,
     c: Arc<ServiceCounters>,
-    gate: Arc<AckGate>,
+    gate: Arc<AckPipe>,
 ) {
     let (mut client_rd, mut client_wr) = client.into_split();
+    let pipe_acks = gate.clone();
     let (mut broker_rd, mut broker_wr) = broker.into_split();
+    // client → broker: the client's bytes as they come, and between two of its
+    // packets the acknowledgements the engine queued, in bulk
     let up = async {
-        let _ = tokio::io::copy(&mut client_rd, &mut broker_wr).await;
+        let mut bounds = PacketBounds::default();
+        let mut buf = vec![0u8; 16 << 10];
+        let (mut pkids, mut acks) = (Vec::new(), Vec::new());
+        let write_acks = |pkids: &mut Vec<u16>, acks: &mut Vec<u8>| {
+            pipe_acks.take(pkids);
+            acks.clear();
+            for &p in pkids.iter() {
+                super::acks::puback(p, acks);
+            }
+        };
+        loop {
+            tokio::select! {
+                r = client_rd.read(&mut buf) => {
+                    let n = match r {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    let Ok(cut) = bounds.feed(&buf[..n]) else { return };
+                    // acknowledgements queued before a barrier the client sends go out before it
+                    let cut = cut.unwrap_or(n);
+                    if broker_wr.write_all(&buf[..cut]).await.is_err() {
+                        return;
+                    }
+                    if cut < n || bounds.at_boundary() {
+                        write_acks(&mut pkids, &mut acks);
+                        if !acks.is_empty() && broker_wr.write_all(&acks).await.is_err() {
+                            return;
+                        }
+                    }
+                    if cut < n && broker_wr.write_all(&buf[cut..n]).await.is_err() {
+                        return;
+                    }
+                }
+                _ = pipe_acks.ready.notified(), if bounds.at_boundary() => {
+                    write_acks(&mut pkids, &mut acks);
+                    if !acks.is_empty() && broker_wr.write_all(&acks).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
     };
     let down = async {
         let mut limiter = PublishLimiter::new(keep);
@@ -365,6 +470,69 @@ mod tests {
                 }
             }
             proptest::prop_assert!(out.len() <= bytes.len() + 4 * (bytes.len() / 2 + 1));
+        }
+    }
+
+    /// A packet of type `t` with a body of `len` bytes.
+    fn packet(t: u8, len: usize) -> Vec<u8> {
+        let mut p = vec![t << 4];
+        encode_remaining(len, &mut p);
+        p.extend(std::iter::repeat_n(0xAAu8, len));
+        p
+    }
+
+    /// The offsets at which packets end, after the first one.
+    fn ends(packets: &[Vec<u8>]) -> Vec<usize> {
+        let mut at = 0;
+        packets
+            .iter()
+            .map(|p| {
+                at += p.len();
+                at
+            })
+            .collect()
+    }
+
+    #[test]
+    fn acknowledgements_find_the_gaps_between_the_clients_packets() {
+        // CONNECT, PINGREQ (no body), UNSUBSCRIBE
+        let packets = [packet(1, 30), packet(12, 0), packet(10, 40)];
+        let stream: Vec<u8> = packets.concat();
+        let mut b = PacketBounds::default();
+        // not before CONNECT is whole
+        assert_eq!(b.feed(&stream[..10]).unwrap(), None);
+        assert!(!b.at_boundary());
+        // CONNECT ends at 32: acknowledgements may follow
+        assert_eq!(b.feed(&stream[10..33]).unwrap(), Some(22));
+        assert!(!b.at_boundary(), "inside the PINGREQ");
+        assert_eq!(b.feed(&stream[33..40]).unwrap(), Some(1));
+        assert!(!b.at_boundary());
+        assert_eq!(b.feed(&stream[40..]).unwrap(), Some(stream.len() - 40));
+        assert!(b.at_boundary());
+        assert_eq!(b.feed(&packet(12, 0)).unwrap(), Some(0), "already between two packets");
+        assert_eq!(b.packets, 4);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn every_chunk_reports_its_first_gap_after_connect(
+            sizes in proptest::collection::vec(0usize..300, 1..20),
+            chunk in 1usize..97,
+        ) {
+            let packets: Vec<Vec<u8>> = sizes.iter().map(|&n| packet(3, n)).collect();
+            let stream = packets.concat();
+            let ends = ends(&packets);
+            let mut b = PacketBounds::default();
+            let mut start = 0;
+            for c in stream.chunks(chunk) {
+                let got = b.feed(c).unwrap();
+                let want = ends.iter().find(|&&e| e >= start && e <= start + c.len() && (e > start || start >= ends[0]))
+                    .map(|&e| e - start);
+                proptest::prop_assert_eq!(got, want, "chunk at {}", start);
+                start += c.len();
+            }
+            proptest::prop_assert_eq!(b.packets as usize, packets.len());
+            proptest::prop_assert!(b.at_boundary());
         }
     }
 }
