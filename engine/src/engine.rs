@@ -63,6 +63,14 @@ pub struct StreamCounters {
     pub clamped_future: u64,
 }
 
+/// A message a stream skipped (it is counted in the stream's `decode_errors`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Skipped {
+    /// The stream (index into the plan's streams).
+    pub stream: usize,
+    pub reason: DecodeError,
+}
+
 #[derive(serde::Serialize, serde::Deserialize)]
 struct StreamState {
     wm: Watermark,
@@ -412,10 +420,23 @@ impl Engine {
         st.advance_joins(p, sink);
     }
 
+    /// The plan this engine runs.
+    pub fn plan(&self) -> &Plan {
+        &self.p
+    }
+
     /// One MQTT message received at `recv_ms`: routed to every stream whose
-    /// topics match, decoded, and processed.
-    pub fn ingest(&mut self, recv_ms: i64, topic: &str, payload: &[u8], sink: &mut impl Sink) {
+    /// topics match, decoded, and processed. Returns why a stream skipped
+    /// it, if one did (also counted): for a log line a person can act on.
+    pub fn ingest(
+        &mut self,
+        recv_ms: i64,
+        topic: &str,
+        payload: &[u8],
+        sink: &mut impl Sink,
+    ) -> Option<Skipped> {
         let Engine { p, st } = self;
+        let mut skipped = None;
         st.set_now(recv_ms);
         let mut routed = false;
         for (s, def) in p.streams.iter().enumerate() {
@@ -428,6 +449,7 @@ impl Engine {
             st.streams[s].counters.received += 1;
             if payload.len() > p.max_payload {
                 st.streams[s].counters.decode_errors[DecodeError::TooLarge.index()] += 1;
+                skipped.get_or_insert(Skipped { stream: s, reason: DecodeError::TooLarge });
                 continue;
             }
             let mut ev = core::mem::replace(&mut st.scratch, Event::blank());
@@ -440,7 +462,10 @@ impl Engine {
                     ev.recv_ms = recv_ms;
                     st.process(p, &mut ev, sink);
                 }
-                Err(e) => st.streams[s].counters.decode_errors[e.index()] += 1,
+                Err(e) => {
+                    st.streams[s].counters.decode_errors[e.index()] += 1;
+                    skipped.get_or_insert(Skipped { stream: s, reason: e });
+                }
             }
             st.scratch = ev;
         }
@@ -450,6 +475,7 @@ impl Engine {
         // time moved: idleness may let streams and joins advance
         st.advance_device_streams(p, sink);
         st.advance_joins(p, sink);
+        skipped
     }
 
     /// One decoded event (its `ts` is the device's timestamp; the stream's

@@ -132,7 +132,9 @@ fn check_config_accepts_every_example() {
     for entry in std::fs::read_dir(root().join("config/examples")).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            let out = edgejoin().args(["check-config", "--config"]).arg(&path).output().unwrap();
+            // the file alone: examples name /var/lib/edgejoin, which this machine may not let us write
+            let out =
+                edgejoin().args(["check-config", "--portable", "--config"]).arg(&path).output().unwrap();
             assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
             let text = String::from_utf8_lossy(&out.stdout);
             assert!(text.contains("memory bound") && text.contains(": OK"), "{text}");
@@ -150,6 +152,89 @@ fn check_config_refuses_with_file_and_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml:4:"), "{err}");
     assert!(err.contains("capacity = 0: it must be at least 1"), "{err}");
+}
+
+/// What `run` would refuse at once, `check-config` refuses first, at the line that says it (#19).
+#[test]
+fn check_config_runs_every_check_run_makes() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let base = format!(
+        "[gateway]\nstate_dir = \"{}\"\n\n[[stream]]\nname = \"temperature\"\ntopics = [\"t/{{d}}\"]\nkey = \"{{d}}\"\nvalues = [\"v\"]\n",
+        state.display()
+    );
+    let check = |text: &str, portable: bool| {
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        let mut cmd = edgejoin();
+        cmd.arg("check-config");
+        if portable {
+            cmd.arg("--portable");
+        }
+        let out = cmd.arg("--config").arg(&path).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let refused = |extra: &str, line: usize, says: &str| {
+        let text = format!("{base}{extra}");
+        let (ok, err) = check(&text, false);
+        assert!(!ok, "accepted:\n{text}");
+        assert!(err.contains(&format!("c.toml:{line}:")), "wrong line in {err:?} for\n{text}");
+        assert!(err.contains(says), "{err:?} does not say {says:?}");
+    };
+    refused("\n[source]\nurl = \"mqtts://localhost:8883\"\n", 11, "not supported for [source]");
+    refused("\n[upstream]\nurl = \"mqtts://localhost:8883\"\n", 11, "mqtts:// needs `ca_file`");
+    refused(
+        "\n[upstream]\nurl = \"mqtts://localhost:8883\"\nca_file = \"/nonexistent/ca.pem\"\n",
+        12,
+        "/nonexistent/ca.pem: No such file",
+    );
+    let not_pem = dir.path().join("ca.pem");
+    std::fs::write(&not_pem, "not a certificate\n").unwrap();
+    refused(
+        &format!("\n[upstream]\nurl = \"mqtts://localhost:8883\"\nca_file = \"{}\"\n", not_pem.display()),
+        12,
+        "no certificate in it",
+    );
+    refused(
+        "\n[upstream]\nurl = \"mqtt://localhost:1883\"\nusername = \"u\"\npassword_file = \"/nonexistent/pw\"\n",
+        13,
+        "password_file /nonexistent/pw",
+    );
+    refused("\n[[window]]\nname = \"w\"\ninput = \"temperature\"\nsize = \"5M\"\n", 13, "lower-case `m`");
+    refused(
+        "\n[[window]]\nname = \"w\"\ninput = \"temperature\"\nsize = \"1y\"\n",
+        13,
+        "write days (`365d`)",
+    );
+    refused(
+        "\n[[window]]\nname = \"w\"\ninput = \"temprature\"\nsize = \"5m\"\n",
+        12,
+        "did you mean `temperature`?",
+    );
+    refused(
+        "\n[[window]]\nname = \"w\"\ninput = \"temperature\"\nsise = \"5m\"\n",
+        13,
+        "did you mean `size`?",
+    );
+    // a syntax error is reported on its own line (6: the unclosed array), not on the next
+    let (ok, err) = check(&base.replace("[\"t/{d}\"]", "[\"t/{d}\""), false);
+    assert!(!ok && err.contains("c.toml:6:"), "{err}");
+    // state_dir: where the service could not create it, with its path
+    let file = dir.path().join("plain-file");
+    std::fs::write(&file, "x").unwrap();
+    let blocked = base.replace(&state.display().to_string(), &file.join("state").display().to_string());
+    let (ok, err) = check(&blocked, false);
+    assert!(!ok && err.contains("c.toml:2:") && err.contains("plain-file is not a directory"), "{err}");
+    // --portable checks the file alone
+    assert!(check(&blocked, true).0);
+    assert!(check(&base, false).0, "a good config passes");
+    assert!(!state.exists(), "check-config does not create state_dir");
+    // and `run` refuses the same way, at once, before any network
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, &blocked).unwrap();
+    let out = edgejoin().args(["run", "--config"]).arg(&path).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("plain-file is not a directory"));
 }
 
 #[test]

@@ -429,3 +429,41 @@ fn damaged_state_files_are_reported_and_the_rest_recovered() {
     assert!(collector.ids.lock().unwrap().len() > before, "the spool was sent again from its start");
     gw.stop();
 }
+
+/// #19: bad input is said, not only counted — once per stream and reason, with
+/// the topic and the start of the payload; and a clean stop says no WARN.
+#[test]
+fn skipped_payloads_are_logged_once_per_reason_with_topic_and_excerpt() {
+    need_mosquitto!();
+    let broker = Broker::start();
+    let work = tempfile::tempdir().unwrap();
+    let mport = free_port();
+    let cfg = format!(
+        "[gateway]\nmetrics_addr = \"127.0.0.1:{mport}\"\n\n[[stream]]\nname = \"s\"\ntopics = [\"bad/{{k}}\"]\nkey = \"{{k}}\"\nvalues = [\"v\"]\n"
+    );
+    let (path, _) = live_config(&cfg, &broker, &broker, &work.path().join("state"));
+    let gw = Gateway::start(&path);
+    let mut msgs: Vec<(String, Vec<u8>)> =
+        (0..200).map(|i| (format!("bad/k{i}"), b"{not json".to_vec())).collect();
+    msgs.push(("bad/late".into(), br#"{"v":1}"#.to_vec()));
+    publish(broker.port, &msgs);
+    assert!(wait_until(10, || metric(mport, "edgejoin_processed").unwrap_or(0.0) >= 201.0));
+    let log = gw.log.clone();
+    let lines = |needle: &str| log.lock().unwrap().iter().filter(|l| l.contains(needle)).count();
+    assert_eq!(
+        lines("stream `s` skipped a message on `bad/k0`: payload is not a JSON object (invalid_json, 9 bytes: \"{not json\")"),
+        1,
+        "{:?}",
+        log.lock().unwrap()
+    );
+    assert_eq!(lines("(invalid_json,"), 1, "the other 199 are not logged one by one");
+    assert_eq!(
+        lines("on `bad/late`: payload has no timestamp field (missing_time, 7 bytes: \"{\\\"v\\\":1}\")"),
+        1
+    );
+    let before_stop = log.lock().unwrap().len();
+    gw.stop();
+    let warns: Vec<String> =
+        log.lock().unwrap()[before_stop..].iter().filter(|l| l.contains("WARN")).cloned().collect();
+    assert!(warns.is_empty(), "a clean stop logs no WARN: {warns:?}");
+}

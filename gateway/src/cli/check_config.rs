@@ -206,9 +206,13 @@ pub fn warnings(c: &Config) -> Vec<String> {
 
 /// `edgejoin check-config`: the config validated, the pipeline and its memory
 /// bound printed, warnings after it.
-pub fn run(path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+pub fn run(path: &Path, portable: bool) -> Result<(), Box<dyn std::error::Error>> {
     use std::io::Write as _;
     let c = crate::config::load(path)?;
+    if !portable {
+        // every check `run` makes before it touches the network
+        crate::service::preflight::preflight(path, &c)?;
+    }
     // a closed pipe (`| head`) is not an error worth a panic
     let mut out = std::io::stdout().lock();
     let mut text = describe(&c);

@@ -32,6 +32,10 @@ enum Cmd {
     CheckConfig {
         #[arg(long, short)]
         config: PathBuf,
+        /// Check the file alone, not this machine (state_dir writable,
+        /// password and TLS files readable): for a config meant for another host
+        #[arg(long)]
+        portable: bool,
     },
     /// Run the engine offline over a recording (one JSON message per line).
     Replay {
@@ -54,7 +58,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Run { config } => run::run(&config),
-        Cmd::CheckConfig { config } => check_config::run(&config),
+        Cmd::CheckConfig { config, portable } => check_config::run(&config, portable),
         Cmd::Replay { config, input, output, stats } => {
             replay::run(&config, &input, output.as_deref(), stats)
         }

@@ -8,6 +8,8 @@ use crate::config::{self, Deployment};
 pub fn run(path: &Path) -> Result<(), Box<dyn std::error::Error>> {
     init_tracing();
     let c = config::load(path)?;
+    // what check-config checks on this machine, before the network
+    crate::service::preflight::preflight(path, &c)?;
     warn_on_readable_secrets(&c.deployment);
     for w in crate::cli::check_config::warnings(&c) {
         tracing::warn!("{w}");

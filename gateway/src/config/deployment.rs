@@ -27,6 +27,40 @@ pub struct Deployment {
     pub upstream: Upstream,
     /// Sensors on the local I2C bus, each feeding one stream.
     pub i2c: Vec<I2cSource>,
+    /// Every file and directory the config names, with where: what `run`
+    /// reads or writes, checked before it touches the network (and by `check-config`).
+    pub files: Vec<FileRef>,
+}
+
+/// A file or directory the config names.
+#[derive(Clone, Debug)]
+pub struct FileRef {
+    pub key: FileKey,
+    pub path: PathBuf,
+    /// Where the config names it (for a default: its section, or the file's start).
+    pub at: super::check::Location,
+}
+
+/// What the service does with a [`FileRef`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKey {
+    /// `[gateway] state_dir`: created if missing, written.
+    StateDir,
+    /// `password_file` of `[source]` or `[upstream]`: read (relative to
+    /// `$CREDENTIALS_DIRECTORY` when systemd passes credentials).
+    PasswordFile,
+    /// `[upstream] ca_file`, `cert_file`, `key_file`: PEM, read.
+    Tls,
+}
+
+impl FileKey {
+    pub fn name(self) -> &'static str {
+        match self {
+            FileKey::StateDir => "state_dir",
+            FileKey::PasswordFile => "password_file",
+            FileKey::Tls => "TLS file",
+        }
+    }
 }
 
 #[derive(Clone, Debug)]

@@ -9,7 +9,9 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::check::{nonneg, positive, Checker, ConfigError, DEFAULT_MAX_DEVICES, MAX_KEYS, S};
-use super::deployment::{Broker, Credentials, FullPolicy, Gateway, ServiceCfg, Source, TlsFiles, Upstream};
+use super::deployment::{
+    Broker, Credentials, FileKey, FileRef, FullPolicy, Gateway, ServiceCfg, Source, TlsFiles, Upstream,
+};
 use super::raw::{RawGateway, RawSource, RawUpstream};
 use super::units::parse_size;
 
@@ -25,13 +27,18 @@ fn opt_duration(
     }
 }
 
+/// Where the service keeps its state when the config does not say.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/edgejoin";
+
 /// `[gateway]`: who the gateway is, how its service runs, and how many devices a stream tracks.
 pub(super) fn build_gateway(
     ck: &Checker<'_>,
     g: Option<&RawGateway>,
+    files: &mut Vec<FileRef>,
 ) -> Result<(Gateway, ServiceCfg, NonZeroU32), ConfigError> {
     let Some(g) = g else {
-        let gw = Gateway { id: "edgejoin".into(), state_dir: "/var/lib/edgejoin".into() };
+        let gw = Gateway { id: "edgejoin".into(), state_dir: DEFAULT_STATE_DIR.into() };
+        files.push(FileRef { key: FileKey::StateDir, path: DEFAULT_STATE_DIR.into(), at: ck.at(0..0) });
         return Ok((gw, ServiceCfg::default(), DEFAULT_MAX_DEVICES));
     };
     let id = g.id.as_ref().map(|s| s.get_ref().clone()).unwrap_or_else(|| "edgejoin".into());
@@ -65,8 +72,13 @@ pub(super) fn build_gateway(
         }
         None => d.stats_topic.clone(),
     };
-    let gw =
-        Gateway { id, state_dir: g.state_dir.clone().unwrap_or_else(|| "/var/lib/edgejoin".into()).into() };
+    let (state_dir, at) = match &g.state_dir {
+        Some(s) if s.get_ref().is_empty() => return Err(ck.err(s.span(), "state_dir may not be empty")),
+        Some(s) => (PathBuf::from(s.get_ref()), ck.at(s.span())),
+        None => (PathBuf::from(DEFAULT_STATE_DIR), ck.at(0..0)),
+    };
+    files.push(FileRef { key: FileKey::StateDir, path: state_dir.clone(), at });
+    let gw = Gateway { id, state_dir };
     let max_devices = match &g.max_devices {
         Some(m) => ck.count(m, "gateway: max_devices", MAX_KEYS)?,
         None => DEFAULT_MAX_DEVICES,
@@ -113,12 +125,16 @@ fn credentials(
     ck: &Checker<'_>,
     username: &Option<String>,
     password_file: &Option<Spanned<String>>,
+    files: &mut Vec<FileRef>,
 ) -> Result<Option<Credentials>, ConfigError> {
     if let (None, Some(f)) = (username, password_file) {
         return Err(ck.err(
             f.span(),
             "password_file needs `username` as well (MQTT sends a password only with a user name)",
         ));
+    }
+    if let (Some(_), Some(f)) = (username, password_file) {
+        files.push(FileRef { key: FileKey::PasswordFile, path: f.get_ref().into(), at: ck.at(f.span()) });
     }
     Ok(username.as_ref().map(|u| Credentials {
         username: u.clone(),
@@ -131,6 +147,7 @@ pub(super) fn build_source(
     ck: &Checker<'_>,
     s: Option<&RawSource>,
     g: &Gateway,
+    files: &mut Vec<FileRef>,
 ) -> Result<(Source, usize), ConfigError> {
     let default_broker = Broker::parse("mqtt://127.0.0.1:1883").expect("valid default");
     let Some(s) = s else {
@@ -156,11 +173,18 @@ pub(super) fn build_source(
         Some(u) => (u.get_ref().clone(), broker(ck, u, "source url")?),
         None => ("mqtt://127.0.0.1:1883".into(), default_broker),
     };
+    if b.tls {
+        let span = s.url.as_ref().map_or(0..0, |u| u.span());
+        return Err(ck.err(
+            span,
+            "mqtts:// is not supported for [source] yet (it is for [upstream]): use mqtt:// to a broker on this host or network",
+        ));
+    }
     let src = Source {
         url,
         broker: b,
         client_id: client_id(ck, s.client_id.as_ref(), format!("{}-in", g.id))?,
-        credentials: credentials(ck, &s.username, &s.password_file)?,
+        credentials: credentials(ck, &s.username, &s.password_file, files)?,
     };
     Ok((src, max_payload))
 }
@@ -171,6 +195,7 @@ pub(super) fn build_upstream(
     u: Option<&RawUpstream>,
     g: &Gateway,
     src: &Source,
+    files: &mut Vec<FileRef>,
 ) -> Result<Upstream, ConfigError> {
     let prefix_default = format!("gw/{}", g.id);
     let Some(u) = u else {
@@ -204,10 +229,22 @@ pub(super) fn build_upstream(
         None => 64 << 20,
     };
     let tls = if b.tls {
+        if u.ca_file.is_none() {
+            return Err(ck.err(
+                u.url.span(),
+                "mqtts:// needs `ca_file`: the PEM file of the CA that signed the broker's certificate",
+            ));
+        }
+        let mut file = |f: &Option<S<String>>| {
+            f.as_ref().map(|f| {
+                files.push(FileRef { key: FileKey::Tls, path: f.get_ref().into(), at: ck.at(f.span()) });
+                PathBuf::from(f.get_ref())
+            })
+        };
         Some(TlsFiles {
-            ca_file: u.ca_file.as_ref().map(PathBuf::from),
-            cert_file: u.cert_file.as_ref().map(PathBuf::from),
-            key_file: u.key_file.as_ref().map(PathBuf::from),
+            ca_file: file(&u.ca_file),
+            cert_file: file(&u.cert_file),
+            key_file: file(&u.key_file),
         })
     } else {
         if u.ca_file.is_some() || u.cert_file.is_some() || u.key_file.is_some() {
@@ -225,7 +262,7 @@ pub(super) fn build_upstream(
         spool,
         spool_full: u.spool_full.as_ref().map_or(FullPolicy::DropOldest, |p| *p.get_ref()),
         client_id: client_id(ck, u.client_id.as_ref(), format!("{}-out", g.id))?,
-        credentials: credentials(ck, &u.username, &u.password_file)?,
+        credentials: credentials(ck, &u.username, &u.password_file, files)?,
         tls,
     })
 }

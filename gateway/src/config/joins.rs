@@ -11,7 +11,7 @@ use super::raw::{RawJoin, RawStrategy};
 use super::units::format_duration_ms;
 use std::num::NonZeroU32;
 
-use super::check::{nonneg, Checker, ConfigError, MAX_CAPACITY, S};
+use super::check::{did_you_mean, nonneg, Checker, ConfigError, MAX_CAPACITY, S};
 
 pub(super) fn build_join(
     ck: &Checker<'_>,
@@ -36,7 +36,13 @@ pub(super) fn build_join(
                         strategy_name(strat)
                     )),
                 )),
-                None => Err(ck.err(side.span(), ctx(&format!("{which} `{n}` is not a stream")))),
+                None => Err(ck.err(
+                    side.span(),
+                    ctx(&format!(
+                        "{which} `{n}` is not a stream{}",
+                        did_you_mean(n, stream_index.keys().copied())
+                    )),
+                )),
             }
         } else {
             match window_index.get(n) {
@@ -48,7 +54,13 @@ pub(super) fn build_join(
                         strategy_name(strat)
                     )),
                 )),
-                None => Err(ck.err(side.span(), ctx(&format!("{which} `{n}` is not a window")))),
+                None => Err(ck.err(
+                    side.span(),
+                    ctx(&format!(
+                        "{which} `{n}` is not a window{}",
+                        did_you_mean(n, window_index.keys().copied())
+                    )),
+                )),
             }
         }
     };

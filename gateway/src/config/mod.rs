@@ -23,7 +23,7 @@ use edgejoin_engine::plan::{Input, Plan};
 use edgejoin_engine::topic::{TopicTemplate, Var};
 
 use check::{Checker, S};
-pub use check::{ConfigError, MAX_CAPACITY, MAX_KEYS, MAX_STATE_BYTES};
+pub use check::{ConfigError, Location, MAX_CAPACITY, MAX_KEYS, MAX_STATE_BYTES};
 pub use deployment::*;
 use raw::RawConfig;
 
@@ -46,7 +46,16 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let ck = Checker { path, text };
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
-        ck.err(span, e.message().trim().to_string())
+        let message = e.message().trim();
+        if message.starts_with("unknown field") {
+            ck.err(span, check::suggest_field(message))
+        } else if text.parse::<toml::Table>().is_err() {
+            // a syntax error, not a wrong value: where the mistake is
+            let at = check::syntax_error_offset(text, span.start);
+            ck.err(at..at, message.to_string())
+        } else {
+            ck.err(span, message.to_string())
+        }
     })?;
     build(&ck, raw)
 }
@@ -80,9 +89,10 @@ fn build(ck: &Checker<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         claim(&j.get_ref().name, "join")?;
     }
 
-    let (gateway, service, max_devices) = gateway::build_gateway(ck, raw.gateway.as_ref())?;
-    let (source, max_payload) = gateway::build_source(ck, raw.source.as_ref(), &gateway)?;
-    let upstream = gateway::build_upstream(ck, raw.upstream.as_ref(), &gateway, &source)?;
+    let mut files = Vec::new();
+    let (gateway, service, max_devices) = gateway::build_gateway(ck, raw.gateway.as_ref(), &mut files)?;
+    let (source, max_payload) = gateway::build_source(ck, raw.source.as_ref(), &gateway, &mut files)?;
+    let upstream = gateway::build_upstream(ck, raw.upstream.as_ref(), &gateway, &source, &mut files)?;
 
     let mut streams = Vec::with_capacity(raw.stream.len());
     let mut i2c = Vec::new();
@@ -104,7 +114,7 @@ fn build(ck: &Checker<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
     }
 
     let mut p = Plan { streams, windows, joins, max_devices, max_payload };
-    let d = Deployment { gateway, service, source, upstream, i2c };
+    let d = Deployment { gateway, service, source, upstream, i2c, files };
     // everything is allocated at start: refuse what could not be, before trying
     let bound = edgejoin_engine::Engine::memory_bytes(&p);
     if bound > MAX_STATE_BYTES {

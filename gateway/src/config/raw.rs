@@ -29,7 +29,7 @@ pub(super) struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawGateway {
     pub(super) id: Option<S<String>>,
-    pub(super) state_dir: Option<String>,
+    pub(super) state_dir: Option<S<String>>,
     pub(super) max_devices: Option<S<i64>>,
     pub(super) checkpoint_interval: Option<S<String>>,
     pub(super) tick: Option<S<String>>,
@@ -61,9 +61,9 @@ pub(super) struct RawUpstream {
     pub(super) client_id: Option<S<String>>,
     pub(super) username: Option<String>,
     pub(super) password_file: Option<S<String>>,
-    pub(super) ca_file: Option<String>,
-    pub(super) cert_file: Option<String>,
-    pub(super) key_file: Option<String>,
+    pub(super) ca_file: Option<S<String>>,
+    pub(super) cert_file: Option<S<String>>,
+    pub(super) key_file: Option<S<String>>,
 }
 
 #[derive(Deserialize)]

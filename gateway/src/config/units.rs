@@ -16,6 +16,12 @@ pub fn parse_duration_ms(text: &str) -> Result<i64, String> {
     if body.is_empty() {
         return Err(format!("`{text}` is not a duration (try \"500ms\", \"2m\", \"1h30m\")"));
     }
+    if let Some(unit) = calendar_unit(body).filter(|u| matches!(*u, "M" | "month" | "months")) {
+        return Err(format!(
+            "`{text}`: `{unit}` means months (which have no fixed length); use ms, s, m (minutes), h, d, w or y{}",
+            if unit == "M" { " — for minutes write a lower-case `m`" } else { "" }
+        ));
+    }
     let d = humantime::parse_duration(body)
         .map_err(|e| format!("`{text}` is not a duration ({e}; try \"500ms\", \"2m\", \"1h30m\")"))?;
     if d.subsec_nanos() % 1_000_000 != 0 {
@@ -29,6 +35,37 @@ pub fn parse_duration_ms(text: &str) -> Result<i64, String> {
     }
     let ms = ms as i64;
     Ok(if neg { -ms } else { ms })
+}
+
+/// The first month or year unit in a duration's text (humantime reads `M`
+/// as months: `"5M"` would be five months where minutes were meant).
+/// Months are refused in every duration; years only where a fixed length
+/// matters ([`fixed_length`]).
+pub fn calendar_unit(body: &str) -> Option<&str> {
+    let mut rest = body;
+    while !rest.is_empty() {
+        let unit_start = rest.find(|c: char| c.is_ascii_alphabetic())?;
+        let after = &rest[unit_start..];
+        let len = after.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(after.len());
+        let unit = &after[..len];
+        if matches!(unit, "M" | "month" | "months" | "y" | "year" | "years") {
+            return Some(unit);
+        }
+        rest = &after[len..];
+    }
+    None
+}
+
+/// A window's size, slide, offset or gap: a fixed length, so no calendar
+/// unit (a year is 365.25 days to the parser, not a calendar year).
+pub fn fixed_length(text: &str) -> Result<(), String> {
+    // months: refused with their own hint by `parse_duration_ms`
+    match calendar_unit(text).filter(|u| matches!(*u, "y" | "year" | "years")) {
+        Some(unit) => Err(format!(
+            "`{text}`: a window is a fixed length and `{unit}` is a calendar unit; write days (`365d`) or weeks"
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Formats milliseconds back into the shortest duration text (`90000` → `1m30s`).
@@ -98,6 +135,19 @@ pub fn floor_div(a: i64, b: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn months_and_years_are_refused_with_a_hint() {
+        let e = parse_duration_ms("5M").unwrap_err();
+        assert!(e.contains("means months") && e.contains("lower-case `m`"), "{e}");
+        assert!(parse_duration_ms("1h2months").unwrap_err().contains("`months`"));
+        assert_eq!(parse_duration_ms("1y"), Ok(31_557_600_000), "years stay (e.g. max_future = \"100y\")");
+        assert!(fixed_length("1y").unwrap_err().contains("365d"));
+        assert!(fixed_length("5m").is_ok());
+        assert_eq!(parse_duration_ms("5m"), Ok(300_000));
+        assert_eq!(parse_duration_ms("2w"), Ok(14 * 86_400_000));
+        assert_eq!(parse_duration_ms("90 min"), Ok(5_400_000));
+    }
 
     #[test]
     fn durations() {

@@ -9,7 +9,8 @@ use edgejoin_engine::topic::{TopicTemplate, Var};
 use super::raw::RawConfig;
 use edgejoin_engine::event::MAX_VALUES;
 
-use super::check::{positive, Checker, ConfigError, MAX_KEYS, S};
+use super::check::{did_you_mean, positive, Checker, ConfigError, MAX_KEYS, S};
+use super::units::fixed_length;
 
 pub(super) fn build_windows(
     ck: &Checker<'_>,
@@ -82,9 +83,22 @@ pub(super) fn build_windows(
             } else {
                 return Err(ck.err(
                     rw.input.span(),
-                    ctx(&format!("input `{input_name}` is neither a stream nor a window")),
+                    ctx(&format!(
+                        "input `{input_name}` is neither a stream nor a window{}",
+                        did_you_mean(
+                            input_name,
+                            stream_index
+                                .keys()
+                                .copied()
+                                .chain(raw.window.iter().map(|w| w.get_ref().name.get_ref().as_str()))
+                        )
+                    )),
                 ));
             };
+        // a window is a fixed length: no years (months are refused in every duration)
+        for v in [&rw.size, &rw.slide, &rw.offset, &rw.gap].into_iter().flatten() {
+            fixed_length(v.get_ref()).map_err(|e| ck.err(v.span(), ctx(&e)))?;
+        }
         let kind = match (&rw.size, &rw.gap) {
             (Some(_), Some(g)) => {
                 return Err(ck

@@ -213,7 +213,7 @@ pub fn puback(pkid: u16, out: &mut Vec<u8>) {
 /// up to which log position a barrier proved the broker processed the handed
 /// ones. A barrier goes out at most every [`Acks::BARRIER_EVERY`], only while
 /// some handed acknowledgement is unproven.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Acks {
     owed: VecDeque<(u16, u64)>,
     /// Log position of the last acknowledgement handed to the client.
@@ -225,27 +225,16 @@ pub struct Acks {
     last_barrier: Option<Instant>,
 }
 
-impl Default for Acks {
-    fn default() -> Self {
-        Acks {
-            owed: VecDeque::with_capacity(Self::CAPACITY),
-            handed: 0,
-            confirmed: 0,
-            pending: None,
-            last_barrier: None,
-        }
-    }
-}
-
 impl Acks {
     pub const BARRIER_EVERY: Duration = Duration::from_millis(100);
 
-    /// Owed acknowledgements room is made for at start: the [`AckPipe`]
-    /// takes them as they come; they gather here only while the source
-    /// connection is down or the filter cannot write them out (then reading
-    /// stops at `HIGH`; what was already read, the intake and a batch, still
-    /// comes after).
-    pub const CAPACITY: usize = AckPipe::HIGH + 2 * super::source::BATCH + 64;
+    /// A ledger with room for `n` owed acknowledgements made at start (the
+    /// engine thread's: they gather only while the source connection is down
+    /// or the filter cannot write them out; reading stops at
+    /// [`AckPipe::HIGH`], and what was already read still comes after).
+    pub fn with_capacity(n: usize) -> Self {
+        Acks { owed: VecDeque::with_capacity(n), ..Acks::default() }
+    }
 
     /// The message with packet id `pkid` at log position `pos` is in the
     /// fsynced log (or is a redelivery of one that is): it is owed an

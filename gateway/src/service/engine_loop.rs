@@ -130,11 +130,13 @@ pub(super) struct EngineLoop {
     processed_at_stats: u64,
     spool_losses: (u64, u64),
     spool_log: logging::Every,
+    skips: logging::SkipLog,
 }
 
 impl EngineLoop {
     pub(super) fn new(d: Deployment, start: Start, io: Links) -> Self {
         let now = Instant::now();
+        let skips = logging::SkipLog::new(start.engine.plan().streams.len());
         let out = ResultWriter::new(&d, io.spool.clone(), io.counters.clone());
         let commit = GroupCommit::new(d.service.commit_delay, BATCH);
         EngineLoop {
@@ -148,7 +150,7 @@ impl EngineLoop {
             io,
             batch: Vec::with_capacity(BATCH),
             batch_logged: false,
-            acks: Acks::default(),
+            acks: Acks::with_capacity(AckPipe::HIGH + 2 * BATCH + 64),
             commit,
             pause: Pause::new(),
             out,
@@ -160,6 +162,7 @@ impl EngineLoop {
             processed_at_stats: 0,
             spool_losses: (0, 0),
             spool_log: logging::Every::new(Duration::from_secs(30)),
+            skips,
         }
     }
 
@@ -406,9 +409,15 @@ impl EngineLoop {
         for b in &self.batch {
             self.seq += 1;
             let mut sink = self.out.sink(self.seq, None);
-            self.engine.ingest(b.recv_ms, &b.m.topic, &b.m.payload, &mut sink);
+            let skipped = self.engine.ingest(b.recv_ms, &b.m.topic, &b.m.payload, &mut sink);
             if let Some((first, end)) = sink.appended {
                 self.io.marks.mark(first, end, b.at);
+            }
+            if let Some(s) = skipped {
+                let name = &self.engine.plan().streams[s.stream].name;
+                if let Some(line) = self.skips.note(s, name, &b.m.topic, &b.m.payload) {
+                    tracing::warn!("{line}");
+                }
             }
             self.io.counters.processed.fetch_add(1, Ordering::Relaxed);
         }
@@ -520,6 +529,10 @@ impl EngineLoop {
 
     /// The stats message (upstream), the Prometheus text, the systemd status line.
     fn stats(&mut self) {
+        let streams = &self.engine.plan().streams;
+        for line in self.skips.summaries(Instant::now(), |i| streams[i].name.clone()) {
+            tracing::warn!("{line}");
+        }
         let secs = self.last_stats.elapsed().as_secs_f64().max(1e-3);
         self.last_stats = Instant::now();
         let c = &self.io.counters;

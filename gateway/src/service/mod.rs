@@ -31,6 +31,7 @@ mod http;
 mod logging;
 pub(crate) mod metrics;
 mod mqtt;
+pub mod preflight;
 mod recovery;
 mod redelivery;
 mod registry;
@@ -126,12 +127,6 @@ async fn run_async(c: Config) -> Result<(), ServiceError> {
     let Recovered { engine, last_seq, wal, recent } = recover(&c, seed, &spool, &counters)?;
 
     // the source connection, through the filter that cuts oversized payloads
-    if d.source.broker.tls {
-        return Err(ServiceError::Config(format!(
-            "{}:{}: mqtts:// is supported for [upstream] (with ca_file); use mqtt:// for the source broker",
-            d.source.broker.host, d.source.broker.port
-        )));
-    }
     let sock = source_proxy::socket_path(&dir);
     if let Some(parent) = sock.parent() {
         std::fs::create_dir_all(parent).map_err(io_err("source socket directory"))?;

@@ -47,6 +47,15 @@ pub(super) fn tls_config(files: &TlsFiles) -> Result<rustls::ClientConfig, Servi
     }
 }
 
+/// Where a `password_file` is read: relative to `$CREDENTIALS_DIRECTORY`
+/// when systemd passes credentials (`LoadCredential=`), else as written.
+pub(super) fn password_path(f: &Path) -> std::path::PathBuf {
+    match std::env::var_os("CREDENTIALS_DIRECTORY") {
+        Some(dir) if f.is_relative() => Path::new(&dir).join(f),
+        _ => f.to_path_buf(),
+    }
+}
+
 /// The MQTT options of one connection.
 pub(super) fn mqtt_options(
     client_id: &str,
@@ -74,10 +83,7 @@ pub(super) fn mqtt_options(
     if let Some(c) = credentials {
         let password = match &c.password_file {
             Some(f) => {
-                let f = match std::env::var_os("CREDENTIALS_DIRECTORY") {
-                    Some(dir) if f.is_relative() => Path::new(&dir).join(f),
-                    _ => f.clone(),
-                };
+                let f = password_path(f);
                 std::fs::read_to_string(&f)
                     .map_err(|e| ServiceError::Config(format!("password_file {}: {e}", f.display())))?
                     .trim_end_matches(['\n', '\r'])
