@@ -442,7 +442,12 @@ fn skipped_payloads_are_logged_once_per_reason_with_topic_and_excerpt() {
         "[gateway]\nmetrics_addr = \"127.0.0.1:{mport}\"\n\n[[stream]]\nname = \"s\"\ntopics = [\"bad/{{k}}\"]\nkey = \"{{k}}\"\nvalues = [\"v\"]\n"
     );
     let (path, _) = live_config(&cfg, &broker, &broker, &work.path().join("state"));
-    let gw = Gateway::start(&path);
+    // edgejoin's own debug lines, without the MQTT client's
+    let mut cmd = Gateway::command(&path);
+    cmd.env("EDGEJOIN_LOG", "info,edgejoin=debug");
+    let gw = Gateway::spawn(cmd)
+        .ready_within(15)
+        .unwrap_or_else(|(st, log)| panic!("not ready ({st:?}): {log:?}"));
     let mut msgs: Vec<(String, Vec<u8>)> =
         (0..200).map(|i| (format!("bad/k{i}"), b"{not json".to_vec())).collect();
     msgs.push(("bad/late".into(), br#"{"v":1}"#.to_vec()));
@@ -461,8 +466,12 @@ fn skipped_payloads_are_logged_once_per_reason_with_topic_and_excerpt() {
         lines("on `bad/late`: payload has no timestamp field (missing_time, 7 bytes: \"{\\\"v\\\":1}\")"),
         1
     );
+    assert!(lines("group commit: ") >= 1, "a debug line per group commit");
+    assert!(wait_until(5, || lines("barrier answered: ") >= 1), "and per confirmed barrier");
+    assert_eq!(lines("rumqttc"), 0, "edgejoin=debug leaves the client's lines out");
     let before_stop = log.lock().unwrap().len();
     gw.stop();
+    assert!(lines("checkpoint at input ") >= 1, "the stop's checkpoint, at debug");
     let warns: Vec<String> =
         log.lock().unwrap()[before_stop..].iter().filter(|l| l.contains("WARN")).cloned().collect();
     assert!(warns.is_empty(), "a clean stop logs no WARN: {warns:?}");

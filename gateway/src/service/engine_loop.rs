@@ -223,6 +223,9 @@ impl EngineLoop {
         self.hand_acks();
         let barriers = &self.io.barriers;
         if let Some(through) = self.acks.answer(|t| barriers.state(t)) {
+            tracing::debug!(
+                "barrier answered: acknowledgements through input {through} are processed by the broker"
+            );
             // the broker will not send these again: their ids may now carry new messages
             self.recent.confirmed(through);
             if let Some(w) = self.wal.as_mut() {
@@ -365,6 +368,12 @@ impl EngineLoop {
             Ok(()) => {
                 self.pause.resume(&self.io.counters);
                 if durable && self.wal.is_some() {
+                    tracing::debug!(
+                        "group commit: {} messages logged, fsync {:.2} ms, {} owed acknowledgements",
+                        self.batch.len(),
+                        started.elapsed().as_secs_f64() * 1e3,
+                        self.acks.owed()
+                    );
                     self.commit.synced(started, self.gathered().unacked);
                     self.io.counters.commits.fetch_add(1, Ordering::Relaxed);
                     self.io.counters.broker_window.store(self.commit.window() as u64, Ordering::Relaxed);
@@ -503,6 +512,7 @@ impl EngineLoop {
     /// Saves a checkpoint (and lets the log before it go). A failure is
     /// logged and counted; the log keeps everything until the next one.
     fn checkpoint(&mut self) {
+        let started = Instant::now();
         let dir = &self.d.gateway.state_dir;
         // results of everything the checkpoint covers must be durable before the log goes
         let res = self.io.spool.lock().expect("spool lock").sync().map_err(|e| ("spool", e)).and_then(|()| {
@@ -514,6 +524,11 @@ impl EngineLoop {
             Ok(bytes) => {
                 c.checkpoints.fetch_add(1, Ordering::Relaxed);
                 c.checkpoint_bytes.store(bytes, Ordering::Relaxed);
+                tracing::debug!(
+                    "checkpoint at input {}: {bytes} bytes in {:.1} ms",
+                    self.seq,
+                    started.elapsed().as_secs_f64() * 1e3
+                );
                 if let Some(w) = self.wal.as_mut() {
                     if let Err(e) = w.checkpointed(self.seq) {
                         tracing::error!("write-ahead log: cannot start a segment after the checkpoint: {e}");
