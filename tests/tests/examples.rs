@@ -181,7 +181,12 @@ fn check_config_runs_every_check_run_makes() {
         assert!(err.contains(&format!("c.toml:{line}:")), "wrong line in {err:?} for\n{text}");
         assert!(err.contains(says), "{err:?} does not say {says:?}");
     };
-    refused("\n[source]\nurl = \"mqtts://localhost:8883\"\n", 11, "not supported for [source]");
+    refused("\n[source]\nurl = \"mqtts://localhost:8883\"\n", 11, "mqtts:// needs `ca_file`");
+    refused(
+        "\n[source]\nurl = \"mqtt://localhost:1883\"\nca_file = \"/etc/ssl/ca.pem\"\n",
+        11,
+        "need an `mqtts://` url",
+    );
     refused("\n[upstream]\nurl = \"mqtts://localhost:8883\"\n", 11, "mqtts:// needs `ca_file`");
     refused(
         "\n[upstream]\nurl = \"mqtts://localhost:8883\"\nca_file = \"/nonexistent/ca.pem\"\n",

@@ -195,16 +195,14 @@ fn sh(cmd: &str, dir: &Path) {
     assert!(st.success(), "{cmd}");
 }
 
-/// Results go upstream over mutual TLS (rustls) with a username and a
-/// password read from a file, as systemd's LoadCredential provides it.
-#[test]
-fn upstream_over_mutual_tls_with_password_file() {
-    need_mosquitto!();
+/// A CA, a server certificate for localhost and a client certificate, in a
+/// directory Mosquitto can read; `None` when openssl or mosquitto_passwd is missing.
+fn pki() -> Option<tempfile::TempDir> {
     if Command::new("openssl").arg("version").output().is_err()
         || !Path::new("/usr/bin/mosquitto_passwd").exists()
     {
         eprintln!("openssl or mosquitto_passwd missing: TLS test skipped");
-        return;
+        return None;
     }
     let pki = tempfile::tempdir().unwrap();
     let d = pki.path();
@@ -221,24 +219,34 @@ fn upstream_over_mutual_tls_with_password_file() {
     for f in ["server.key", "passwd", "ca.crt", "server.crt"] {
         std::fs::set_permissions(d.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
     }
+    Some(pki)
+}
 
-    let source = Broker::start();
-    // the upstream: a TLS listener requiring a client certificate and a password, and a plain one for the test's reader
+/// A broker with a plain listener (anonymous, for the test's own clients)
+/// and a TLS one on the returned port that requires a client certificate,
+/// and with `password`, user `gw` / `s3cret` as well.
+fn tls_broker(d: &Path, password: bool) -> (Broker, u16) {
+    use std::os::unix::fs::PermissionsExt;
     let tls_port = free_port();
-    let mut upstream =
+    let mut b =
         Broker { port: free_port(), dir: tempfile::tempdir().unwrap(), child: None, extra: String::new() };
-    std::fs::set_permissions(upstream.dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let conf = upstream.dir.path().join("tls.conf");
+    std::fs::set_permissions(b.dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let conf = b.dir.path().join("tls.conf");
+    let auth = if password {
+        format!("allow_anonymous false\npassword_file {}/passwd\n", d.display())
+    } else {
+        "allow_anonymous true\n".to_string()
+    };
     std::fs::write(
         &conf,
         format!(
-            "per_listener_settings true\nlistener {} 127.0.0.1\nallow_anonymous true\nlistener {tls_port} 127.0.0.1\nallow_anonymous false\npassword_file {d}/passwd\ncafile {d}/ca.crt\ncertfile {d}/server.crt\nkeyfile {d}/server.key\nrequire_certificate true\n",
-            upstream.port,
+            "per_listener_settings true\nlistener {} 127.0.0.1\nallow_anonymous true\nlistener {tls_port} 127.0.0.1\n{auth}cafile {d}/ca.crt\ncertfile {d}/server.crt\nkeyfile {d}/server.key\nrequire_certificate true\n",
+            b.port,
             d = d.display()
         ),
     )
     .unwrap();
-    upstream.child = Some(
+    b.child = Some(
         Command::new(mosquitto().unwrap())
             .arg("-c")
             .arg(&conf)
@@ -248,10 +256,58 @@ fn upstream_over_mutual_tls_with_password_file() {
             .unwrap(),
     );
     let deadline = Instant::now() + Duration::from_secs(5);
-    while std::net::TcpStream::connect(("127.0.0.1", tls_port)).is_err() {
-        assert!(Instant::now() < deadline, "TLS broker did not start");
-        std::thread::sleep(Duration::from_millis(20));
+    for port in [tls_port, b.port] {
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "TLS broker did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
+    (b, tls_port)
+}
+
+/// The source broker over mutual TLS (#19): the sensors publish on a plain
+/// listener, the gateway subscribes over TLS with a client certificate
+/// through its source filter, results go to a plain upstream.
+#[test]
+fn source_over_mutual_tls() {
+    need_mosquitto!();
+    let Some(pki) = pki() else { return };
+    let d = pki.path();
+    let (source, tls_port) = tls_broker(d, false);
+    let upstream = Broker::start();
+    let work = tempfile::tempdir().unwrap();
+    let (cfg, msgs) = example("tolerance");
+    let (path, p) = live_config(&cfg, &source, &upstream, &work.path().join("state"));
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        &format!("[source]\nurl = \"{}\"", source.url()),
+        &format!(
+            "[source]\nurl = \"mqtts://localhost:{tls_port}\"\nca_file = \"{d}/ca.crt\"\ncert_file = \"{d}/client.crt\"\nkey_file = \"{d}/client.key\"",
+            d = d.display()
+        ),
+    );
+    assert!(text.contains("mqtts://localhost"), "{text}");
+    std::fs::write(&path, text).unwrap();
+    let want = expected(&p, &msgs);
+    let collector = Collector::start(upstream.port, "gw/test/#");
+    let gw = Gateway::start(&path);
+    assert!(gw.logged("source connected"));
+    publish(source.port, &to_publish(&msgs));
+    let got = collector.wait_for(&want, 20);
+    gw.kill();
+    assert_eq!(got, want, "results of messages taken over mutual TLS");
+}
+
+/// Results go upstream over mutual TLS (rustls) with a username and a
+/// password read from a file, as systemd's LoadCredential provides it.
+#[test]
+fn upstream_over_mutual_tls_with_password_file() {
+    need_mosquitto!();
+    let Some(pki) = pki() else { return };
+    let d = pki.path();
+    let source = Broker::start();
+    // the upstream: a TLS listener requiring a client certificate and a password, and a plain one for the test's reader
+    let (upstream, tls_port) = tls_broker(d, true);
+    use std::os::unix::fs::PermissionsExt;
 
     let work = tempfile::tempdir().unwrap();
     let (cfg, msgs) = example("tolerance");

@@ -166,6 +166,8 @@ pub struct Source {
     pub broker: Broker,
     pub client_id: String,
     pub credentials: Option<Credentials>,
+    /// `mqtts://`: the CA to trust, and a client certificate for mutual TLS.
+    pub tls: Option<TlsFiles>,
 }
 
 #[derive(Clone, Debug)]

@@ -156,6 +156,7 @@ pub(super) fn build_source(
             broker: default_broker,
             client_id: format!("{}-in", g.id),
             credentials: None,
+            tls: None,
         };
         return Ok((src, 64 << 10));
     };
@@ -173,20 +174,49 @@ pub(super) fn build_source(
         Some(u) => (u.get_ref().clone(), broker(ck, u, "source url")?),
         None => ("mqtt://127.0.0.1:1883".into(), default_broker),
     };
-    if b.tls {
-        let span = s.url.as_ref().map_or(0..0, |u| u.span());
-        return Err(ck.err(
-            span,
-            "mqtts:// is not supported for [source] yet (it is for [upstream]): use mqtt:// to a broker on this host or network",
-        ));
-    }
+    let url_span = s.url.as_ref().map_or(0..0, |u| u.span());
+    let tls = tls_files(ck, b.tls, url_span, [&s.ca_file, &s.cert_file, &s.key_file], files)?;
     let src = Source {
         url,
         broker: b,
         client_id: client_id(ck, s.client_id.as_ref(), format!("{}-in", g.id))?,
         credentials: credentials(ck, &s.username, &s.password_file, files)?,
+        tls,
     };
     Ok((src, max_payload))
+}
+
+/// The TLS files of a connection (`ca_file`, `cert_file`, `key_file`):
+/// required with `mqtts://` (the CA), refused without it; noted in `files`.
+fn tls_files(
+    ck: &Checker<'_>,
+    tls: bool,
+    url_span: std::ops::Range<usize>,
+    [ca, cert, key]: [&Option<S<String>>; 3],
+    files: &mut Vec<FileRef>,
+) -> Result<Option<TlsFiles>, ConfigError> {
+    if !tls {
+        if ca.is_some() || cert.is_some() || key.is_some() {
+            return Err(ck.err(url_span, "ca_file, cert_file and key_file need an `mqtts://` url"));
+        }
+        return Ok(None);
+    }
+    if ca.is_none() {
+        return Err(ck.err(
+            url_span,
+            "mqtts:// needs `ca_file`: the PEM file of the CA that signed the broker's certificate",
+        ));
+    }
+    if cert.is_some() != key.is_some() {
+        return Err(ck.err(url_span, "a client certificate needs both cert_file and key_file"));
+    }
+    let mut file = |f: &Option<S<String>>| {
+        f.as_ref().map(|f| {
+            files.push(FileRef { key: FileKey::Tls, path: f.get_ref().into(), at: ck.at(f.span()) });
+            PathBuf::from(f.get_ref())
+        })
+    };
+    Ok(Some(TlsFiles { ca_file: file(ca), cert_file: file(cert), key_file: file(key) }))
 }
 
 /// `[upstream]`: where results go (the source broker when absent).
@@ -207,7 +237,7 @@ pub(super) fn build_upstream(
             spool_full: FullPolicy::DropOldest,
             client_id: format!("{}-out", g.id),
             credentials: src.credentials.clone(),
-            tls: None,
+            tls: src.tls.clone(),
         });
     };
     let b = broker(ck, &u.url, "upstream url")?;
@@ -228,33 +258,7 @@ pub(super) fn build_upstream(
         }
         None => 64 << 20,
     };
-    let tls = if b.tls {
-        if u.ca_file.is_none() {
-            return Err(ck.err(
-                u.url.span(),
-                "mqtts:// needs `ca_file`: the PEM file of the CA that signed the broker's certificate",
-            ));
-        }
-        let mut file = |f: &Option<S<String>>| {
-            f.as_ref().map(|f| {
-                files.push(FileRef { key: FileKey::Tls, path: f.get_ref().into(), at: ck.at(f.span()) });
-                PathBuf::from(f.get_ref())
-            })
-        };
-        Some(TlsFiles {
-            ca_file: file(&u.ca_file),
-            cert_file: file(&u.cert_file),
-            key_file: file(&u.key_file),
-        })
-    } else {
-        if u.ca_file.is_some() || u.cert_file.is_some() || u.key_file.is_some() {
-            return Err(ck.err(u.url.span(), "ca_file, cert_file and key_file need an `mqtts://` url"));
-        }
-        None
-    };
-    if u.cert_file.is_some() != u.key_file.is_some() {
-        return Err(ck.err(u.url.span(), "a client certificate needs both cert_file and key_file"));
-    }
+    let tls = tls_files(ck, b.tls, u.url.span(), [&u.ca_file, &u.cert_file, &u.key_file], files)?;
     Ok(Upstream {
         url: u.url.get_ref().clone(),
         broker: b,

@@ -49,6 +49,9 @@ pub(super) struct RawSource {
     pub(super) client_id: Option<S<String>>,
     pub(super) username: Option<String>,
     pub(super) password_file: Option<S<String>>,
+    pub(super) ca_file: Option<S<String>>,
+    pub(super) cert_file: Option<S<String>>,
+    pub(super) key_file: Option<S<String>>,
 }
 
 #[derive(Deserialize)]

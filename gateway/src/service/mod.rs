@@ -136,10 +136,23 @@ async fn run_async(c: Config) -> Result<(), ServiceError> {
         .map_err(|source| ServiceError::StateDir { path: sock.clone(), source })?;
     let _sock_guard = RemoveOnDrop(sock.clone());
     let ack_pipe = Arc::new(AckPipe::default());
+    let source_tls = match &d.source.tls {
+        Some(files) => {
+            let name = rustls_pki_types::ServerName::try_from(d.source.broker.host.clone()).map_err(|e| {
+                ServiceError::Config(format!(
+                    "source url: `{}` is not a TLS server name: {e}",
+                    d.source.broker.host
+                ))
+            })?;
+            Some((Arc::new(mqtt::tls_config(files)?), name))
+        }
+        None => None,
+    };
     tokio::spawn(source_proxy::serve(
         listener,
         d.source.broker.host.clone(),
         d.source.broker.port,
+        source_tls,
         p.max_payload + 1,
         counters.clone(),
         ack_pipe.clone(),

@@ -38,9 +38,13 @@ pub fn preflight(path: &Path, c: &Config) -> Result<(), ConfigError> {
             }
         }
     }
-    if let Some(t) = &c.deployment.upstream.tls {
+    let d = &c.deployment;
+    for t in [&d.source.tls, &d.upstream.tls].into_iter().flatten() {
         if let Err(e) = mqtt::tls_config(t) {
-            let at = files.iter().find(|f| f.key == FileKey::Tls).map(|f| f.at.clone());
+            let at = files
+                .iter()
+                .find(|f| f.key == FileKey::Tls && Some(&f.path) == t.ca_file.as_ref())
+                .map(|f| f.at.clone());
             let reason = match e {
                 super::error::ServiceError::Config(m) => m,
                 other => other.to_string(),

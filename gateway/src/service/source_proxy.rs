@@ -250,12 +250,17 @@ pub fn socket_path(state_dir: &Path) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("edgejoin-{}", std::process::id())).join("source.sock")
 }
 
+/// TLS to the source broker: the client configuration and the name its
+/// certificate must carry.
+pub type SourceTls = (Arc<rustls::ClientConfig>, rustls_pki_types::ServerName<'static>);
+
 /// Accepts the MQTT client's connections on `listener` and pipes each to a
-/// new TCP connection to `host:port`, filtering what comes back.
+/// new TCP (or TLS over TCP) connection to `host:port`, filtering what comes back.
 pub async fn serve(
     listener: tokio::net::UnixListener,
     host: String,
     port: u16,
+    tls: Option<SourceTls>,
     keep: usize,
     counters: Arc<ServiceCounters>,
     gate: Arc<AckPipe>,
@@ -281,21 +286,45 @@ pub async fn serve(
             }
         };
         let _ = broker.set_nodelay(true);
+        match &tls {
+            None => {
+                tokio::spawn(pipe(client, broker, keep, counters.clone(), gate.clone()));
+            }
+            Some((config, name)) => {
+                let connector = tokio_rustls::TlsConnector::from(config.clone());
+                match connector.connect(name.clone(), broker).await {
+                    Ok(stream) => {
+                        tokio::spawn(pipe(client, stream, keep, counters.clone(), gate.clone()));
+                    }
+                    Err(e) => {
+                        counters.source_errors.fetch_add(1, Ordering::Relaxed);
+                        if let Some(more) = log.ready() {
+                            tracing::warn!(
+                                "source broker {host}:{port}: TLS: {e}{}",
+                                crate::service::logging::more(more)
+                            );
+                        }
+                        continue;
+                    }
+                }
+            }
+        }
         log = crate::service::logging::Every::new(Duration::from_secs(10));
-        tokio::spawn(pipe(client, broker, keep, counters.clone(), gate.clone()));
     }
 }
 
-async fn pipe(
+async fn pipe<B>(
     client: tokio::net::UnixStream,
-    broker: tokio::net::TcpStream,
+    broker: B,
     keep: usize,
     c: Arc<ServiceCounters>,
     gate: Arc<AckPipe>,
-) {
+) where
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let (mut client_rd, mut client_wr) = client.into_split();
     let pipe_acks = gate.clone();
-    let (mut broker_rd, mut broker_wr) = broker.into_split();
+    let (mut broker_rd, mut broker_wr) = tokio::io::split(broker);
     // client → broker: the client's bytes as they come, and between two of its
     // packets the acknowledgements the engine queued, in bulk
     let up = async {
