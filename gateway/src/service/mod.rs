@@ -136,18 +136,8 @@ async fn run_async(c: Config) -> Result<(), ServiceError> {
         .map_err(|source| ServiceError::StateDir { path: sock.clone(), source })?;
     let _sock_guard = RemoveOnDrop(sock.clone());
     let ack_pipe = Arc::new(AckPipe::default());
-    let source_tls = match &d.source.tls {
-        Some(files) => {
-            let name = rustls_pki_types::ServerName::try_from(d.source.broker.host.clone()).map_err(|e| {
-                ServiceError::Config(format!(
-                    "source url: `{}` is not a TLS server name: {e}",
-                    d.source.broker.host
-                ))
-            })?;
-            Some((Arc::new(mqtt::tls_config(files)?), name))
-        }
-        None => None,
-    };
+    let source_tls =
+        d.source.tls.as_ref().map(|files| mqtt::source_tls(&d.source.broker, files)).transpose()?;
     tokio::spawn(source_proxy::serve(
         listener,
         d.source.broker.host.clone(),

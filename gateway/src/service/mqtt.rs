@@ -56,6 +56,18 @@ pub(super) fn password_path(f: &Path) -> std::path::PathBuf {
     }
 }
 
+/// TLS to the source broker (made by the source filter): the client
+/// configuration and the name the broker's certificate must carry.
+pub(super) fn source_tls(
+    broker: &crate::config::Broker,
+    files: &TlsFiles,
+) -> Result<super::source_proxy::SourceTls, ServiceError> {
+    let name = rustls_pki_types::ServerName::try_from(broker.host.clone()).map_err(|e| {
+        ServiceError::Config(format!("source url: `{}` is not a TLS server name: {e}", broker.host))
+    })?;
+    Ok((Arc::new(tls_config(files)?), name))
+}
+
 /// The MQTT options of one connection.
 pub(super) fn mqtt_options(
     client_id: &str,

@@ -39,8 +39,10 @@ pub fn preflight(path: &Path, c: &Config) -> Result<(), ConfigError> {
         }
     }
     let d = &c.deployment;
-    for t in [&d.source.tls, &d.upstream.tls].into_iter().flatten() {
-        if let Err(e) = mqtt::tls_config(t) {
+    let source = d.source.tls.as_ref().map(|t| (t, mqtt::source_tls(&d.source.broker, t).err()));
+    let upstream = d.upstream.tls.as_ref().map(|t| (t, mqtt::tls_config(t).err()));
+    for (t, err) in [source, upstream].into_iter().flatten() {
+        if let Some(e) = err {
             let at = files
                 .iter()
                 .find(|f| f.key == FileKey::Tls && Some(&f.path) == t.ca_file.as_ref())

@@ -224,6 +224,25 @@ impl PacketBounds {
     }
 }
 
+/// Writes every acknowledgement the engine queued, as PUBACKs in one write
+/// (`pkids` and `bytes` are reused buffers).
+async fn write_acks(
+    pipe: &AckPipe,
+    pkids: &mut Vec<u16>,
+    bytes: &mut Vec<u8>,
+    w: &mut (impl tokio::io::AsyncWrite + Unpin),
+) -> std::io::Result<()> {
+    pipe.take(pkids);
+    if pkids.is_empty() {
+        return Ok(());
+    }
+    bytes.clear();
+    for &p in pkids.iter() {
+        super::acks::puback(p, bytes);
+    }
+    w.write_all(bytes).await
+}
+
 fn encode_remaining(mut n: usize, out: &mut Vec<u8>) {
     debug_assert!(n <= MAX_REMAINING);
     loop {
@@ -323,7 +342,6 @@ async fn pipe<B>(
     B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     let (mut client_rd, mut client_wr) = client.into_split();
-    let pipe_acks = gate.clone();
     let (mut broker_rd, mut broker_wr) = tokio::io::split(broker);
     // client → broker: the client's bytes as they come, and between two of its
     // packets the acknowledgements the engine queued, in bulk
@@ -331,13 +349,6 @@ async fn pipe<B>(
         let mut bounds = PacketBounds::default();
         let mut buf = vec![0u8; 16 << 10];
         let (mut pkids, mut acks) = (Vec::new(), Vec::new());
-        let write_acks = |pkids: &mut Vec<u16>, acks: &mut Vec<u8>| {
-            pipe_acks.take(pkids);
-            acks.clear();
-            for &p in pkids.iter() {
-                super::acks::puback(p, acks);
-            }
-        };
         loop {
             tokio::select! {
                 r = client_rd.read(&mut buf) => {
@@ -351,19 +362,17 @@ async fn pipe<B>(
                     if broker_wr.write_all(&buf[..cut]).await.is_err() {
                         return;
                     }
-                    if cut < n || bounds.at_boundary() {
-                        write_acks(&mut pkids, &mut acks);
-                        if !acks.is_empty() && broker_wr.write_all(&acks).await.is_err() {
-                            return;
-                        }
+                    if (cut < n || bounds.at_boundary())
+                        && write_acks(&gate, &mut pkids, &mut acks, &mut broker_wr).await.is_err()
+                    {
+                        return;
                     }
                     if cut < n && broker_wr.write_all(&buf[cut..n]).await.is_err() {
                         return;
                     }
                 }
-                _ = pipe_acks.ready.notified(), if bounds.at_boundary() => {
-                    write_acks(&mut pkids, &mut acks);
-                    if !acks.is_empty() && broker_wr.write_all(&acks).await.is_err() {
+                _ = gate.ready.notified(), if bounds.at_boundary() => {
+                    if write_acks(&gate, &mut pkids, &mut acks, &mut broker_wr).await.is_err() {
                         return;
                     }
                 }
