@@ -8,6 +8,7 @@ use crate::prelude::*;
 use crate::decode::{DecodeError, Decoder};
 use crate::event::{Event, Key, Values, MAX_VALUES};
 use crate::join::{root_stream, JoinCounters, JoinCtx, JoinOp, JoinRecord, SideRecord};
+use crate::manifest::{carry, Carry, Fate, Kind, Manifest};
 use crate::plan::{Clock, Input, LatePolicy, Plan, WatermarkMode, WindowKind};
 use crate::skew::{SkewReport, SkewTable};
 use crate::topic::TopicTemplate;
@@ -225,7 +226,9 @@ impl Engine {
     pub fn save_state(&self) -> Vec<u8> {
         // the per-device watermarks follow the snapshot: a checkpoint from before them still restores
         let v = postcard::to_extend(&self.snapshot(), Vec::new()).expect("engine state serializes");
-        postcard::to_extend(&self.st.devices, v).expect("engine state serializes")
+        let v = postcard::to_extend(&self.st.devices, v).expect("engine state serializes");
+        // and the manifest: a later config matches its parts by name
+        postcard::to_extend(&Manifest::of(&self.p), v).expect("engine state serializes")
     }
 
     /// Streams the engine's state (postcard, as [`save_state`](Self::save_state)) into `w`.
@@ -236,7 +239,8 @@ impl Engine {
             other => std::io::Error::other(other),
         };
         let w = postcard::to_io(&self.snapshot(), w).map_err(err)?;
-        postcard::to_io(&self.st.devices, w).map(|_| ()).map_err(err)
+        let w = postcard::to_io(&self.st.devices, w).map_err(err)?;
+        postcard::to_io(&Manifest::of(&self.p), w).map(|_| ()).map_err(err)
     }
 
     fn snapshot(&self) -> SnapshotRef<'_> {
@@ -254,72 +258,137 @@ impl Engine {
         }
     }
 
-    /// An engine for `p` with the state from [`save_state`](Self::save_state).
-    pub fn restore(p: Plan, hash_seed: u64, bytes: &[u8]) -> Result<Engine, RestoreError> {
+    /// An engine for `p` with the state from [`save_state`](Self::save_state),
+    /// and what carried over. State saved with a manifest (see
+    /// [`crate::manifest`]) is matched by name: each stream, window, join and
+    /// the clock estimators keep their state when their definition is
+    /// unchanged and start empty otherwise. Older state (no manifest) must
+    /// fit `p` whole.
+    pub fn restore(p: Plan, hash_seed: u64, bytes: &[u8]) -> Result<(Engine, Carry), RestoreError> {
         let mut e = Engine::new(p, hash_seed);
         let (snap, rest): (Snapshot, &[u8]) = postcard::take_from_bytes(bytes)?;
-        let devices: Option<Vec<Option<DeviceWatermarks>>> =
-            if rest.is_empty() { None } else { Some(postcard::from_bytes(rest)?) };
+        let (devices, rest): (Option<Vec<Option<DeviceWatermarks>>>, &[u8]) = if rest.is_empty() {
+            (None, rest)
+        } else {
+            postcard::take_from_bytes(rest).map(|(d, r)| (Some(d), r))?
+        };
+        let old: Option<Manifest> = if rest.is_empty() { None } else { Some(postcard::from_bytes(rest)?) };
+        let new = Manifest::of(&e.p);
+        // without a manifest, the state must fit whole, part for part
+        let positional = old.is_none();
+        let carry = match old {
+            Some(old) => {
+                if old.streams.len() != snap.streams.len()
+                    || old.windows.len() != snap.windows.len()
+                    || old.joins.len() != snap.joins.len()
+                    || old.windows.len() != snap.rollup_wm.len()
+                    || devices.as_ref().is_some_and(|d| d.len() != old.streams.len())
+                    || old.clocks.is_some() != snap.skew.is_some()
+                {
+                    return Err(RestoreError::Shape("its parts do not match its manifest (corrupt)".into()));
+                }
+                carry(&old, &new)
+            }
+            None => {
+                if snap.streams.len() != e.st.streams.len()
+                    || snap.windows.len() != e.st.windows.len()
+                    || snap.rollup_wm.len() != e.st.rollup_wm.len()
+                    || snap.joins.len() != e.st.joins.len()
+                    || snap.skew.is_some() != e.st.skew.is_some()
+                    || devices.as_ref().is_some_and(|d| d.len() != e.st.streams.len())
+                {
+                    return Err(RestoreError::Shape(
+                        "a different number of streams, windows or joins".into(),
+                    ));
+                }
+                carry(&new, &new)
+            }
+        };
+        let mut carry = carry;
         let p = &e.p;
         let st = &mut e.st;
-        if snap.streams.len() != st.streams.len()
-            || snap.windows.len() != st.windows.len()
-            || snap.rollup_wm.len() != st.rollup_wm.len()
-            || snap.joins.len() != st.joins.len()
-            || snap.skew.is_some() != st.skew.is_some()
-        {
-            return Err(RestoreError::Shape("a different number of streams, windows or joins".into()));
-        }
-        for (fresh, saved) in st.streams.iter_mut().zip(snap.streams) {
-            fresh.wm = saved.wm;
-            fresh.last_spoke = saved.last_spoke;
-            fresh.counters = saved.counters;
-        }
-        st.windows = snap.windows;
-        for (i, w) in st.windows.iter_mut().enumerate() {
-            w.after_restore(i, &p.windows[i]).map_err(RestoreError::Shape)?;
-        }
-        st.joins = snap.joins;
-        for (i, j) in st.joins.iter_mut().enumerate() {
-            j.after_restore(i, p).map_err(RestoreError::Shape)?;
-        }
-        st.skew = snap.skew;
-        if let Some(t) = &mut st.skew {
-            t.after_restore(p.max_devices.get() as usize).map_err(RestoreError::Shape)?;
-        }
-        if let Some(devices) = devices {
-            if devices.len() != st.devices.len() {
-                return Err(RestoreError::Shape("a different number of streams".into()));
-            }
-            for (s, saved) in devices.into_iter().enumerate() {
-                let def = &p.streams[s];
-                match (saved, st.devices[s].is_some()) {
-                    (Some(mut d), true) => {
-                        if !d.shape_matches(p.max_devices.get() as usize, def.lateness_ms) {
-                            return Err(RestoreError::Shape(format!(
-                                "stream '{}' has a different max_devices or lateness",
-                                def.name
-                            )));
-                        }
-                        d.after_restore(def.idle_timeout_ms);
+        let mut saved_streams: Vec<Option<StreamState>> = snap.streams.into_iter().map(Some).collect();
+        let had_devices = devices.is_some();
+        let mut saved_devices: Vec<Option<DeviceWatermarks>> = match devices {
+            Some(d) => d,
+            None => (0..saved_streams.len()).map(|_| None).collect(),
+        };
+        for s in 0..st.streams.len() {
+            let Some(o) = carry.streams[s] else { continue };
+            let def = &p.streams[s];
+            let saved = saved_streams[o].take().expect("each old stream is taken once");
+            let dev = saved_devices[o].take();
+            let dev = match (dev, st.devices[s].is_some()) {
+                (Some(mut d), true) if d.shape_matches(p.max_devices.get() as usize, def.lateness_ms) => {
+                    d.after_restore(def.idle_timeout_ms);
+                    Some(Some(d))
+                }
+                // saved before per-device watermarks were checkpointed: they start empty
+                (None, true) if !had_devices => Some(None),
+                (None, false) => Some(None),
+                _ => None,
+            };
+            match dev {
+                Some(d) => {
+                    let fresh = &mut st.streams[s];
+                    fresh.wm = saved.wm;
+                    fresh.last_spoke = saved.last_spoke;
+                    fresh.counters = saved.counters;
+                    if let Some(d) = d {
                         st.devices[s] = Some(d);
                     }
-                    (None, false) => {}
-                    _ => {
-                        return Err(RestoreError::Shape(format!(
-                            "stream '{}' changed between per-stream and per-device watermarks",
-                            def.name
-                        )))
+                }
+                None if positional => {
+                    return Err(RestoreError::Shape(format!(
+                        "stream '{}' has a different max_devices, lateness or watermark mode",
+                        def.name
+                    )))
+                }
+                None => carry.demote(Kind::Stream, s),
+            }
+        }
+        let mut saved_windows: Vec<Option<WindowOp>> = snap.windows.into_iter().map(Some).collect();
+        for w in 0..st.windows.len() {
+            let Some(o) = carry.windows[w] else { continue };
+            let mut saved = saved_windows[o].take().expect("each old window is taken once");
+            saved.renumber(w);
+            match saved.after_restore(w, &p.windows[w]) {
+                Ok(()) => {
+                    st.windows[w] = saved;
+                    st.rollup_wm[w] = snap.rollup_wm[o];
+                }
+                Err(why) if positional => return Err(RestoreError::Shape(why)),
+                Err(_) => carry.demote(Kind::Window, w),
+            }
+        }
+        let mut saved_joins: Vec<Option<JoinOp>> = snap.joins.into_iter().map(Some).collect();
+        for j in 0..st.joins.len() {
+            let Some(o) = carry.joins[j] else { continue };
+            let mut saved = saved_joins[o].take().expect("each old join is taken once");
+            saved.renumber(j, p);
+            match saved.after_restore(j, p) {
+                Ok(()) => st.joins[j] = saved,
+                Err(why) if positional => return Err(RestoreError::Shape(why)),
+                Err(_) => carry.demote(Kind::Join, j),
+            }
+        }
+        if carry.clocks {
+            if let Some(mut t) = snap.skew {
+                match t.after_restore(p.max_devices.get() as usize) {
+                    Ok(()) => st.skew = Some(t),
+                    Err(why) if positional => return Err(RestoreError::Shape(why)),
+                    Err(_) => {
+                        carry.clocks = false;
+                        carry.clocks_fate = Some(Fate::Reset);
                     }
                 }
             }
         }
-        st.rollup_wm = snap.rollup_wm;
         st.now = snap.now;
         st.started = snap.started;
         st.seq = snap.seq;
         st.global = snap.global;
-        Ok(e)
+        Ok((e, carry))
     }
 
     pub fn pipeline(&self) -> &Plan {

@@ -23,6 +23,7 @@ pub mod event;
 pub mod join;
 mod json;
 mod keytable;
+pub mod manifest;
 mod math;
 pub mod output;
 pub mod plan;

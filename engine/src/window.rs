@@ -120,6 +120,11 @@ impl WindowOp {
         }
     }
 
+    /// Moves saved state to position `index` of a new plan (its definition unchanged).
+    pub fn renumber(&mut self, index: usize) {
+        self.index = index as u16;
+    }
+
     /// After a restore from a checkpoint: checks the state has the shape `def`
     /// implies and gives its buffers their full capacity again.
     pub fn after_restore(&mut self, index: usize, def: &WindowDef) -> Result<(), String> {

@@ -158,6 +158,15 @@ impl JoinOp {
         }
     }
 
+    /// Moves saved state to join `index` of `p` (its definition unchanged,
+    /// its inputs perhaps at other positions).
+    pub fn renumber(&mut self, index: usize, p: &Plan) {
+        let d = &p.joins[index];
+        self.index = index as u16;
+        self.sides[L].input = d.left;
+        self.sides[R].input = d.right;
+    }
+
     /// After a restore from a checkpoint: checks the state has the shape the
     /// pipeline implies and gives its buffers their full capacity again.
     pub fn after_restore(&mut self, index: usize, p: &Plan) -> Result<(), String> {

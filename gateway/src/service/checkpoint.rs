@@ -3,7 +3,9 @@
 //! the messages logged most recently (packet id and content hash: a broker
 //! redelivering one after a crash is recognised even when the log before the
 //! checkpoint is gone), the state in postcard compressed with LZ4, and a
-//! CRC32 of everything after the magic. Written to a
+//! CRC32 of everything after the magic. The state carries the pipeline's
+//! manifest ([`edgejoin_engine::manifest`]): restored under an edited config,
+//! what did not change keeps its state. Written to a
 //! temporary file, fsynced and renamed over the old one, so a crash leaves
 //! either the old checkpoint or the new one. A checkpoint that is corrupt or
 //! does not fit the config is reported and set aside; start-up continues.
@@ -14,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use crate::service::frame::sync_dir;
 use edgejoin_engine::engine::{Engine, RestoreError};
+use edgejoin_engine::manifest::Carry;
 use edgejoin_engine::Plan;
 
 const MAGIC: &[u8; 8] = b"EJCKPT\r\n";
@@ -112,6 +115,8 @@ pub fn save(
 /// A loaded checkpoint.
 pub struct Loaded {
     pub engine: Engine,
+    /// What of the saved state carried over to this config.
+    pub carry: Carry,
     /// The input sequence number it covers.
     pub input_seq: u64,
     /// Messages the broker may still send again (packet id, content hash, log position), oldest first.
@@ -157,9 +162,9 @@ pub fn load(state_dir: &Path, p: &Plan, hash_seed: u64) -> Result<Option<Loaded>
         .collect();
     let mut state = Vec::new();
     lz4_flex::frame::FrameDecoder::new(&body[state_at..]).read_to_end(&mut state).map_err(io_err)?;
-    let engine = Engine::restore(p.clone(), hash_seed, &state)
+    let (engine, carry) = Engine::restore(p.clone(), hash_seed, &state)
         .map_err(|source| CheckpointError::Restore { path: path.clone(), source })?;
-    Ok(Some(Loaded { engine, input_seq, recent }))
+    Ok(Some(Loaded { engine, carry, input_seq, recent }))
 }
 
 /// Moves a checkpoint that could not be used out of the way (kept for inspection).

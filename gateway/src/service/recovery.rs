@@ -14,6 +14,7 @@ use super::spool::Spool;
 use super::wal::{Wal, WalRecord};
 use crate::config::{Config, Delivery};
 use edgejoin_engine::engine::Engine;
+use edgejoin_engine::manifest::{Carry, Fate};
 
 /// What start-up recovered: the engine, the last input sequence number, the
 /// log to append to, and recently logged messages (packet id, content hash)
@@ -38,6 +39,7 @@ pub(super) fn recover(
     let (mut engine, ckpt_seq) = match checkpoint::load(dir, p, seed) {
         Ok(Some(l)) => {
             tracing::info!("restored the checkpoint covering input {}", l.input_seq);
+            report_carry(&l.carry);
             recent.restore(l.recent);
             (l.engine, l.input_seq)
         }
@@ -86,6 +88,31 @@ pub(super) fn recover(
     }
     spool.lock().expect("spool lock").flush().map_err(io_err("spool"))?;
     Ok(Recovered { engine, last_seq: last.max(ckpt_seq), wal: Some(wal), recent })
+}
+
+/// What of the checkpoint's state an edited config kept, logged.
+pub(super) fn report_carry(c: &Carry) {
+    if c.all_kept() {
+        return;
+    }
+    let mut line = String::from("the config changed since the checkpoint:");
+    for (fate, what) in [
+        (Fate::Kept, "kept"),
+        (Fate::Reset, "started empty (definition changed)"),
+        (Fate::Added, "new, started empty"),
+        (Fate::Removed, "dropped (no longer configured)"),
+    ] {
+        let list = c.list(fate);
+        if !list.is_empty() {
+            line.push_str(&format!(" {what}: {list};"));
+        }
+    }
+    line.pop();
+    if c.discards() {
+        tracing::warn!("{line}");
+    } else {
+        tracing::info!("{line}");
+    }
 }
 
 /// What start-up found wrong with the spool, logged and counted.
