@@ -62,6 +62,11 @@ for t in "${TARGETS[@]}"; do
             || { echo "$t: $name differs from config/examples/$name.expected.jsonl"; exit 1; }
     done
     $run "$bin" check-config --config config/gateway.toml >/dev/null
+    # the oldest C library it runs on, as docs/PI.md states it (Raspberry Pi OS 12 "Bookworm" has 2.36)
+    glibc=$(objdump -T "$bin" | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -1)
+    [ "$glibc" = "GLIBC_2.34" ] \
+        || { echo "$t: needs $glibc, docs/PI.md says GLIBC_2.34: update the docs (supported OS) or the build"; exit 1; }
+    echo "   needs glibc ≥ ${glibc#GLIBC_}"
     echo "   $(ls config/examples/*.toml | wc -l) examples identical; stripped binary $(stat -c %s "$bin") bytes"
 
     if command -v cargo-deb >/dev/null 2>&1; then

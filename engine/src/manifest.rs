@@ -139,6 +139,21 @@ pub enum Fate {
     Removed,
 }
 
+impl Fate {
+    /// Every fate, in the order a report lists them.
+    pub const ALL: [Fate; 4] = [Fate::Kept, Fate::Reset, Fate::Added, Fate::Removed];
+
+    /// How a report names it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Fate::Kept => "kept",
+            Fate::Reset => "started empty (definition changed)",
+            Fate::Added => "new, started empty",
+            Fate::Removed => "dropped (no longer configured)",
+        }
+    }
+}
+
 /// Where each component of the new pipeline takes its state from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Carry {
@@ -174,6 +189,17 @@ impl Carry {
             out.push_str("the clock estimators");
         }
         out
+    }
+
+    /// Each fate that some component met, with the list of those components.
+    pub fn groups(&self) -> Vec<(Fate, String)> {
+        Fate::ALL.iter().map(|&f| (f, self.list(f))).filter(|(_, l)| !l.is_empty()).collect()
+    }
+
+    /// One line: `kept: stream 's', window 'w'; started empty (definition changed): …`.
+    pub fn summary(&self) -> String {
+        let parts: Vec<String> = self.groups().iter().map(|(f, l)| format!("{}: {l}", f.label())).collect();
+        parts.join("; ")
     }
 
     /// Whether everything carries over and nothing was added or removed.

@@ -60,75 +60,6 @@ dynamic_filters = true
     Ok(format!("mqtt://127.0.0.1:{port}"))
 }
 
-fn clock(ms: i64) -> String {
-    let s = ms.rem_euclid(86_400_000);
-    format!("{:02}:{:02}:{:02}.{:03}", s / 3_600_000, s / 60_000 % 60, s / 1000 % 60, s % 1000)
-}
-
-fn values(v: &serde_json::Value) -> String {
-    match v.as_object() {
-        Some(m) => m
-            .iter()
-            .map(|(k, x)| match x.as_f64() {
-                Some(f) => format!("{k}={}", (f * 100.0).round() / 100.0),
-                None => format!("{k}=–"),
-            })
-            .collect::<Vec<_>>()
-            .join(" "),
-        None => String::new(),
-    }
-}
-
-fn side(s: &serde_json::Value) -> String {
-    if let Some(stream) = s["stream"].as_str() {
-        format!("{stream} @{} {}", clock(s["ts"].as_i64().unwrap_or(0)), values(&s["values"]))
-    } else {
-        format!(
-            "{} [{}–{}) n={} {}",
-            s["window"].as_str().unwrap_or("?"),
-            clock(s["start"].as_i64().unwrap_or(0)),
-            clock(s["end"].as_i64().unwrap_or(0)),
-            s["count"],
-            values(&s["values"])
-        )
-    }
-}
-
-/// One line per result.
-fn describe(v: &serde_json::Value) -> String {
-    if let Some(join) = v["join"].as_str() {
-        let right = if v["right"].is_null() {
-            "(no match)".to_string()
-        } else {
-            let dt = v["right"]["ts"]
-                .as_i64()
-                .zip(v["left"]["ts"].as_i64())
-                .map(|(r, l)| format!(" ({:+.1} s)", (r - l) as f64 / 1000.0));
-            format!("{}{}", side(&v["right"]), dt.unwrap_or_default())
-        };
-        format!("⋈ {join:<24} {:<10} {}  ⇢  {right}", v["key"].as_str().unwrap_or(""), side(&v["left"]))
-    } else if let Some(w) = v["window"].as_str() {
-        format!(
-            "▣ {w:<24} {:<10} [{}–{}) n={} {}",
-            v["key"].as_str().unwrap_or(""),
-            clock(v["start"].as_i64().unwrap_or(0)),
-            clock(v["end"].as_i64().unwrap_or(0)),
-            v["count"],
-            values(&v["values"])
-        )
-    } else if v["late"] == true {
-        format!(
-            "⏱ late {} {} @{} (watermark {})",
-            v["stream"].as_str().unwrap_or(""),
-            v["key"],
-            clock(v["ts"].as_i64().unwrap_or(0)),
-            clock(v["watermark"].as_i64().unwrap_or(0))
-        )
-    } else {
-        v.to_string()
-    }
-}
-
 pub fn run(broker: Option<String>, scenario_path: &Path, gateway_path: &Path) -> Result<(), String> {
     let sc = scenario::load(scenario_path)?;
     let url = match broker {
@@ -137,13 +68,20 @@ pub fn run(broker: Option<String>, scenario_path: &Path, gateway_path: &Path) ->
     };
     // the gateway's config, pointed at the broker, with its state in a fresh temporary directory
     let state = std::env::temp_dir().join(format!("edgejoin-demo-{}", std::process::id()));
-    let text =
-        std::fs::read_to_string(gateway_path).map_err(|e| format!("{}: {e}", gateway_path.display()))?;
-    let text = format!(
-        "{}\n[source]\nurl = \"{url}\"\n\n[upstream]\nurl = \"{url}\"\ntopic_prefix = \"gw/demo\"\n",
-        text.replace("state_dir = \"DEMO\"", &format!("state_dir = \"{}\"", state.display()))
-    );
-    let p = edgejoin::config::parse(gateway_path, &text).map_err(|e| e.to_string())?;
+    let load = {
+        let (gateway_path, url, state) = (gateway_path.to_path_buf(), url.clone(), state.clone());
+        move || -> Result<edgejoin::config::Config, String> {
+            let text = std::fs::read_to_string(&gateway_path)
+                .map_err(|e| format!("{}: {e}", gateway_path.display()))?;
+            let text = format!(
+                "{}\n[source]\nurl = \"{url}\"\n\n[upstream]\nurl = \"{url}\"\ntopic_prefix = \"gw/demo\"\n",
+                text.replace("state_dir = \"DEMO\"", &format!("state_dir = \"{}\"", state.display()))
+            );
+            edgejoin::config::parse(&gateway_path, &text).map_err(|e| e.to_string())
+        }
+    };
+    // SIGHUP reloads the demo's gateway config, as it does the service's
+    let p = load()?;
 
     // print results as they arrive
     let (host, port) = crate::host_port(&url)?;
@@ -159,7 +97,7 @@ pub fn run(broker: Option<String>, scenario_path: &Path, gateway_path: &Path) ->
                         continue;
                     }
                     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&m.payload) {
-                        println!("{}", describe(&v));
+                        println!("{}", edgejoin::cli::show::describe(&v, crate::now_ms()));
                     }
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(200)),
@@ -175,7 +113,7 @@ pub fn run(broker: Option<String>, scenario_path: &Path, gateway_path: &Path) ->
     );
     let gateway = std::thread::Builder::new()
         .name("gateway".into())
-        .spawn(move || edgejoin::service::run(p))
+        .spawn(move || edgejoin::service::run(p, load))
         .map_err(|e| e.to_string())?;
     std::thread::sleep(Duration::from_millis(500));
 

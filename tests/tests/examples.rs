@@ -410,3 +410,54 @@ fn skewed_clocks_are_corrected_per_device() {
     let fridge_start = dev_rows.iter().find(|w| w["key"] == "fridge").unwrap()["start"].as_i64().unwrap();
     assert!(fridge_start < T0 - 23 * 60 * M, "device clock puts the fridge a day early: {fridge_start}");
 }
+
+/// The packaged unit checks the config before a start and before a reload,
+/// the same file `run` reads, and reloads with SIGHUP (which `run` answers).
+#[test]
+fn the_unit_checks_the_config_before_start_and_reload() {
+    let unit = std::fs::read_to_string(root().join("systemd/edgejoin.service")).unwrap();
+    let lines = |key: &str| -> Vec<String> {
+        unit.lines().filter_map(|l| l.strip_prefix(key)).map(|v| v.trim().to_string()).collect()
+    };
+    let start = lines("ExecStart=");
+    assert_eq!(start.len(), 1);
+    let config = start[0].split("--config ").nth(1).unwrap().to_string();
+    let check = format!("/usr/bin/edgejoin check-config --config {config}");
+    assert_eq!(lines("ExecStartPre="), vec![check.clone()]);
+    assert_eq!(lines("ExecReload="), vec![check, "/bin/kill -HUP $MAINPID".to_string()]);
+    assert_eq!(lines("Type="), vec!["notify"]);
+}
+
+/// Every relative link in the README and docs/ points at a file in the
+/// repository (the .deb mirrors this layout, so they work there too), and
+/// no page sends the reader to a document outside it.
+#[test]
+fn doc_links_resolve_inside_the_repository() {
+    let root = root().canonicalize().unwrap();
+    let mut pages = vec![root.join("README.md")];
+    pages.extend(
+        std::fs::read_dir(root.join("docs"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "md")),
+    );
+    let mut checked = 0;
+    for page in &pages {
+        let text = std::fs::read_to_string(page).unwrap();
+        assert!(!text.contains("shared/"), "{} points outside the repository", page.display());
+        for (i, _) in text.match_indices("](") {
+            let rest = &text[i + 2..];
+            let target = &rest[..rest.find(')').unwrap()];
+            if target.starts_with("http") || target.starts_with('#') || target.starts_with("mailto:") {
+                continue;
+            }
+            let file = target.split('#').next().unwrap();
+            let path = page.parent().unwrap().join(file);
+            let resolved =
+                path.canonicalize().unwrap_or_else(|_| panic!("{}: broken link {target}", page.display()));
+            assert!(resolved.starts_with(&root), "{}: {target} is outside the repository", page.display());
+            checked += 1;
+        }
+    }
+    assert!(checked > 50, "{checked} links");
+}

@@ -11,6 +11,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -429,5 +430,197 @@ fn a_qos1_backlog_drains_without_losing_acknowledgements() {
     let gw = Gateway::start(&path);
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(metric("edgejoin_processed"), Some(0), "a message was processed twice");
+    gw.stop();
+}
+
+/// SIGHUP reloads the config: a bad one is refused and the running one stays;
+/// a good one keeps the state of what did not change, starts the edited
+/// window empty, and says which is which; the process and its results go on.
+#[test]
+fn sighup_reloads_the_config_keeping_unchanged_state() {
+    need_mosquitto!();
+    let broker = Broker::start();
+    let work = tempfile::tempdir().unwrap();
+    let mport = free_port();
+    let cfg = |edited: &str| {
+        format!(
+            "[gateway]\nmetrics_addr = \"127.0.0.1:{mport}\"\n\n[[stream]]\nname = \"s\"\ntopics = [\"r/{{k}}\"]\nkey = \"{{k}}\"\nvalues = [\"v\"]\n\n\
+             [[window]]\nname = \"sum\"\ninput = \"s\"\nsize = \"10s\"\naggregates = {{ total = \"sum(v)\" }}\ntopic = \"sum/{{key}}\"\n\n\
+             [[window]]\nname = \"edited\"\ninput = \"s\"\nsize = \"10s\"\naggregates = {{ {edited} }}\ntopic = \"edited/{{key}}\"\n"
+        )
+    };
+    let (path, _) = live_config(&cfg("n = \"count()\""), &broker, &broker, &work.path().join("state"));
+    let original = std::fs::read_to_string(&path).unwrap();
+    let collector = Collector::start(broker.port, "gw/test/#");
+    let gw = Gateway::start(&path);
+    let pid = gw.child.id() as i32;
+    let ev = |ts: i64, v: i64| ("r/a".to_string(), format!(r#"{{"ts":{ts},"v":{v}}}"#).into_bytes());
+    publish(broker.port, &[ev(1000, 1), ev(2000, 2)]);
+    assert!(wait_until(10, || metric(mport, "edgejoin_processed").unwrap_or(0.0) >= 2.0));
+
+    // a config with a mistake: refused, the running pipeline stays
+    std::fs::write(&path, original.replace("size = \"10s\"", "size = \"5M\"")).unwrap();
+    unsafe { libc_kill(pid, 1) };
+    assert!(
+        wait_until(10, || gw.logged("reload refused, the running config stays")),
+        "{:?}",
+        gw.log.lock().unwrap()
+    );
+    assert!(gw.logged("months"), "the refusal says why");
+
+    // one window edited
+    std::fs::write(&path, original.replace("n = \"count()\"", "n = \"count()\", top = \"max(v)\"")).unwrap();
+    unsafe { libc_kill(pid, 1) };
+    let want =
+        "reloaded: kept: stream 's', window 'sum'; started empty (definition changed): window 'edited'";
+    assert!(wait_until(15, || gw.logged(want)), "{:?}", gw.log.lock().unwrap());
+    assert!(wait_until(15, || gw
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("subscribed; ready"))
+        .count()
+        == 2));
+    publish(broker.port, &[ev(3000, 4), ev(15_000, 16)]);
+    let row = |window: &str| {
+        let rows = collector.rows.lock().unwrap();
+        rows.values().find(|r| r["window"] == window && r["start"] == 0).cloned()
+    };
+    assert!(
+        wait_until(15, || row("sum").is_some() && row("edited").is_some()),
+        "{:?}",
+        collector.rows.lock().unwrap()
+    );
+    // the kept window has every value, the edited one only those after the reload
+    assert_eq!(row("sum").unwrap()["values"]["total"], 7.0);
+    let edited = row("edited").unwrap();
+    assert_eq!(edited["values"]["n"], 1);
+    assert_eq!(edited["values"]["top"], 4.0);
+    assert_eq!(gw.child.id() as i32, pid);
+    gw.stop();
+
+    // check-config --against says beforehand what an edit would keep
+    let state = work.path().join("state");
+    let against = |text: &str| {
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_edgejoin-under-test"))
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .arg("--against")
+            .arg(&state)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let now = original.replace("n = \"count()\"", "n = \"count()\", top = \"max(v)\"");
+    assert!(against(&now).contains("the pipeline is unchanged: every part keeps its state"));
+    let i = now.find("[[window]]\nname = \"sum\"").unwrap();
+    let j = now[i..].find("\n\n").unwrap() + i + 2;
+    let out = against(&format!("{}{}", &now[..i], &now[j..]));
+    assert!(out.contains("  kept: stream 's', window 'edited'\n"), "{out}");
+    assert!(out.contains("  dropped (no longer configured): window 'sum'\n"), "{out}");
+    let out = against(&now.replace("key = \"{k}\"", "key = \"$.k\""));
+    assert!(
+        out.contains("  started empty (definition changed): stream 's', window 'sum', window 'edited'\n"),
+        "{out}"
+    );
+}
+
+/// `log_format = "json"`: every line the service writes is one JSON object
+/// with its level and message, and no colour codes.
+#[test]
+fn json_logs_are_one_object_per_line() {
+    need_mosquitto!();
+    let broker = Broker::start();
+    let work = tempfile::tempdir().unwrap();
+    let cfg = "[gateway]\nlog_format = \"json\"\n\n[[stream]]\nname = \"s\"\ntopics = [\"j/{k}\"]\nkey = \"{k}\"\nvalues = [\"v\"]\nwatermark = \"device\"\nidle_timeout = \"1m\"\n";
+    let (path, _) = live_config(cfg, &broker, &broker, &work.path().join("state"));
+    let gw = Gateway::start(&path);
+    publish(broker.port, &[("j/a".into(), b"{oops".to_vec())]);
+    assert!(wait_until(10, || gw.logged("skipped a message")));
+    let log = gw.log.clone();
+    gw.stop();
+    let lines = log.lock().unwrap().clone();
+    assert!(lines.len() >= 4, "{lines:?}");
+    for l in &lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        assert!(v["timestamp"].is_string() && v["level"].is_string(), "{l}");
+        assert!(v["fields"]["message"].is_string(), "{l}");
+        assert!(!l.contains('\u{1b}'), "{l}");
+    }
+    assert!(lines.iter().any(|l| l.contains(r#""level":"WARN""#) && l.contains("j/a")));
+}
+
+/// `edgejoin record` captures the configured topics as a recording that
+/// `edgejoin replay` reads; `edgejoin tail` prints the gateway's results as
+/// they are published, one readable line each, times in UTC.
+#[test]
+fn record_and_tail_as_a_user_runs_them() {
+    need_mosquitto!();
+    let broker = Broker::start();
+    let work = tempfile::tempdir().unwrap();
+    let cfg = "[[stream]]\nname = \"s\"\ntopics = [\"rec/{k}\"]\nkey = \"{k}\"\nvalues = [\"v\"]\n\n[[window]]\nname = \"w10\"\ninput = \"s\"\nsize = \"10s\"\naggregates = { total = \"sum(v)\" }\ntopic = \"w/{key}\"\n";
+    let (path, _) = live_config(cfg, &broker, &broker, &work.path().join("state"));
+    let gw = Gateway::start(&path);
+    let bin = env!("CARGO_BIN_EXE_edgejoin-under-test");
+    let spawn = |args: &[&str]| {
+        let mut child = Command::new(bin)
+            .args(args)
+            .arg("--config")
+            .arg(&path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // each says so on stderr once subscribed
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let mut first = String::new();
+        err.read_line(&mut first).unwrap();
+        (child, first, err)
+    };
+    let rec = work.path().join("rec.jsonl");
+    let (mut recorder, said, mut rec_err) =
+        spawn(&["record", "--duration", "30s", "--max-messages", "3", "--output", rec.to_str().unwrap()]);
+    assert!(said.starts_with("recording rec/+ from mqtt://"), "{said}");
+    let (mut tail, said, _tail_err) = spawn(&["tail"]);
+    assert!(said.contains("gw/test/#") && said.contains("UTC"), "{said}");
+    let msgs: Vec<(String, Vec<u8>)> = [(1000, 1), (2000, 2), (12_000, 4)]
+        .iter()
+        .map(|(ts, v)| ("rec/a".to_string(), format!(r#"{{"ts":{ts},"v":{v}}}"#).into_bytes()))
+        .collect();
+    publish(broker.port, &msgs);
+
+    // the recorder stops after three messages, each a replay line
+    let st = recorder.wait().unwrap();
+    let mut last = String::new();
+    rec_err.read_to_string(&mut last).unwrap();
+    assert!(st.success(), "{last}");
+    assert!(
+        last.contains("recorded 3 messages into") && last.contains("(the message count is reached)"),
+        "{last}"
+    );
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&rec).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3);
+    for (l, (topic, payload)) in lines.iter().zip(&msgs) {
+        assert_eq!(l["topic"], topic.as_str());
+        assert_eq!(l["payload"], std::str::from_utf8(payload).unwrap());
+        assert!(l["recv_ms"].as_i64().unwrap() > 1_700_000_000_000);
+    }
+    let out =
+        Command::new(bin).args(["replay", "--config"]).arg(&path).arg("--input").arg(&rec).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let replayed = String::from_utf8(out.stdout).unwrap();
+    assert!(replayed.contains(r#""window":"w10""#) && replayed.contains(r#""total":3"#), "{replayed}");
+
+    // tail printed the gateway's window as a line a person reads
+    let mut stdout = BufReader::new(tail.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "▣ w10                      a          [1970-01-01 00:00:00.000Z–1970-01-01 00:00:10.000Z) n=2 total=3\n");
+    unsafe { libc_kill(tail.id() as i32, 2) }; // Ctrl-C
+    assert!(tail.wait().unwrap().success());
     gw.stop();
 }

@@ -206,7 +206,7 @@ pub fn warnings(c: &Config) -> Vec<String> {
 
 /// `edgejoin check-config`: the config validated, the pipeline and its memory
 /// bound printed, warnings after it.
-pub fn run(path: &Path, portable: bool) -> Result<(), Box<dyn std::error::Error>> {
+pub fn run(path: &Path, portable: bool, against: Option<&Path>) -> Result<(), Box<dyn std::error::Error>> {
     use std::io::Write as _;
     let c = crate::config::load(path)?;
     if !portable {
@@ -219,8 +219,41 @@ pub fn run(path: &Path, portable: bool) -> Result<(), Box<dyn std::error::Error>
     for w in warnings(&c) {
         text.push_str(&format!("\nwarning: {w}\n"));
     }
+    if let Some(dir) = against {
+        text.push('\n');
+        text.push_str(&against_report(dir, &c.plan)?);
+    }
     let _ = write!(out, "{text}").and_then(|_| writeln!(out, "{}: OK", path.display()));
     Ok(())
+}
+
+/// What the state in `dir` would keep under this plan (`--against`).
+fn against_report(dir: &Path, p: &Plan) -> Result<String, Box<dyn std::error::Error>> {
+    if !dir.is_dir() {
+        return Err(
+            format!("--against {}: no such directory (the gateway's state_dir)", dir.display()).into()
+        );
+    }
+    Ok(match crate::service::against_checkpoint(dir, p) {
+        Ok(None) => format!("against {}: no checkpoint there; every part starts empty\n", dir.display()),
+        Ok(Some((seq, carry))) => {
+            let mut o = format!("against the checkpoint in {} (covering input {seq}):\n", dir.display());
+            if carry.all_kept() {
+                o.push_str("  the pipeline is unchanged: every part keeps its state\n");
+            }
+            for (fate, list) in carry.groups().into_iter().filter(|_| !carry.all_kept()) {
+                let _ = writeln!(o, "  {}: {list}", fate.label());
+            }
+            if carry.discards() {
+                o.push_str("  (state started empty or dropped is gone once the gateway runs this config)\n");
+            }
+            o
+        }
+        Err(e) => format!(
+            "against {}: the checkpoint is unusable ({e}); run would set it aside and start every part empty\n",
+            dir.display()
+        ),
+    })
 }
 
 #[cfg(test)]

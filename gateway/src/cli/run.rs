@@ -3,17 +3,13 @@
 
 use std::path::Path;
 
-use crate::config::{self, Deployment};
+use crate::config::{self, Config, Deployment, LogFormat};
 
 pub fn run(path: &Path) -> Result<(), Box<dyn std::error::Error>> {
-    init_tracing();
-    let c = config::load(path)?;
-    // what check-config checks on this machine, before the network
-    crate::service::preflight::preflight(path, &c)?;
-    warn_on_readable_secrets(&c.deployment);
-    for w in crate::cli::check_config::warnings(&c) {
-        tracing::warn!("{w}");
-    }
+    // the log's format is the config's: a file that does not load is said on stderr as is
+    let format = config::load(path).map(|c| c.deployment.service.log_format).unwrap_or(LogFormat::Text);
+    init_tracing(format);
+    let c = checked(path)?;
     tracing::info!(
         "edgejoin {} starting: {} streams, {} windows, {} joins, state in {}",
         env!("CARGO_PKG_VERSION"),
@@ -22,19 +18,51 @@ pub fn run(path: &Path) -> Result<(), Box<dyn std::error::Error>> {
         c.plan.joins.len(),
         c.deployment.gateway.state_dir.display()
     );
-    crate::service::run(c)?;
+    // SIGHUP: the same checks on the file as it is now
+    let reload = || {
+        let c = checked(path).map_err(|e| e.to_string())?;
+        if c.deployment.service.log_format != format {
+            tracing::warn!("log_format changes at the next start, not on a reload");
+        }
+        tracing::info!(
+            "reloading {}: {} streams, {} windows, {} joins, state in {}",
+            path.display(),
+            c.plan.streams.len(),
+            c.plan.windows.len(),
+            c.plan.joins.len(),
+            c.deployment.gateway.state_dir.display()
+        );
+        Ok(c)
+    };
+    crate::service::run(c, reload)?;
     Ok(())
 }
 
-fn init_tracing() {
+/// The config loaded and put through what check-config checks on this
+/// machine, before the network; its warnings logged.
+fn checked(path: &Path) -> Result<Config, Box<dyn std::error::Error>> {
+    let c = config::load(path)?;
+    crate::service::preflight::preflight(path, &c)?;
+    warn_on_readable_secrets(&c.deployment);
+    for w in crate::cli::check_config::warnings(&c) {
+        tracing::warn!("{w}");
+    }
+    Ok(c)
+}
+
+fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_env("EDGEJOIN_LOG").unwrap_or_else(|_| EnvFilter::new("info,rumqttc=warn"));
-    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == LogFormat::Json {
+        // one object per line, with its timestamp, also under journald
+        b.json().with_ansi(false).init();
+        return;
+    }
     // colours only for a person at a terminal, not in a file or a pipe
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    if journald {
+    let b = b.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
         // journald adds its own timestamps
         b.without_time().with_ansi(false).init();
     } else {

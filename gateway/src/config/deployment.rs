@@ -86,6 +86,8 @@ pub struct ServiceCfg {
     pub commit_delay: Duration,
     /// How long a shutdown waits for the uplink to drain.
     pub shutdown: Duration,
+    /// How log lines are written (set at start; a reload does not change it).
+    pub log_format: LogFormat,
 }
 
 impl Default for ServiceCfg {
@@ -99,8 +101,19 @@ impl Default for ServiceCfg {
             delivery: Delivery::Durable,
             commit_delay: Duration::from_millis(50),
             shutdown: Duration::from_secs(10),
+            log_format: LogFormat::Text,
         }
     }
+}
+
+/// How log lines are written to stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// For people: one line per event (no colours unless stderr is a terminal).
+    Text,
+    /// For log shippers: one JSON object per line (`timestamp`, `level`, `target`, `fields.message`).
+    Json,
 }
 
 /// What the gateway promises about input it acknowledged to the broker.

@@ -90,6 +90,7 @@ pub(super) fn build_gateway(
         stats_topic,
         metrics_addr,
         delivery: g.delivery.as_ref().map_or(d.delivery, |v| *v.get_ref()),
+        log_format: g.log_format.as_ref().map_or(d.log_format, |v| *v.get_ref()),
         shutdown: opt_duration(ck, g.shutdown_timeout.as_ref(), "shutdown_timeout", d.shutdown)?,
         commit_delay: match &g.commit_delay {
             Some(v) => {

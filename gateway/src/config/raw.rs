@@ -9,7 +9,7 @@ use serde::Deserialize;
 use super::check::S;
 use edgejoin_engine::plan::{Clock, Format, JoinType, OverlapCondition, TimeUnit, WatermarkMode};
 
-use super::deployment::{Delivery, FullPolicy, SensorModel};
+use super::deployment::{Delivery, FullPolicy, LogFormat, SensorModel};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -39,6 +39,7 @@ pub(super) struct RawGateway {
     pub(super) delivery: Option<S<Delivery>>,
     pub(super) shutdown_timeout: Option<S<String>>,
     pub(super) commit_delay: Option<S<String>>,
+    pub(super) log_format: Option<S<LogFormat>>,
 }
 
 #[derive(Deserialize)]

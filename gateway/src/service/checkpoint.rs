@@ -206,11 +206,23 @@ mod tests {
         assert!(aside.ends_with("checkpoint.bad-0"));
         assert!(load(dir.path(), &p, 5).unwrap().is_none());
 
-        // another config's checkpoint does not fit
+        // under an edited config, what changed starts empty
         save(dir.path(), &e, 7, std::iter::empty()).unwrap();
         let other = crate::config::parse(Path::new("c.toml"), &CFG.replace("max_keys = 8", "max_keys = 9"))
             .unwrap()
             .plan;
-        assert!(matches!(load(dir.path(), &other, 5), Err(CheckpointError::Restore { .. })));
+        let l = load(dir.path(), &other, 5).unwrap().unwrap();
+        assert_eq!(l.carry.summary(), "started empty (definition changed): stream 's', window 'w'");
+        // state that does not decode is refused
+        let mut bytes = fs::read(&f).unwrap();
+        let n = bytes.len();
+        bytes.truncate(n - 30);
+        let crc = crc32fast::hash(&bytes[8..]);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        fs::write(&f, &bytes).unwrap();
+        assert!(matches!(
+            load(dir.path(), &p, 5),
+            Err(CheckpointError::Restore { .. } | CheckpointError::Io { .. })
+        ));
     }
 }

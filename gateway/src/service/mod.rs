@@ -19,7 +19,7 @@
 //!   connection options (TLS, credentials); [`logging`] rate-limits warnings.
 
 mod acks;
-mod checkpoint;
+pub(crate) mod checkpoint;
 mod clock;
 mod commit;
 mod counters;
@@ -57,7 +57,7 @@ use tokio::sync::Notify;
 
 use crate::config::{Config, Delivery};
 use acks::{AckPipe, SharedBarriers};
-use clock::now_ms;
+pub use clock::now_ms;
 use counters::ServiceCounters;
 use engine_loop::{EngineLoop, Links, Start};
 use error::io_err;
@@ -89,8 +89,41 @@ fn limit_malloc_arenas() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn limit_malloc_arenas() {}
 
-/// Runs the service until SIGTERM/SIGINT.
-pub fn run(c: Config) -> Result<(), ServiceError> {
+/// What of the checkpoint in `state_dir` a pipeline `p` would keep
+/// (`check-config --against`): `None` without a checkpoint, else the input
+/// it covers and what carries over; an error when it is unusable (`run`
+/// would set it aside and start empty).
+pub fn against_checkpoint(
+    state_dir: &std::path::Path,
+    p: &edgejoin_engine::Plan,
+) -> Result<Option<(u64, edgejoin_engine::manifest::Carry)>, checkpoint::CheckpointError> {
+    Ok(checkpoint::load(state_dir, p, 0)?.map(|l| (l.input_seq, l.carry)))
+}
+
+/// MQTT options for a client of one of the config's brokers, with its
+/// credentials and TLS (`tail`, `record`): clean session, large packets.
+pub fn client_options(
+    client_id: &str,
+    broker: &crate::config::Broker,
+    credentials: &Option<crate::config::Credentials>,
+    tls: Option<&crate::config::TlsFiles>,
+) -> Result<rumqttc::MqttOptions, ServiceError> {
+    mqtt::mqtt_options(client_id, broker, credentials, tls, 16 << 20, true)
+}
+
+/// How one run of the pipeline ended.
+enum Ended {
+    /// SIGTERM or SIGINT: the process exits.
+    Stopped,
+    /// SIGHUP with a config that passed every check: the pipeline starts again with it.
+    Reload(Box<Config>),
+}
+
+/// Runs the service until SIGTERM/SIGINT. On SIGHUP, `reload` reads and
+/// checks the config again: a good one replaces the running one (state that
+/// did not change carries over through the checkpoint), a bad one is logged
+/// and the running one stays.
+pub fn run(c: Config, reload: impl Fn() -> Result<Config, String>) -> Result<(), ServiceError> {
     limit_malloc_arenas();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -99,10 +132,28 @@ pub fn run(c: Config) -> Result<(), ServiceError> {
         .enable_all()
         .build()
         .map_err(io_err("tokio runtime"))?;
-    rt.block_on(run_async(c))
+    rt.block_on(async {
+        let mut signals = Signals::new()?;
+        let mut c = c;
+        let mut reloaded = false;
+        loop {
+            match run_async(c, &mut signals, &reload, reloaded).await? {
+                Ended::Stopped => return Ok(()),
+                Ended::Reload(next) => {
+                    c = *next;
+                    reloaded = true;
+                }
+            }
+        }
+    })
 }
 
-async fn run_async(c: Config) -> Result<(), ServiceError> {
+async fn run_async(
+    c: Config,
+    signals: &mut Signals,
+    reload: &impl Fn() -> Result<Config, String>,
+    reloaded: bool,
+) -> Result<Ended, ServiceError> {
     let (p, d) = (&c.plan, &c.deployment);
     #[cfg(not(feature = "i2c"))]
     if let Some(s) = d.i2c.first() {
@@ -124,7 +175,15 @@ async fn run_async(c: Config) -> Result<(), ServiceError> {
     report_spool_damage(&spool, &counters);
     let spool = Arc::new(Mutex::new(spool));
     let seed = (now_ms() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ u64::from(std::process::id());
-    let Recovered { engine, last_seq, wal, recent } = recover(&c, seed, &spool, &counters)?;
+    let Recovered { engine, last_seq, wal, recent, carry } = recover(&c, seed, &spool, &counters)?;
+    match &carry {
+        Some(carry) if reloaded => recovery::report_reload(carry),
+        Some(carry) => recovery::report_carry(carry),
+        None if reloaded => tracing::warn!("reloaded; no checkpoint was found, every part started empty"),
+        None => {}
+    }
+    // what this run spawned ends with it (a reload starts them again)
+    let mut tasks = Tasks::default();
 
     // the source connection, through the filter that cuts oversized payloads
     let sock = source_proxy::socket_path(&dir);
@@ -138,7 +197,7 @@ async fn run_async(c: Config) -> Result<(), ServiceError> {
     let ack_pipe = Arc::new(AckPipe::default());
     let source_tls =
         d.source.tls.as_ref().map(|files| mqtt::source_tls(&d.source.broker, files)).transpose()?;
-    tokio::spawn(source_proxy::serve(
+    tasks.spawn(source_proxy::serve(
         listener,
         d.source.broker.host.clone(),
         d.source.broker.port,
@@ -191,7 +250,7 @@ async fn run_async(c: Config) -> Result<(), ServiceError> {
     let (engine_started_tx, engine_started) = tokio::sync::oneshot::channel::<()>();
     let (engine_done_tx, mut engine_done) = tokio::sync::oneshot::channel::<()>();
 
-    let source = tokio::spawn(source::source_task(
+    let source = tasks.spawn(source::source_task(
         src_loop,
         src_client.clone(),
         filters,
@@ -202,7 +261,7 @@ async fn run_async(c: Config) -> Result<(), ServiceError> {
         barriers.clone(),
         intake_wake.clone(),
     ));
-    let uplink = tokio::spawn(uplink::uplink_task(
+    let uplink = tasks.spawn(uplink::uplink_task(
         up_loop,
         up_client.clone(),
         spool.lock().expect("spool lock").reader(),
@@ -216,7 +275,7 @@ async fn run_async(c: Config) -> Result<(), ServiceError> {
     if let Some(addr) = svc.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(io_err("metrics_addr"))?;
         tracing::info!("serving Prometheus metrics on http://{addr}/metrics");
-        tokio::spawn(http::metrics_server(listener, metrics_text.clone(), counters.clone()));
+        tasks.spawn(http::metrics_server(listener, metrics_text.clone(), counters.clone()));
     }
 
     let engine_thread = {
@@ -297,36 +356,91 @@ async fn run_async(c: Config) -> Result<(), ServiceError> {
             shutdown.advance(Stage::DrainUplink);
             return join_engine(engine_thread).await.and(Err(ServiceError::Config("the engine stopped".into())));
         }
-        _ = shutdown_signal() => {
+        _ = signals.stop() => {
             tracing::info!("stopping before the broker answered");
             shutdown.advance(Stage::DrainUplink);
-            return join_engine(engine_thread).await;
+            return join_engine(engine_thread).await.map(|()| Ended::Stopped);
         }
     }
-    let failed = tokio::select! {
-        _ = shutdown_signal() => false,
-        _ = &mut engine_done => true,
+    let next = loop {
+        tokio::select! {
+            hup = signals.next() => if !hup { break None } else {
+                match reload() {
+                    Ok(next) => break Some(next),
+                    Err(e) => tracing::error!("reload refused, the running config stays: {e}"),
+                }
+            },
+            _ = &mut engine_done => {
+                // the error is logged; systemd restarts the service (Restart=on-failure)
+                systemd::stopping();
+                let r = join_engine(engine_thread).await;
+                return r.and(Err(ServiceError::Config("the engine stopped".into())));
+            }
+        }
     };
-    if failed {
-        // the error is logged; systemd restarts the service (Restart=on-failure)
+    let Some(next) = next else {
+        tracing::info!("stopping: finishing in-flight work, checkpointing, draining the uplink");
         systemd::stopping();
-        let r = join_engine(engine_thread).await;
-        return r.and(Err(ServiceError::Config("the engine stopped".into())));
-    }
-    tracing::info!("stopping: finishing in-flight work, checkpointing, draining the uplink");
-    systemd::stopping();
-    // the engine stops taking messages, sends the acknowledgements it still owes (the source
-    // connection stays up for them), checkpoints; then the source connection goes
+        // the engine stops taking messages, sends the acknowledgements it still owes (the source
+        // connection stays up for them), checkpoints; then the source connection goes
+        shutdown.advance(Stage::StopIntake);
+        let res = join_engine(engine_thread).await;
+        let _ = src_client.try_disconnect();
+        source.abort();
+        shutdown.advance(Stage::DrainUplink);
+        let _ = tokio::time::timeout(svc.shutdown + Duration::from_secs(1), uplink).await;
+        if let Ok(mut s) = spool.lock() {
+            let _ = s.sync();
+        }
+        return res.map(|()| Ended::Stopped);
+    };
+    // a reload: as a stop, up to the checkpoint; what is undelivered stays in the spool
+    // for the next uplink (results in flight go again, with the same ids)
+    tracing::info!("reloading the config: finishing in-flight work, checkpointing");
+    systemd::reloading();
     shutdown.advance(Stage::StopIntake);
     let res = join_engine(engine_thread).await;
     let _ = src_client.try_disconnect();
-    source.abort();
-    shutdown.advance(Stage::DrainUplink);
-    let _ = tokio::time::timeout(svc.shutdown + Duration::from_secs(1), uplink).await;
+    tasks.stop().await;
     if let Ok(mut s) = spool.lock() {
-        let _ = s.sync();
+        s.sync().map_err(io_err("spool"))?;
     }
-    res
+    res.map(|()| Ended::Reload(Box::new(next)))
+}
+
+/// The tasks one run of the pipeline spawned: aborted when it ends, so that
+/// a reload finds its sockets and listeners free.
+#[derive(Default)]
+struct Tasks(Vec<tokio::task::AbortHandle>);
+
+impl Tasks {
+    fn spawn<T: Send + 'static>(
+        &mut self,
+        f: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> tokio::task::JoinHandle<T> {
+        let h = tokio::spawn(f);
+        self.0.push(h.abort_handle());
+        h
+    }
+
+    /// Aborts every task and waits until each has ended.
+    async fn stop(&mut self) {
+        for h in &self.0 {
+            h.abort();
+        }
+        while self.0.iter().any(|h| !h.is_finished()) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.0.clear();
+    }
+}
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.abort();
+        }
+    }
 }
 
 /// Deletes a file when dropped (the source filter's socket).
@@ -338,12 +452,38 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// The signals the service answers, registered once for the whole process:
+/// SIGTERM and SIGINT stop it, SIGHUP reloads the config.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Signals, ServiceError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).map_err(io_err("SIGTERM handler"))?,
+            int: signal(SignalKind::interrupt()).map_err(io_err("SIGINT handler"))?,
+            hup: signal(SignalKind::hangup()).map_err(io_err("SIGHUP handler"))?,
+        })
+    }
+
+    /// SIGTERM or SIGINT.
+    async fn stop(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+
+    /// The next signal: `true` for SIGHUP, `false` for a stop.
+    async fn next(&mut self) -> bool {
+        tokio::select! {
+            _ = self.term.recv() => false,
+            _ = self.int.recv() => false,
+            _ = self.hup.recv() => true,
+        }
     }
 }

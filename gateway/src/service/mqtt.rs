@@ -81,7 +81,7 @@ pub(super) fn mqtt_options(
     if broker.tls {
         let files = tls.ok_or_else(|| {
             ServiceError::Config(format!(
-                "{}:{}: mqtts:// is supported for [upstream] (with ca_file); use mqtt:// for the source broker",
+                "{}:{}: mqtts:// needs its TLS settings (ca_file)",
                 broker.host, broker.port
             ))
         })?;

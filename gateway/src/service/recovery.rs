@@ -14,7 +14,7 @@ use super::spool::Spool;
 use super::wal::{Wal, WalRecord};
 use crate::config::{Config, Delivery};
 use edgejoin_engine::engine::Engine;
-use edgejoin_engine::manifest::{Carry, Fate};
+use edgejoin_engine::manifest::Carry;
 
 /// What start-up recovered: the engine, the last input sequence number, the
 /// log to append to, and recently logged messages (packet id, content hash)
@@ -24,6 +24,8 @@ pub(super) struct Recovered {
     pub last_seq: u64,
     pub wal: Option<Wal>,
     pub recent: Redeliveries,
+    /// What of the checkpoint's state carried over to this config (`None`: no checkpoint).
+    pub carry: Option<Carry>,
 }
 
 /// Recovery: checkpoint + write-ahead log replay.
@@ -36,11 +38,12 @@ pub(super) fn recover(
     let (p, d) = (&c.plan, &c.deployment);
     let dir = &d.gateway.state_dir;
     let mut recent = Redeliveries::default();
+    let mut carry = None;
     let (mut engine, ckpt_seq) = match checkpoint::load(dir, p, seed) {
         Ok(Some(l)) => {
             tracing::info!("restored the checkpoint covering input {}", l.input_seq);
-            report_carry(&l.carry);
             recent.restore(l.recent);
+            carry = Some(l.carry);
             (l.engine, l.input_seq)
         }
         Ok(None) => (Engine::new(p.clone(), seed), 0),
@@ -55,7 +58,7 @@ pub(super) fn recover(
         }
     };
     if d.service.delivery == Delivery::Fast {
-        return Ok(Recovered { engine, last_seq: ckpt_seq, wal: None, recent });
+        return Ok(Recovered { engine, last_seq: ckpt_seq, wal: None, recent, carry });
     }
     let skip = spool.lock().expect("spool lock").last_input();
     let mut out = ResultWriter::new(d, spool.clone(), counters.clone());
@@ -87,31 +90,31 @@ pub(super) fn recover(
         tracing::info!("replayed {replayed} logged inputs after the checkpoint (up to input {last})");
     }
     spool.lock().expect("spool lock").flush().map_err(io_err("spool"))?;
-    Ok(Recovered { engine, last_seq: last.max(ckpt_seq), wal: Some(wal), recent })
+    Ok(Recovered { engine, last_seq: last.max(ckpt_seq), wal: Some(wal), recent, carry })
 }
 
-/// What of the checkpoint's state an edited config kept, logged.
+/// What of the checkpoint's state an edited config kept, logged (nothing when
+/// the config is unchanged).
 pub(super) fn report_carry(c: &Carry) {
+    if !c.all_kept() {
+        log_carry("the config changed since the checkpoint:", c);
+    }
+}
+
+/// What a reload kept and what it reset, always logged.
+pub(super) fn report_reload(c: &Carry) {
     if c.all_kept() {
-        return;
-    }
-    let mut line = String::from("the config changed since the checkpoint:");
-    for (fate, what) in [
-        (Fate::Kept, "kept"),
-        (Fate::Reset, "started empty (definition changed)"),
-        (Fate::Added, "new, started empty"),
-        (Fate::Removed, "dropped (no longer configured)"),
-    ] {
-        let list = c.list(fate);
-        if !list.is_empty() {
-            line.push_str(&format!(" {what}: {list};"));
-        }
-    }
-    line.pop();
-    if c.discards() {
-        tracing::warn!("{line}");
+        tracing::info!("reloaded: the pipeline is unchanged, every stream, window and join kept its state");
     } else {
-        tracing::info!("{line}");
+        log_carry("reloaded:", c);
+    }
+}
+
+fn log_carry(head: &str, c: &Carry) {
+    if c.discards() {
+        tracing::warn!("{head} {}", c.summary());
+    } else {
+        tracing::info!("{head} {}", c.summary());
     }
 }
 

@@ -285,7 +285,10 @@ pub async fn serve(
     gate: Arc<AckPipe>,
 ) {
     let mut log = crate::service::logging::Every::new(Duration::from_secs(10));
+    // the pipes end with the filter (a reload aborts it, and must find the broker connection closed)
+    let mut pipes = tokio::task::JoinSet::new();
     loop {
+        while pipes.try_join_next().is_some() {}
         let client = match listener.accept().await {
             Ok((c, _)) => c,
             Err(e) => {
@@ -307,13 +310,13 @@ pub async fn serve(
         let _ = broker.set_nodelay(true);
         match &tls {
             None => {
-                tokio::spawn(pipe(client, broker, keep, counters.clone(), gate.clone()));
+                pipes.spawn(pipe(client, broker, keep, counters.clone(), gate.clone()));
             }
             Some((config, name)) => {
                 let connector = tokio_rustls::TlsConnector::from(config.clone());
                 match connector.connect(name.clone(), broker).await {
                     Ok(stream) => {
-                        tokio::spawn(pipe(client, stream, keep, counters.clone(), gate.clone()));
+                        pipes.spawn(pipe(client, stream, keep, counters.clone(), gate.clone()));
                     }
                     Err(e) => {
                         counters.source_errors.fetch_add(1, Ordering::Relaxed);

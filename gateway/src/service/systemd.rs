@@ -1,4 +1,4 @@
-//! What the service tells systemd (sd_notify): ready, stopping, a status
+//! What the service tells systemd (sd_notify): ready, reloading, stopping, a status
 //! line, and the watchdog's keep-alive. Harmless when not run by systemd.
 
 use std::time::{Duration, Instant};
@@ -7,6 +7,13 @@ use sd_notify::NotifyState;
 
 pub fn ready() {
     let _ = sd_notify::notify(&[NotifyState::Ready]);
+}
+
+/// A reload began (`READY=1` follows when the new config runs).
+pub fn reloading() {
+    let mut state = vec![NotifyState::Reloading];
+    state.extend(NotifyState::monotonic_usec_now().ok());
+    let _ = sd_notify::notify(&state);
 }
 
 pub fn stopping() {

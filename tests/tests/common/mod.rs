@@ -348,7 +348,10 @@ pub fn live_config_with(
 ) -> (PathBuf, Plan) {
     let mut text = String::new();
     let mut in_gateway = false;
-    for line in example_cfg.lines() {
+    // the state goes under the test's directory, also when the config has no [gateway] table
+    let has_gateway = example_cfg.lines().any(|l| l.trim() == "[gateway]");
+    let cfg = if has_gateway { example_cfg.to_string() } else { format!("[gateway]\n{example_cfg}") };
+    for line in cfg.lines() {
         if line.trim_start().starts_with('[') {
             in_gateway = line.trim() == "[gateway]";
         }
