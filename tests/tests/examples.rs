@@ -428,11 +428,8 @@ fn the_unit_checks_the_config_before_start_and_reload() {
     assert_eq!(lines("Type="), vec!["notify"]);
 }
 
-/// Every relative link in the README and docs/ points at a file in the
-/// repository (the .deb mirrors this layout, so they work there too), and
-/// no page sends the reader to a document outside it.
-#[test]
-fn doc_links_resolve_inside_the_repository() {
+/// The README and docs/ pages, and each relative link in them: (page, link target as written).
+fn doc_links() -> Vec<(PathBuf, String)> {
     let root = root().canonicalize().unwrap();
     let mut pages = vec![root.join("README.md")];
     pages.extend(
@@ -441,23 +438,98 @@ fn doc_links_resolve_inside_the_repository() {
             .map(|e| e.unwrap().path())
             .filter(|p| p.extension().is_some_and(|e| e == "md")),
     );
-    let mut checked = 0;
+    let mut links = Vec::new();
     for page in &pages {
         let text = std::fs::read_to_string(page).unwrap();
         assert!(!text.contains("shared/"), "{} points outside the repository", page.display());
         for (i, _) in text.match_indices("](") {
             let rest = &text[i + 2..];
             let target = &rest[..rest.find(')').unwrap()];
-            if target.starts_with("http") || target.starts_with('#') || target.starts_with("mailto:") {
-                continue;
+            if !(target.starts_with("http") || target.starts_with('#') || target.starts_with("mailto:")) {
+                links.push((page.clone(), target.split('#').next().unwrap().to_string()));
             }
-            let file = target.split('#').next().unwrap();
-            let path = page.parent().unwrap().join(file);
-            let resolved =
-                path.canonicalize().unwrap_or_else(|_| panic!("{}: broken link {target}", page.display()));
-            assert!(resolved.starts_with(&root), "{}: {target} is outside the repository", page.display());
-            checked += 1;
         }
     }
-    assert!(checked > 50, "{checked} links");
+    links
+}
+
+/// Every relative link in the README and docs/ points at a file in the
+/// repository, and no page sends the reader to a document outside it.
+#[test]
+fn doc_links_resolve_inside_the_repository() {
+    let root = root().canonicalize().unwrap();
+    let links = doc_links();
+    for (page, target) in &links {
+        let path = page.parent().unwrap().join(target);
+        let resolved =
+            path.canonicalize().unwrap_or_else(|_| panic!("{}: broken link {target}", page.display()));
+        assert!(resolved.starts_with(&root), "{}: {target} is outside the repository", page.display());
+    }
+    assert!(links.len() > 50, "{} links", links.len());
+}
+
+/// Where the .deb installs a file of the repository (`[package.metadata.deb]
+/// assets` of gateway/Cargo.toml), if it does.
+fn installed(assets: &[(String, String)], file: &Path) -> Option<PathBuf> {
+    let rel = file.strip_prefix(root().canonicalize().unwrap()).ok()?;
+    assets.iter().find_map(|(src, dest)| {
+        let src = src.strip_prefix("../")?;
+        let (dir, pattern) = src.rsplit_once('/').unwrap_or(("", src));
+        let name = rel.file_name()?.to_str()?;
+        let in_dir = rel.parent()? == Path::new(dir);
+        let matches = match pattern.split_once('*') {
+            Some((pre, post)) => name.starts_with(pre) && name.ends_with(post),
+            None => name == pattern,
+        };
+        (in_dir && matches).then(|| {
+            if dest.ends_with('/') {
+                Path::new("/").join(dest).join(name)
+            } else {
+                Path::new("/").join(dest)
+            }
+        })
+    })
+}
+
+/// The .deb installs the README and docs in the tree's layout, so their
+/// links work on the device; it ships every example with its recording,
+/// and the man pages.
+#[test]
+fn the_package_keeps_doc_links_and_ships_recordings_and_man_pages() {
+    let manifest: toml::Value =
+        toml::from_str(&std::fs::read_to_string(root().join("gateway/Cargo.toml")).unwrap()).unwrap();
+    let assets: Vec<(String, String)> = manifest["package"]["metadata"]["deb"]["assets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a[0].as_str().unwrap().to_string(), a[1].as_str().unwrap().to_string()))
+        .collect();
+    let root = root().canonicalize().unwrap();
+    for (page, target) in doc_links() {
+        let page_at =
+            installed(&assets, &page).unwrap_or_else(|| panic!("{} is not packaged", page.display()));
+        let target_file = page.parent().unwrap().join(&target).canonicalize().unwrap();
+        if target_file.is_dir() {
+            continue;
+        }
+        let want = installed(&assets, &target_file)
+            .unwrap_or_else(|| panic!("{}: {target} is not packaged", page.display()));
+        let mut got = PathBuf::new();
+        for c in page_at.parent().unwrap().join(&target).components() {
+            match c {
+                std::path::Component::ParentDir => {
+                    got.pop();
+                }
+                std::path::Component::CurDir => {}
+                c => got.push(c),
+            }
+        }
+        assert_eq!(got, want, "{}: {target}", page.display());
+    }
+    for e in std::fs::read_dir(root.join("config/examples")).unwrap() {
+        let p = e.unwrap().path();
+        assert!(installed(&assets, &p).is_some(), "{} is not packaged", p.display());
+    }
+    let man = root.join("docs/man/edgejoin.1");
+    assert_eq!(installed(&assets, &man), Some(PathBuf::from("/usr/share/man/man1/edgejoin.1")));
 }

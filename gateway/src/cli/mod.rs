@@ -12,13 +12,22 @@ mod tail;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
     name = "edgejoin",
     version,
-    about = "Edge stream-join gateway: event-time windows and joins of MQTT sensor streams"
+    about = "Edge stream-join gateway: event-time windows and joins of MQTT sensor streams",
+    long_about = "Edge stream-join gateway: event-time windows and joins of MQTT sensor streams.\n\n\
+        `edgejoin run` is the service (systemd runs it as edgejoin.service): SIGTERM stops it after a \
+        checkpoint; SIGHUP (`systemctl reload edgejoin`) applies an edited config, keeping the state of \
+        every stream, window and join whose definition did not change. The config is \
+        /etc/edgejoin/gateway.toml, the state /var/lib/edgejoin. `check-config` says whether a config \
+        will run, `replay` runs it over a recording, `record` makes one from live traffic, `tail` shows \
+        the results as they are published.\n\n\
+        Docs: /usr/share/doc/edgejoin/docs/ (GETTING-STARTED.md, CONFIG.md, SERVICE.md, \
+        TROUBLESHOOTING.md). Exit status: 0 on success, 1 on an error (said on stderr)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -29,11 +38,13 @@ struct Cli {
 enum Cmd {
     /// Run the gateway: MQTT in, results upstream (systemd runs this).
     Run {
+        /// The gateway's config file (TOML; `man edgejoin` lists the docs).
         #[arg(long, short)]
         config: PathBuf,
     },
     /// Validate a config; print the pipeline and the memory bound it implies.
     CheckConfig {
+        /// The gateway's config file (TOML; `man edgejoin` lists the docs).
         #[arg(long, short)]
         config: PathBuf,
         /// Check the file alone, not this machine (state_dir writable,
@@ -48,6 +59,7 @@ enum Cmd {
     },
     /// Print the results a gateway publishes as they arrive (from its upstream broker).
     Tail {
+        /// The gateway's config file (TOML; `man edgejoin` lists the docs).
         #[arg(long, short)]
         config: PathBuf,
         /// Print the JSON rows as published instead of one readable line each.
@@ -59,6 +71,7 @@ enum Cmd {
     },
     /// Capture the config's stream topics from the source broker as a recording for `replay`.
     Record {
+        /// The gateway's config file (TOML; `man edgejoin` lists the docs).
         #[arg(long, short)]
         config: PathBuf,
         /// How long to record, e.g. `10m` (Ctrl-C stops earlier and keeps what was recorded).
@@ -73,6 +86,7 @@ enum Cmd {
     },
     /// Run the engine offline over a recording (one JSON message per line).
     Replay {
+        /// The gateway's config file (TOML; `man edgejoin` lists the docs).
         #[arg(long, short)]
         config: PathBuf,
         /// The recording (`-` for stdin).
@@ -85,6 +99,11 @@ enum Cmd {
         #[arg(long)]
         stats: bool,
     },
+}
+
+/// The command line's definition (for the man pages).
+pub fn command() -> clap::Command {
+    Cli::command()
 }
 
 /// The `edgejoin` binary.

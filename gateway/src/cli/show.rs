@@ -46,15 +46,19 @@ fn side(s: &serde_json::Value, now: i64) -> String {
     if let Some(stream) = s["stream"].as_str() {
         format!("{stream} @{} {}", clock(s["ts"].as_i64().unwrap_or(0), now), values(&s["values"]))
     } else {
-        format!(
-            "{} [{}–{}) n={} {}",
-            s["window"].as_str().unwrap_or("?"),
-            clock(s["start"].as_i64().unwrap_or(0), now),
-            clock(s["end"].as_i64().unwrap_or(0), now),
-            s["count"],
-            values(&s["values"])
-        )
+        format!("{} {}", s["window"].as_str().unwrap_or("?"), span(s, now))
     }
+}
+
+/// A window row's extent, count and values: `[start–end) n=3 mean=21.26`.
+fn span(w: &serde_json::Value, now: i64) -> String {
+    format!(
+        "[{}–{}) n={} {}",
+        clock(w["start"].as_i64().unwrap_or(0), now),
+        clock(w["end"].as_i64().unwrap_or(0), now),
+        w["count"],
+        values(&w["values"])
+    )
 }
 
 /// One line per result.
@@ -71,14 +75,7 @@ pub fn describe(v: &serde_json::Value, now: i64) -> String {
         };
         format!("⋈ {join:<24} {:<10} {}  ⇢  {right}", v["key"].as_str().unwrap_or(""), side(&v["left"], now))
     } else if let Some(w) = v["window"].as_str() {
-        format!(
-            "▣ {w:<24} {:<10} [{}–{}) n={} {}",
-            v["key"].as_str().unwrap_or(""),
-            clock(v["start"].as_i64().unwrap_or(0), now),
-            clock(v["end"].as_i64().unwrap_or(0), now),
-            v["count"],
-            values(&v["values"])
-        )
+        format!("▣ {w:<24} {:<10} {}", v["key"].as_str().unwrap_or(""), span(v, now))
     } else if v["late"] == true {
         format!(
             "⏱ late {} {} @{} (watermark {})",
