@@ -126,3 +126,29 @@ fn an_edited_config_keeps_the_state_of_what_did_not_change() {
     assert!(late.is_empty(), "{late:?}");
     assert_eq!(e2.stream_counters(0).late_dropped, 1);
 }
+
+/// The clock estimators carry over an edit that leaves `max_devices` alone,
+/// and start again when it changes.
+#[test]
+fn clock_estimators_survive_an_edit_elsewhere() {
+    let cfg = |agg: &str, devices: u32| {
+        format!("[gateway]\nmax_devices = {devices}\n\n[[stream]]\nname = \"s\"\ntopics = [\"t/{{d}}\"]\nkey = \"{{d}}\"\nclock = \"corrected\"\nvalues = [\"v\"]\n\n[[window]]\nname = \"w\"\ninput = \"s\"\nsize = \"10s\"\naggregates = {{ {agg} }}\ntopic = \"w/{{key}}\"\n")
+    };
+    let mut e = Engine::new(plan(&cfg("n = \"count()\"", 64)), 1);
+    let mut sink = |_: &Plan, _: Output<'_>| {};
+    // a device 5 s behind, with a little network delay
+    for i in 0..40i64 {
+        let ts = 1_000_000 + i * 1000;
+        e.ingest(ts + 5000 + (i % 3) * 7, "t/a", format!(r#"{{"ts":{ts},"v":1}}"#).as_bytes(), &mut sink);
+    }
+    let before = e.skew_reports();
+    assert_eq!(before.len(), 1);
+    let (r, carry) =
+        Engine::restore(plan(&cfg("n = \"count()\", m = \"max(v)\"", 64)), 1, &e.save_state()).unwrap();
+    assert_eq!(carry.list(Fate::Kept), "stream 's', the clock estimators");
+    assert_eq!(carry.list(Fate::Reset), "window 'w'");
+    assert_eq!(format!("{:?}", r.skew_reports()), format!("{before:?}"));
+    let (r, carry) = Engine::restore(plan(&cfg("n = \"count()\"", 128)), 1, &e.save_state()).unwrap();
+    assert!(carry.list(Fate::Reset).contains("the clock estimators"), "{}", carry.summary());
+    assert!(r.skew_reports().is_empty());
+}

@@ -71,10 +71,18 @@ fn results_wait_in_the_spool_while_the_upstream_is_down() {
     let (path, p) = live_config(&cfg, &source, &upstream, &state);
     let want = expected(&p, &msgs);
     let collector = Collector::start(upstream.port, "gw/test/#");
-    let _gw = Gateway::start(&path);
+    let gw = Gateway::start(&path);
     upstream.down();
     publish(source.port, &to_publish(&msgs));
     std::thread::sleep(Duration::from_millis(1500));
+    // the operator is told, with how much waits
+    assert!(
+        wait_until(10, || gw.log.lock().unwrap().iter().any(|l| l.contains(" WARN ")
+            && l.contains("uplink broker: ")
+            && l.contains(" results wait in the spool"))),
+        "{:?}",
+        gw.log.lock().unwrap()
+    );
     // the results are on disk, undelivered
     let spooled: u64 = std::fs::read_dir(state.join("spool"))
         .unwrap()
@@ -87,6 +95,9 @@ fn results_wait_in_the_spool_while_the_upstream_is_down() {
     upstream.up();
     let got = collector.wait_for(&want, 30);
     assert_eq!(got, want, "every result delivered, in the end");
+    assert!(wait_until(10, || gw.logged("uplink back after ") && gw.logged("uplink: the spool is drained")));
+    // stderr is a pipe here: no colour codes
+    assert!(gw.log.lock().unwrap().iter().all(|l| !l.contains('\u{1b}')));
 }
 
 #[test]
