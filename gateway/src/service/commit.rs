@@ -7,7 +7,9 @@
 //! - a message waits at most `commit_delay` for its fsync (plus the fsync);
 //! - fsyncs start at least [`GAP`] apart (≤ 100 per second at any rate), unless
 //!   `commit_delay` is smaller;
-//! - a batch half full commits as soon as the gap allows (a flood);
+//! - a batch half full commits as soon as the gap allows (a flood); while it
+//!   waits for the gap it goes on taking what arrives (woken every eighth of
+//!   a batch), so the source is not held up, until the batch is full;
 //! - the broker sends at most its in-flight window of QoS 1 messages before
 //!   it waits for acknowledgements (Mosquitto: `max_inflight_messages`, 20 by
 //!   default): once the batch holds as many unacknowledged messages as the
@@ -50,13 +52,22 @@ pub struct GroupCommit {
     gap: Duration,
     /// Messages a batch commits at anyway (half the batch).
     flood: usize,
+    /// The most messages a batch holds.
+    batch: usize,
     last_sync: Option<Instant>,
     window: usize,
 }
 
 impl GroupCommit {
     pub fn new(delay: Duration, batch: usize) -> Self {
-        GroupCommit { delay, gap: delay.min(GAP), flood: (batch / 2).max(1), last_sync: None, window: 0 }
+        GroupCommit {
+            delay,
+            gap: delay.min(GAP),
+            flood: (batch / 2).max(1),
+            batch,
+            last_sync: None,
+            window: 0,
+        }
     }
 
     /// The broker's in-flight window as learned so far (0: not yet).
@@ -74,7 +85,12 @@ impl GroupCommit {
         let gap_at = self.last_sync.map_or(now, |t| t + self.gap);
         let due_at = (b.first + self.delay).max(gap_at);
         if b.len >= self.flood {
-            return if now >= gap_at { Next::Commit } else { Next::Wait { until: gap_at, more: usize::MAX } };
+            if now >= gap_at {
+                return Next::Commit;
+            }
+            // a full batch waits for the gap (the source waits meanwhile); one that is not keeps taking
+            let more = if b.len >= self.batch { usize::MAX } else { (self.batch / 8).max(1) };
+            return Next::Wait { until: gap_at, more };
         }
         let window_full = self.window > 0 && b.unacked >= self.window;
         if window_full {
@@ -127,8 +143,13 @@ mod tests {
         let mut g = GroupCommit::new(50 * MS, 4096);
         g.synced(t0, 0);
         let flood = gathered(t0, 3000, 0, 3);
-        assert_eq!(g.next(t0 + 3 * MS, flood), Next::Wait { until: t0 + 10 * MS, more: usize::MAX });
+        // it keeps taking what arrives, woken every eighth of a batch
+        assert_eq!(g.next(t0 + 3 * MS, flood), Next::Wait { until: t0 + 10 * MS, more: 512 });
         assert_eq!(g.next(t0 + 10 * MS, flood), Next::Commit);
+        // a full batch only waits
+        let full = gathered(t0, 4096, 0, 5);
+        assert_eq!(g.next(t0 + 5 * MS, full), Next::Wait { until: t0 + 10 * MS, more: usize::MAX });
+        assert_eq!(g.next(t0 + 10 * MS, full), Next::Commit);
     }
 
     #[test]

@@ -14,18 +14,11 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 /// Results handed to the uplink client and not yet acknowledged, at most.
 pub const WINDOW: usize = 512;
 
-/// What the client was handed, in order: a spooled result or a stats message
-/// (QoS 0: no acknowledgement, no spool position).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Handed {
-    Result(u64),
-    Stats,
-}
-
 #[derive(Debug)]
 pub struct Delivery {
     connected: bool,
-    handed: VecDeque<Handed>,
+    /// Spool positions handed to the connection, not yet given a packet id.
+    handed: VecDeque<u64>,
     by_pkid: HashMap<u16, u64>,
     /// Acknowledged positions above the spool's delivered position.
     done: BTreeSet<u64>,
@@ -44,10 +37,6 @@ impl Delivery {
             next_send: delivered,
             inflight: 0,
         }
-    }
-
-    pub fn is_connected(&self) -> bool {
-        self.connected
     }
 
     /// CONNACK: send again everything from the delivered position.
@@ -89,26 +78,21 @@ impl Delivery {
 
     /// The client took the result at `seq`.
     pub fn handed(&mut self, seq: u64) {
-        self.handed.push_back(Handed::Result(seq));
+        self.handed.push_back(seq);
         self.next_send = seq + 1;
         self.inflight += 1;
     }
 
-    /// The client took a stats message.
-    pub fn handed_stats(&mut self) {
-        self.handed.push_back(Handed::Stats);
+    /// Whether packet id `pkid` carries a result not yet acknowledged.
+    pub fn in_flight(&self, pkid: u16) -> bool {
+        self.by_pkid.contains_key(&pkid)
     }
 
-    /// A PUBLISH left the client with packet id `pkid` (0 for QoS 0), in the
-    /// order handed: the spool position it carries, if a result.
+    /// The result handed first went out with packet id `pkid`: the spool position it carries.
     pub fn went_out(&mut self, pkid: u16) -> Option<u64> {
-        match self.handed.pop_front()? {
-            Handed::Result(seq) if pkid != 0 => {
-                self.by_pkid.insert(pkid, seq);
-                Some(seq)
-            }
-            _ => None,
-        }
+        let seq = self.handed.pop_front()?;
+        self.by_pkid.insert(pkid, seq);
+        Some(seq)
     }
 
     /// PUBACK for `pkid`: the new delivered position for the spool when it
@@ -197,13 +181,14 @@ mod tests {
     }
 
     #[test]
-    fn a_stats_message_takes_no_spool_position() {
+    fn packet_ids_in_flight_are_known_until_acknowledged() {
         let mut d = Delivery::new(0);
         d.connected(0);
-        d.handed_stats();
-        d.handed(0);
-        assert_eq!(d.went_out(0), None, "the stats message went out first, at QoS 0");
-        assert_eq!(d.went_out(7), Some(0));
-        assert_eq!(d.acknowledged(7, 0), Some(1));
+        send(&mut d, 0, 2);
+        assert!(d.in_flight(1) && d.in_flight(2) && !d.in_flight(3));
+        assert_eq!(d.acknowledged(1, 0), Some(1));
+        assert!(!d.in_flight(1));
+        d.disconnected(1);
+        assert!(!d.in_flight(2), "a new connection starts with no ids in use");
     }
 }

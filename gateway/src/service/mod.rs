@@ -43,6 +43,7 @@ mod spool;
 mod state_dir;
 mod systemd;
 mod uplink;
+mod uplink_conn;
 mod wal;
 
 use std::sync::{Arc, Mutex};
@@ -225,16 +226,21 @@ async fn run_async(
         f
     };
 
-    // the uplink connection (clean session: the spool, not the client, keeps what is undelivered)
-    let up_opts = mqtt::mqtt_options(
-        &d.upstream.client_id,
-        &d.upstream.broker,
-        &d.upstream.credentials,
-        d.upstream.tls.as_ref(),
-        16 << 20,
-        true,
-    )?;
-    let (up_client, up_loop) = AsyncClient::new(up_opts, delivery::WINDOW + 64);
+    // the uplink connection (clean session: the spool keeps what is undelivered)
+    let up = &d.upstream;
+    let up_target = uplink_conn::Target {
+        host: up.broker.host.clone(),
+        port: up.broker.port,
+        tls: up.tls.as_ref().map(|files| mqtt::source_tls(&up.broker, files)).transpose()?,
+        client_id: up.client_id.clone(),
+        login: mqtt::login(&up.credentials)?,
+    };
+    if up.broker.tls && up_target.tls.is_none() {
+        return Err(ServiceError::Config(format!(
+            "{}:{}: mqtts:// needs its TLS settings (ca_file)",
+            up.broker.host, up.broker.port
+        )));
+    }
 
     let (in_tx, in_rx) = tokio::sync::mpsc::channel::<Msg>(INTAKE);
     let budget = Arc::new(tokio::sync::Semaphore::new(intake_budget(&c)));
@@ -262,15 +268,16 @@ async fn run_async(
         intake_wake.clone(),
     ));
     let uplink = tasks.spawn(uplink::uplink_task(
-        up_loop,
-        up_client.clone(),
+        up_target,
         spool.lock().expect("spool lock").reader(),
-        spool_ready.clone(),
-        stats_rx,
-        shutdown.watch(),
-        counters.clone(),
-        marks.clone(),
-        svc.shutdown,
+        uplink::Links {
+            spool_ready: spool_ready.clone(),
+            stats_rx,
+            shutdown: shutdown.watch(),
+            counters: counters.clone(),
+            marks: marks.clone(),
+            drain_for: svc.shutdown,
+        },
     ));
     if let Some(addr) = svc.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(io_err("metrics_addr"))?;

@@ -62,9 +62,8 @@ pub(super) fn source_tls(
     broker: &crate::config::Broker,
     files: &TlsFiles,
 ) -> Result<super::source_proxy::SourceTls, ServiceError> {
-    let name = rustls_pki_types::ServerName::try_from(broker.host.clone()).map_err(|e| {
-        ServiceError::Config(format!("source url: `{}` is not a TLS server name: {e}", broker.host))
-    })?;
+    let name = rustls_pki_types::ServerName::try_from(broker.host.clone())
+        .map_err(|e| ServiceError::Config(format!("url: `{}` is not a TLS server name: {e}", broker.host)))?;
     Ok((Arc::new(tls_config(files)?), name))
 }
 
@@ -92,18 +91,24 @@ pub(super) fn mqtt_options(
     o.set_clean_session(clean);
     o.set_max_packet_size(max_packet, max_packet);
     o.set_inflight(super::delivery::WINDOW as u16);
-    if let Some(c) = credentials {
-        let password = match &c.password_file {
-            Some(f) => {
-                let f = password_path(f);
-                std::fs::read_to_string(&f)
-                    .map_err(|e| ServiceError::Config(format!("password_file {}: {e}", f.display())))?
-                    .trim_end_matches(['\n', '\r'])
-                    .to_string()
-            }
-            None => String::new(),
-        };
-        o.set_credentials(c.username.clone(), password);
+    if let Some((user, password)) = login(credentials)? {
+        o.set_credentials(user, password);
     }
     Ok(o)
+}
+
+/// The user name and password to log in with (the password read from its file).
+pub(super) fn login(credentials: &Option<Credentials>) -> Result<Option<(String, String)>, ServiceError> {
+    let Some(c) = credentials else { return Ok(None) };
+    let password = match &c.password_file {
+        Some(f) => {
+            let f = password_path(f);
+            std::fs::read_to_string(&f)
+                .map_err(|e| ServiceError::Config(format!("password_file {}: {e}", f.display())))?
+                .trim_end_matches(['\n', '\r'])
+                .to_string()
+        }
+        None => String::new(),
+    };
+    Ok(Some((c.username.clone(), password)))
 }

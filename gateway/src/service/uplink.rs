@@ -1,26 +1,28 @@
-//! The uplink: its own MQTT connection to `[upstream]` (clean session: the
-//! spool, not the client, keeps what is undelivered). It sends the spool in
-//! order with QoS 1, at most a window in flight, and advances the spool's
-//! delivered position only over PUBACKs ([`super::delivery`] keeps that
-//! state); after a reconnect it resends from there. Stats go out at QoS 0. At
-//! shutdown it drains the spool for at most `shutdown_timeout`. Spool files
-//! are read on a blocking thread; acknowledgements only move a number (the
-//! engine thread deletes and fsyncs).
+//! The uplink: its own MQTT connection to `[upstream]` ([`super::uplink_conn`];
+//! clean session: the spool, not the connection, keeps what is undelivered).
+//! It sends the spool in order with QoS 1, at most a window in flight, as
+//! many results per write as are ready, and advances the spool's delivered
+//! position only over PUBACKs ([`super::delivery`] keeps that state); after
+//! a reconnect it resends from there. Stats go out at QoS 0. At shutdown it
+//! drains the spool for at most `shutdown_timeout`. Spool files are read on
+//! a blocking thread; acknowledgements only move a number (the engine thread
+//! deletes and fsyncs).
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, Event, EventLoop, Incoming, Outgoing, QoS};
+use rumqttc::mqttbytes::v4::Packet;
 use tokio::sync::{watch, Notify};
 
 use super::clock::now_ms;
 use super::counters::ServiceCounters;
-use super::delivery::{Delivery, WINDOW};
+use super::delivery::Delivery;
 use super::logging;
 use super::shutdown::Stage;
 use super::spool::{SpoolReader, SpoolState};
+use super::uplink_conn::{Conn, ConnError, Target, KEEP_ALIVE};
 use crate::backoff::Backoff;
 
 /// Which spool positions the results of each recent message got, and when
@@ -54,18 +56,20 @@ impl LatencyMarks {
     }
 }
 
-/// Reads what the client may take from the spool (on a blocking thread:
-/// file IO stays off the async workers) and hands it over.
+/// Reads what the connection may take from the spool (on a blocking thread:
+/// file IO stays off the async workers) and encodes it, in order.
 async fn refill(
     d: &mut Delivery,
-    client: &AsyncClient,
+    c: &mut Conn,
     spool: &SpoolState,
     reader: &Arc<Mutex<SpoolReader>>,
-) {
+    counters: &ServiceCounters,
+    marks: &LatencyMarks,
+) -> Result<(), ConnError> {
     loop {
-        let Some((from, room)) = d.wanted(spool.acked()) else { return };
+        let Some((from, room)) = d.wanted(spool.acked()) else { return Ok(()) };
         if !spool.readable(from) {
-            return;
+            return Ok(());
         }
         let r = reader.clone();
         let read = tokio::task::spawn_blocking(move || {
@@ -78,164 +82,201 @@ async fn refill(
             Ok(Ok(recs)) => recs,
             Ok(Err(e)) => {
                 tracing::error!("spool: cannot read: {e}");
-                return;
+                return Ok(());
             }
             Err(e) => {
                 tracing::error!("spool: the read failed: {e}");
-                return;
+                return Ok(());
             }
         };
         if recs.is_empty() {
-            return;
+            return Ok(());
         }
         for rec in recs {
             if !d.offer(rec.seq) {
                 continue;
             }
-            if client.try_publish(rec.topic, QoS::AtLeastOnce, false, rec.payload).is_err() {
-                return;
-            }
+            let pkid = c.publish(rec.topic, rec.payload.into(), |id| d.in_flight(id))?;
             d.handed(rec.seq);
-        }
-    }
-}
-
-/// One event of the connection, reported to the delivery state; `Err` when the connection failed.
-fn on_event(
-    d: &mut Delivery,
-    e: Result<Event, rumqttc::ConnectionError>,
-    spool: &SpoolState,
-    counters: &ServiceCounters,
-    marks: &LatencyMarks,
-) -> Result<(), Box<rumqttc::ConnectionError>> {
-    match e.map_err(Box::new)? {
-        Event::Incoming(Incoming::ConnAck(_)) => {
-            counters.uplink_connects.fetch_add(1, Ordering::Relaxed);
-            let from = spool.acked();
-            d.connected(from);
-            tracing::info!("uplink connected; resending from result {from}");
-        }
-        Event::Outgoing(Outgoing::Publish(pkid)) => {
             if let Some(delivered) = d.went_out(pkid).and_then(|seq| marks.take(seq)) {
                 counters.result_latency.observe(delivered.elapsed());
             }
         }
-        Event::Incoming(Incoming::PubAck(ack)) => {
-            if let Some(through) = d.acknowledged(ack.pkid, spool.acked()) {
-                spool.ack(through);
-            }
-        }
-        _ => {}
     }
-    Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn uplink_task(
-    mut ev: EventLoop,
-    client: AsyncClient,
-    reader: SpoolReader,
-    spool_ready: Arc<Notify>,
-    mut stats_rx: tokio::sync::mpsc::Receiver<(String, Vec<u8>)>,
-    mut shutdown: watch::Receiver<Stage>,
-    counters: Arc<ServiceCounters>,
-    marks: Arc<LatencyMarks>,
-    drain_for: Duration,
-) {
+/// What one connection's life ended with.
+enum Ended {
+    /// The stop's drain is over (spool empty or its time up): DISCONNECT was sent.
+    Stopped,
+    Failed(ConnError),
+}
+
+/// What the uplink task is handed: wake-ups, stats, the stop, counters.
+pub(super) struct Links {
+    pub spool_ready: Arc<Notify>,
+    pub stats_rx: tokio::sync::mpsc::Receiver<(String, Vec<u8>)>,
+    pub shutdown: watch::Receiver<Stage>,
+    pub counters: Arc<ServiceCounters>,
+    pub marks: Arc<LatencyMarks>,
+    /// How long a stop waits for the spool to drain.
+    pub drain_for: Duration,
+}
+
+/// The state the uplink keeps across connections.
+struct Uplink {
+    up: Delivery,
+    spool: SpoolState,
+    reader: Arc<Mutex<SpoolReader>>,
+    io: Links,
+    stop_deadline: Option<Instant>,
+    draining: bool,
+}
+
+impl Uplink {
+    /// Whether the stop's drain is over; starts its clock when the stop begins.
+    fn stop_due(&mut self) -> bool {
+        if *self.io.shutdown.borrow() == Stage::DrainUplink && self.stop_deadline.is_none() {
+            self.stop_deadline = Some(Instant::now() + self.io.drain_for);
+        }
+        let Some(d) = self.stop_deadline else { return false };
+        let depth = self.spool.depth();
+        if depth == 0 || Instant::now() >= d {
+            if depth > 0 {
+                tracing::warn!("shutdown: {depth} results still undelivered stay in the spool");
+            }
+            return true;
+        }
+        false
+    }
+
+    /// Serves one connection until it fails or the stop's drain is over.
+    async fn serve(&mut self, c: &mut Conn) -> Ended {
+        let mut ping = tokio::time::interval(KEEP_ALIVE / 2);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.reset();
+        let mut heard = Instant::now();
+        let mut wakeup = Box::pin(tokio::time::sleep(Duration::from_millis(200)));
+        loop {
+            if self.stop_due() {
+                // the engine's side saves the delivered position once this task is done
+                let _ = c.disconnect();
+                let _ = c.flush().await;
+                return Ended::Stopped;
+            }
+            if let Err(e) =
+                refill(&mut self.up, c, &self.spool, &self.reader, &self.io.counters, &self.io.marks).await
+            {
+                return Ended::Failed(e);
+            }
+            if let Err(e) = c.flush().await {
+                return Ended::Failed(e);
+            }
+            if self.draining && self.spool.depth() == 0 {
+                self.draining = false;
+                tracing::info!("uplink: the spool is drained");
+            }
+            tokio::select! {
+                r = c.read() => match r {
+                    Ok(packets) => {
+                        heard = Instant::now();
+                        for p in packets {
+                            if let Packet::PubAck(ack) = p {
+                                if let Some(through) = self.up.acknowledged(ack.pkid, self.spool.acked()) {
+                                    self.spool.ack(through);
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => return Ended::Failed(e),
+                },
+                _ = self.io.spool_ready.notified() => {}
+                _ = self.io.shutdown.changed() => {}
+                Some((topic, payload)) = self.io.stats_rx.recv() => {
+                    if let Err(e) = c.publish_qos0(topic, payload) {
+                        return Ended::Failed(e);
+                    }
+                }
+                _ = ping.tick() => {
+                    if heard.elapsed() > KEEP_ALIVE {
+                        return Ended::Failed(ConnError::PingTimeout(KEEP_ALIVE));
+                    }
+                    if let Err(e) = c.ping() {
+                        return Ended::Failed(e);
+                    }
+                }
+                _ = &mut wakeup => {
+                    // a look now and then; often while draining at a stop
+                    let next = if self.stop_deadline.is_some() { Duration::from_millis(200) } else { Duration::from_secs(2) };
+                    wakeup.as_mut().reset(tokio::time::Instant::now() + next);
+                }
+            }
+        }
+    }
+}
+
+pub(super) async fn uplink_task(target: Target, reader: SpoolReader, io: Links) {
     let mut backoff = Backoff::jittered(now_ms() as u64 ^ 0x5555);
     let spool = reader.state();
-    let reader = Arc::new(Mutex::new(reader));
-    let mut up = Delivery::new(spool.acked());
-    let mut stop_deadline: Option<Instant> = None;
+    let mut u = Uplink {
+        up: Delivery::new(spool.acked()),
+        spool,
+        reader: Arc::new(Mutex::new(reader)),
+        io,
+        stop_deadline: None,
+        draining: false,
+    };
     let mut down_since: Option<Instant> = None;
-    let mut draining = false;
     let mut log = logging::Every::new(Duration::from_secs(30));
-    let mut wakeup = Box::pin(tokio::time::sleep(Duration::from_millis(200)));
     loop {
-        if *shutdown.borrow() == Stage::DrainUplink && stop_deadline.is_none() {
-            stop_deadline = Some(Instant::now() + drain_for);
+        if u.stop_due() {
+            return;
         }
-        if let Some(d) = stop_deadline {
-            let depth = spool.depth();
-            if depth == 0 || Instant::now() >= d {
-                if depth > 0 {
-                    tracing::warn!("shutdown: {depth} results still undelivered stay in the spool");
+        let err = match tokio::select! {
+            c = Conn::connect(&target) => Some(c),
+            // a stop does not wait for a connection attempt
+            _ = u.io.shutdown.changed() => None,
+        } {
+            None => continue,
+            Some(Ok(mut c)) => {
+                u.io.counters.uplink_connects.fetch_add(1, Ordering::Relaxed);
+                let from = u.spool.acked();
+                u.up.connected(from);
+                tracing::info!("uplink connected; resending from result {from}");
+                backoff.reset();
+                if let Some(at) = down_since.take() {
+                    let depth = u.spool.depth();
+                    tracing::info!(
+                        "uplink back after {:.1} s: {depth} spooled results to send",
+                        at.elapsed().as_secs_f64()
+                    );
+                    u.draining = depth > 0;
                 }
-                // the engine's side saves the delivered position once this task is done
-                let _ = client.try_disconnect();
-                return;
-            }
-        }
-        refill(&mut up, &client, &spool, &reader).await;
-        let mut res = tokio::select! {
-            e = ev.poll() => on_event(&mut up, e, &spool, &counters, &marks),
-            _ = spool_ready.notified() => Ok(()),
-            _ = shutdown.changed() => Ok(()),
-            Some((topic, payload)) = stats_rx.recv() => {
-                if up.is_connected() && client.try_publish(topic, QoS::AtMostOnce, false, payload).is_ok() {
-                    up.handed_stats();
-                }
-                Ok(())
-            }
-            _ = &mut wakeup => {
-                // a look now and then (a publish the client's queue refused is retried); often while draining at a stop
-                let next = if stop_deadline.is_some() { Duration::from_millis(200) } else { Duration::from_secs(2) };
-                wakeup.as_mut().reset(tokio::time::Instant::now() + next);
-                Ok(())
-            }
-        };
-        // then every event already waiting, without going round the loop for each
-        for _ in 0..WINDOW {
-            if res.is_err() {
-                break;
-            }
-            let more = tokio::select! {
-                biased;
-                e = ev.poll() => Some(e),
-                _ = std::future::ready(()) => None,
-            };
-            match more {
-                Some(e) => res = on_event(&mut up, e, &spool, &counters, &marks),
-                None => break,
-            }
-        }
-        if let Err(e) = res {
-            // every failure is worth a line (refused, TLS, authentication), once per 30 s at most
-            let since = *down_since.get_or_insert_with(Instant::now);
-            if up.is_connected() {
                 log = logging::Every::new(Duration::from_secs(30));
+                match u.serve(&mut c).await {
+                    Ended::Stopped => return,
+                    Ended::Failed(e) => e,
+                }
             }
-            if let Some(more) = log.ready() {
-                let depth = spool.depth();
-                tracing::warn!(
-                    "uplink broker: {e}; down for {:.0} s, {depth} results wait in the spool{}",
-                    since.elapsed().as_secs_f64(),
-                    logging::more(more)
-                );
-            }
-            counters.uplink_errors.fetch_add(1, Ordering::Relaxed);
-            // rumqttc moves everything unsent or unacknowledged to its pending list and
-            // drops it at the next (clean-session) CONNACK: it is all sent again from the spool
-            up.disconnected(spool.acked());
-            if stop_deadline.is_some() {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            } else {
-                tokio::time::sleep(backoff.wait()).await;
-            }
-        } else if up.is_connected() {
-            backoff.reset();
-            if let Some(at) = down_since.take() {
-                let depth = spool.depth();
-                tracing::info!(
-                    "uplink back after {:.1} s: {depth} spooled results to send",
-                    at.elapsed().as_secs_f64()
-                );
-                draining = depth > 0;
-            }
+            Some(Err(e)) => e,
+        };
+        // every failure is worth a line (refused, TLS, authentication), once per 30 s at most
+        let since = *down_since.get_or_insert_with(Instant::now);
+        if let Some(more) = log.ready() {
+            let depth = u.spool.depth();
+            tracing::warn!(
+                "uplink broker: {err}; down for {:.0} s, {depth} results wait in the spool{}",
+                since.elapsed().as_secs_f64(),
+                logging::more(more)
+            );
         }
-        if draining && spool.depth() == 0 {
-            draining = false;
-            tracing::info!("uplink: the spool is drained");
+        u.io.counters.uplink_errors.fetch_add(1, Ordering::Relaxed);
+        // what was written and not acknowledged goes again from the spool
+        u.up.disconnected(u.spool.acked());
+        let wait = if u.stop_deadline.is_some() { Duration::from_millis(200) } else { backoff.wait() };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = u.io.shutdown.changed() => {}
         }
     }
 }
