@@ -377,6 +377,17 @@ fn systemd_notify_and_fast_delivery() {
     }
     publish(broker.port, &to_publish(&msgs));
     assert_eq!(collector.wait_for(&want, 20), want, "fast delivery delivers too");
+    // a reload: RELOADING=1 with the monotonic time systemd asks for, then READY=1 again
+    let before = seen.len();
+    unsafe { libc_kill(child.id() as i32, 1) };
+    while !seen[before..].iter().any(|m| m.contains("READY=1")) {
+        let n = sock.recv(&mut buf).expect("READY again after SIGHUP");
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    let reloading = seen[before..].iter().position(|m| m.contains("RELOADING=1")).expect("RELOADING=1");
+    let ready = seen[before..].iter().position(|m| m.contains("READY=1")).unwrap();
+    assert!(reloading < ready, "{seen:?}");
+    assert!(seen[before + reloading].contains("MONOTONIC_USEC="), "{seen:?}");
     unsafe { libc_kill(child.id() as i32, 15) };
     while !seen.iter().any(|m| m.contains("STOPPING=1")) {
         let n = sock.recv(&mut buf).expect("STOPPING after SIGTERM");
