@@ -249,6 +249,13 @@ fn against_report(dir: &Path, p: &Plan) -> Result<String, Box<dyn std::error::Er
             }
             o
         }
+        Err(crate::service::CheckpointError::Io { path, source }) if source.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(format!(
+                "--against: cannot read {}: permission denied (the state belongs to the service: run as root, e.g. with sudo)",
+                path.display()
+            )
+            .into())
+        }
         Err(e) => format!(
             "against {}: the checkpoint is unusable ({e}); run would set it aside and start every part empty\n",
             dir.display()

@@ -58,6 +58,7 @@ use tokio::sync::Notify;
 
 use crate::config::{Config, Delivery};
 use acks::{AckPipe, SharedBarriers};
+pub use checkpoint::CheckpointError;
 pub use clock::now_ms;
 use counters::ServiceCounters;
 use engine_loop::{EngineLoop, Links, Start};
