@@ -11,5 +11,7 @@
 mod backoff;
 pub mod cli;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod service;
 pub mod sources;

@@ -101,6 +101,20 @@ enum Cmd {
     },
 }
 
+/// `check-config`'s report of a config (for the fuzz targets).
+pub fn describe_config(c: &crate::config::Config) -> String {
+    check_config::describe(c)
+}
+
+/// Replays a recording into `engine` as `edgejoin replay` does (for the fuzz targets).
+pub fn replay_into(
+    engine: &mut edgejoin_engine::Engine,
+    input: &[u8],
+    out: impl std::io::Write,
+) -> std::io::Result<replay::ReplayStats> {
+    replay::replay(engine, input, out, |_, _| {})
+}
+
 /// The command line's definition (for the man pages).
 pub fn command() -> clap::Command {
     Cli::command()

@@ -39,12 +39,12 @@ mod results;
 mod shutdown;
 mod source;
 mod source_proxy;
-mod spool;
+pub(crate) mod spool;
 mod state_dir;
 mod systemd;
 mod uplink;
 mod uplink_conn;
-mod wal;
+pub(crate) mod wal;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The robustness campaign (docs/RELIABILITY.md), part by part; each part has a
+# CI-sized variant in the test suite.
+#   scripts/torture.sh fuzz [seconds per target (default 600)] [targets…]
+#       libFuzzer (cargo-fuzz, nightly) on every reader of untrusted input:
+#       payload decoders and the pipeline after them, topic patterns, the
+#       config, recordings, checkpoint, write-ahead log and spool files
+#       (edgejoin::fuzz). Prints executions and crashes per target; the corpus
+#       grows in fuzz/corpus/<target> (commit it); a crash is saved under
+#       fuzz/artifacts/<target>/ — add it to the corpus, fix it, and
+#       gateway/tests/fuzz_smoke.rs keeps it fixed.
+#       Needs: rustup toolchain nightly, cargo install cargo-fuzz.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+part=${1:-}
+case "$part" in
+fuzz)
+    secs=${2:-600}
+    shift $(( $# >= 2 ? 2 : 1 ))
+    targets=("$@")
+    [ ${#targets[@]} -gt 0 ] || targets=(payload topic config replay checkpoint wal spool)
+    command -v cargo-fuzz >/dev/null || { echo "torture: cargo install cargo-fuzz (and rustup toolchain install nightly)"; exit 1; }
+    # seeds made by the gateway's own writers, then whatever the corpus holds
+    EDGEJOIN_WRITE_SEEDS=1 EDGEJOIN_FUZZ_SMOKE=0 cargo test -q -p edgejoin --test fuzz_smoke >/dev/null
+    (cd fuzz && cargo +nightly fuzz build -O >/dev/null 2>&1) || (cd fuzz && cargo +nightly fuzz build -O)
+    printf '| target | seconds | executions | exec/s | crashes | corpus files |\n|---|---|---|---|---|---|\n'
+    for t in "${targets[@]}"; do
+        mkdir -p "fuzz/corpus/$t" "fuzz/artifacts/$t"
+        log=$(mktemp)
+        set +e
+        (cd fuzz && cargo +nightly fuzz run -O "$t" "corpus/$t" -- -max_total_time="$secs" -rss_limit_mb=1024 \
+            -max_len=1048576 -timeout=10 -print_final_stats=1 -artifact_prefix="artifacts/$t/") >"$log" 2>&1
+        rc=$?
+        set -e
+        execs=$(awk '/stat::number_of_executed_units/ {print $2}' "$log" | tail -1)
+        crashes=$(ls "fuzz/artifacts/$t" | wc -l)
+        files=$(ls "fuzz/corpus/$t" | wc -l)
+        printf '| %s | %s | %s | %s | %s | %s |\n' "$t" "$secs" "${execs:-?}" "$(( ${execs:-0} / secs ))" "$crashes" "$files"
+        [ "$rc" -eq 0 ] || { echo "torture: $t stopped (exit $rc): see fuzz/artifacts/$t/ and $log"; }
+    done
+    ;;
+*)
+    echo "usage: scripts/torture.sh fuzz [seconds per target] [targets…]"
+    exit 2
+    ;;
+esac
