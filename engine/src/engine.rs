@@ -276,7 +276,7 @@ impl Engine {
         let new = Manifest::of(&e.p);
         // without a manifest, the state must fit whole, part for part
         let positional = old.is_none();
-        let carry = match old {
+        let mut carry = match old {
             Some(old) => {
                 if old.streams.len() != snap.streams.len()
                     || old.windows.len() != snap.windows.len()
@@ -304,7 +304,6 @@ impl Engine {
                 carry(&new, &new)
             }
         };
-        let mut carry = carry;
         let p = &e.p;
         let st = &mut e.st;
         let mut saved_streams: Vec<Option<StreamState>> = snap.streams.into_iter().map(Some).collect();
@@ -372,15 +371,12 @@ impl Engine {
                 Err(_) => carry.demote(Kind::Join, j),
             }
         }
-        if carry.clocks {
+        if carry.clocks_kept() {
             if let Some(mut t) = snap.skew {
                 match t.after_restore(p.max_devices.get() as usize) {
                     Ok(()) => st.skew = Some(t),
                     Err(why) if positional => return Err(RestoreError::Shape(why)),
-                    Err(_) => {
-                        carry.clocks = false;
-                        carry.clocks_fate = Some(Fate::Reset);
-                    }
+                    Err(_) => carry.clocks_fate = Some(Fate::Reset),
                 }
             }
         }
@@ -487,11 +483,6 @@ impl Engine {
         st.set_now(now_ms);
         st.advance_device_streams(p, sink);
         st.advance_joins(p, sink);
-    }
-
-    /// The plan this engine runs.
-    pub fn plan(&self) -> &Plan {
-        &self.p
     }
 
     /// One MQTT message received at `recv_ms`: routed to every stream whose

@@ -161,12 +161,10 @@ pub struct Carry {
     pub streams: Vec<Option<usize>>,
     pub windows: Vec<Option<usize>>,
     pub joins: Vec<Option<usize>>,
-    /// Whether the clock estimators carry over.
-    pub clocks: bool,
     /// Every component of both pipelines with its fate, new ones in their
-    /// order, then the removed ones; clock estimators last (`None` when
-    /// neither pipeline corrects clocks).
+    /// order, then the removed ones.
     pub report: Vec<(Kind, String, Fate)>,
+    /// The clock estimators' fate (`None` when neither pipeline corrects clocks).
     pub clocks_fate: Option<Fate>,
 }
 
@@ -200,6 +198,11 @@ impl Carry {
     pub fn summary(&self) -> String {
         let parts: Vec<String> = self.groups().iter().map(|(f, l)| format!("{}: {l}", f.label())).collect();
         parts.join("; ")
+    }
+
+    /// Whether the clock estimators carry over.
+    pub fn clocks_kept(&self) -> bool {
+        self.clocks_fate == Some(Fate::Kept)
     }
 
     /// Whether everything carries over and nothing was added or removed.
@@ -268,5 +271,5 @@ pub fn carry(old: &Manifest, new: &Manifest) -> Carry {
     };
     // report: the new components in order (streams, windows, joins), then the removed ones
     report.sort_by_key(|r| r.2 == Fate::Removed);
-    Carry { streams, windows, joins, clocks: clocks_fate == Some(Fate::Kept), report, clocks_fate }
+    Carry { streams, windows, joins, report, clocks_fate }
 }

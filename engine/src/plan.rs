@@ -259,6 +259,15 @@ pub struct JoinDef {
 }
 
 impl Plan {
+    /// The MQTT subscriptions the streams need: every topic filter once, sorted.
+    pub fn topic_filters(&self) -> Vec<String> {
+        let mut f: Vec<String> =
+            self.streams.iter().flat_map(|s| s.topics.iter().map(|t| String::from(t.filter()))).collect();
+        f.sort();
+        f.dedup();
+        f
+    }
+
     /// The name of an input.
     pub fn input_name(&self, i: Input) -> &str {
         match i {

@@ -7,6 +7,7 @@ mod record;
 mod replay;
 mod run;
 pub mod show;
+mod subscriber;
 mod tail;
 
 use std::path::PathBuf;

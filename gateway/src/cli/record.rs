@@ -10,7 +10,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine as _;
-use rumqttc::{AsyncClient, Event, Incoming, QoS, SubscribeFilter};
+use rumqttc::QoS;
+
+use super::subscriber::{self, Stopped, Subscription};
 
 use crate::config::{self, units};
 
@@ -39,68 +41,46 @@ pub fn run(
         return Err("--duration: must be positive".into());
     }
     let src = &c.deployment.source;
-    let mut filters: Vec<String> =
-        c.plan.streams.iter().flat_map(|s| s.topics.iter().map(|t| t.filter().to_string())).collect();
-    filters.sort();
-    filters.dedup();
+    let filters = c.plan.topic_filters();
     if filters.is_empty() {
         return Err("the config has no MQTT stream topics to record".into());
     }
-    let opts = crate::service::client_options(
-        &format!("edgejoin-record-{}", std::process::id()),
-        &src.broker,
-        &src.credentials,
-        src.tls.as_ref(),
-    )?;
     let mut out: Box<dyn Write> = if output == Path::new("-") {
         Box::new(BufWriter::new(std::io::stdout().lock()))
     } else {
         let f = File::create(output).map_err(|e| format!("{}: {e}", output.display()))?;
         Box::new(BufWriter::new(f))
     };
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let (n, why) = rt.block_on(async {
-        let (client, mut events) = AsyncClient::new(opts, 16);
-        let deadline = tokio::time::sleep(Duration::from_millis(ms as u64));
-        tokio::pin!(deadline);
-        let mut n = 0u64;
-        let why = loop {
-            let ev = tokio::select! {
-                ev = events.poll() => ev,
-                _ = &mut deadline => break "the duration is over",
-                _ = tokio::signal::ctrl_c() => break "interrupted",
-            };
-            match ev {
-                Ok(Event::Incoming(Incoming::Publish(m))) => {
-                    writeln!(out, "{}", line(crate::service::now_ms(), &m.topic, &m.payload))?;
-                    n += 1;
-                    if max.is_some_and(|max| n >= max) {
-                        break "the message count is reached";
-                    }
-                }
-                // a clean session: subscribe on every connection
-                Ok(Event::Incoming(Incoming::ConnAck(_))) => {
-                    let subs = filters.iter().map(|f| SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
-                    client.subscribe_many(subs).await?;
-                }
-                Ok(Event::Incoming(Incoming::SubAck(_))) => eprintln!(
-                    "recording {} from {} for {} into {} (Ctrl-C stops early)",
-                    filters.join(", "),
-                    src.url,
-                    units::format_duration_ms(ms),
-                    output.display()
-                ),
-                Ok(_) => {}
-                Err(e) => {
-                    eprintln!("{}: {e}; retrying", src.url);
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-        };
-        let _ = client.try_disconnect();
-        Ok::<_, Box<dyn std::error::Error>>((n, why))
+    let sub = Subscription {
+        name: "record",
+        url: &src.url,
+        broker: &src.broker,
+        credentials: &src.credentials,
+        tls: src.tls.as_ref(),
+        filters: &filters,
+        qos: QoS::AtLeastOnce,
+    };
+    let subscribed = || {
+        eprintln!(
+            "recording {} from {} for {} into {} (Ctrl-C stops early)",
+            filters.join(", "),
+            src.url,
+            units::format_duration_ms(ms),
+            output.display()
+        )
+    };
+    let mut n = 0u64;
+    let why = subscriber::run(&sub, Some(Duration::from_millis(ms as u64)), subscribed, |m| {
+        writeln!(out, "{}", line(crate::service::now_ms(), &m.topic, &m.payload))?;
+        n += 1;
+        Ok(max.is_none_or(|max| n < max))
     })?;
     out.flush().map_err(|e| format!("{}: {e}", output.display()))?;
+    let why = match why {
+        Stopped::Interrupted => "interrupted",
+        Stopped::TimeUp => "the duration is over",
+        Stopped::Done => "the message count is reached",
+    };
     eprintln!("recorded {n} messages into {} ({why})", output.display());
     Ok(())
 }

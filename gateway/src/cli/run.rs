@@ -7,41 +7,41 @@ use crate::config::{self, Config, Deployment, LogFormat};
 
 pub fn run(path: &Path) -> Result<(), Box<dyn std::error::Error>> {
     // the log's format is the config's: a file that does not load is said on stderr as is
-    let format = config::load(path).map(|c| c.deployment.service.log_format).unwrap_or(LogFormat::Text);
+    let loaded = config::load(path);
+    let format = loaded.as_ref().map_or(LogFormat::Text, |c| c.deployment.service.log_format);
     init_tracing(format);
-    let c = checked(path)?;
-    tracing::info!(
-        "edgejoin {} starting: {} streams, {} windows, {} joins, state in {}",
-        env!("CARGO_PKG_VERSION"),
-        c.plan.streams.len(),
-        c.plan.windows.len(),
-        c.plan.joins.len(),
-        c.deployment.gateway.state_dir.display()
-    );
+    let c = checked(path, loaded?)?;
+    tracing::info!("edgejoin {} starting: {}", env!("CARGO_PKG_VERSION"), outline(&c));
     // SIGHUP: the same checks on the file as it is now
     let reload = || {
-        let c = checked(path).map_err(|e| e.to_string())?;
+        let c = config::load(path)
+            .map_err(Into::into)
+            .and_then(|c| checked(path, c))
+            .map_err(|e| e.to_string())?;
         if c.deployment.service.log_format != format {
             tracing::warn!("log_format changes at the next start, not on a reload");
         }
-        tracing::info!(
-            "reloading {}: {} streams, {} windows, {} joins, state in {}",
-            path.display(),
-            c.plan.streams.len(),
-            c.plan.windows.len(),
-            c.plan.joins.len(),
-            c.deployment.gateway.state_dir.display()
-        );
+        tracing::info!("reloading {}: {}", path.display(), outline(&c));
         Ok(c)
     };
     crate::service::run(c, reload)?;
     Ok(())
 }
 
-/// The config loaded and put through what check-config checks on this
-/// machine, before the network; its warnings logged.
-fn checked(path: &Path) -> Result<Config, Box<dyn std::error::Error>> {
-    let c = config::load(path)?;
+/// `3 streams, 2 windows, 1 joins, state in /var/lib/edgejoin`.
+fn outline(c: &Config) -> String {
+    format!(
+        "{} streams, {} windows, {} joins, state in {}",
+        c.plan.streams.len(),
+        c.plan.windows.len(),
+        c.plan.joins.len(),
+        c.deployment.gateway.state_dir.display()
+    )
+}
+
+/// The config (loaded from `path`) put through what check-config checks on
+/// this machine, before the network; its warnings logged.
+fn checked(path: &Path, c: Config) -> Result<Config, Box<dyn std::error::Error>> {
     crate::service::preflight::preflight(path, &c)?;
     warn_on_readable_secrets(&c.deployment);
     for w in crate::cli::check_config::warnings(&c) {

@@ -136,7 +136,7 @@ pub(super) struct EngineLoop {
 impl EngineLoop {
     pub(super) fn new(d: Deployment, start: Start, io: Links) -> Self {
         let now = Instant::now();
-        let skips = logging::SkipLog::new(start.engine.plan().streams.len());
+        let skips = logging::SkipLog::new(start.engine.pipeline().streams.len());
         let out = ResultWriter::new(&d, io.spool.clone(), io.counters.clone());
         let commit = GroupCommit::new(d.service.commit_delay, BATCH);
         EngineLoop {
@@ -424,7 +424,7 @@ impl EngineLoop {
                 self.io.marks.mark(first, end, b.at);
             }
             if let Some(s) = skipped {
-                let name = &self.engine.plan().streams[s.stream].name;
+                let name = &self.engine.pipeline().streams[s.stream].name;
                 if let Some(line) = self.skips.note(s, name, &b.m.topic, &b.m.payload) {
                     tracing::warn!("{line}");
                 }
@@ -545,7 +545,7 @@ impl EngineLoop {
 
     /// The stats message (upstream), the Prometheus text, the systemd status line.
     fn stats(&mut self) {
-        let streams = &self.engine.plan().streams;
+        let streams = &self.engine.pipeline().streams;
         for line in self.skips.summaries(Instant::now(), |i| streams[i].name.clone()) {
             tracing::warn!("{line}");
         }

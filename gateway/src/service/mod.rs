@@ -198,7 +198,7 @@ async fn run_async(
     let _sock_guard = RemoveOnDrop(sock.clone());
     let ack_pipe = Arc::new(AckPipe::default());
     let source_tls =
-        d.source.tls.as_ref().map(|files| mqtt::source_tls(&d.source.broker, files)).transpose()?;
+        d.source.tls.as_ref().map(|files| mqtt::client_tls(&d.source.broker, files)).transpose()?;
     tasks.spawn(source_proxy::serve(
         listener,
         d.source.broker.host.clone(),
@@ -219,29 +219,18 @@ async fn run_async(
     src_opts.set_transport(rumqttc::Transport::Unix);
     src_opts.set_manual_acks(svc.delivery == Delivery::Durable);
     let (src_client, src_loop) = AsyncClient::new(src_opts, SOURCE_REQUESTS);
-    let filters: Vec<String> = {
-        let mut f: Vec<String> =
-            p.streams.iter().flat_map(|s| s.topics.iter().map(|t| t.filter().to_string())).collect();
-        f.sort();
-        f.dedup();
-        f
-    };
+    let filters = p.topic_filters();
 
     // the uplink connection (clean session: the spool keeps what is undelivered)
     let up = &d.upstream;
     let up_target = uplink_conn::Target {
         host: up.broker.host.clone(),
         port: up.broker.port,
-        tls: up.tls.as_ref().map(|files| mqtt::source_tls(&up.broker, files)).transpose()?,
+        // the config has TLS files exactly for an mqtts:// url
+        tls: up.tls.as_ref().map(|files| mqtt::client_tls(&up.broker, files)).transpose()?,
         client_id: up.client_id.clone(),
         login: mqtt::login(&up.credentials)?,
     };
-    if up.broker.tls && up_target.tls.is_none() {
-        return Err(ServiceError::Config(format!(
-            "{}:{}: mqtts:// needs its TLS settings (ca_file)",
-            up.broker.host, up.broker.port
-        )));
-    }
 
     let (in_tx, in_rx) = tokio::sync::mpsc::channel::<Msg>(INTAKE);
     let budget = Arc::new(tokio::sync::Semaphore::new(intake_budget(&c)));

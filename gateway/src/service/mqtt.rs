@@ -56,12 +56,15 @@ pub(super) fn password_path(f: &Path) -> std::path::PathBuf {
     }
 }
 
-/// TLS to the source broker (made by the source filter): the client
+/// TLS to a broker, as the source filter and the uplink make it: the client
 /// configuration and the name the broker's certificate must carry.
-pub(super) fn source_tls(
+pub type ClientTls = (Arc<rustls::ClientConfig>, rustls_pki_types::ServerName<'static>);
+
+/// The [`ClientTls`] of a connection to `broker` with `files`.
+pub(super) fn client_tls(
     broker: &crate::config::Broker,
     files: &TlsFiles,
-) -> Result<super::source_proxy::SourceTls, ServiceError> {
+) -> Result<ClientTls, ServiceError> {
     let name = rustls_pki_types::ServerName::try_from(broker.host.clone())
         .map_err(|e| ServiceError::Config(format!("url: `{}` is not a TLS server name: {e}", broker.host)))?;
     Ok((Arc::new(tls_config(files)?), name))

@@ -39,8 +39,9 @@ pub fn preflight(path: &Path, c: &Config) -> Result<(), ConfigError> {
         }
     }
     let d = &c.deployment;
-    let source = d.source.tls.as_ref().map(|t| (t, mqtt::source_tls(&d.source.broker, t).err()));
-    let upstream = d.upstream.tls.as_ref().map(|t| (t, mqtt::tls_config(t).err()));
+    // the TLS settings as each connection makes them (certificates, keys, the broker's name)
+    let source = d.source.tls.as_ref().map(|t| (t, mqtt::client_tls(&d.source.broker, t).err()));
+    let upstream = d.upstream.tls.as_ref().map(|t| (t, mqtt::client_tls(&d.upstream.broker, t).err()));
     for (t, err) in [source, upstream].into_iter().flatten() {
         if let Some(e) = err {
             let at = files

@@ -269,17 +269,13 @@ pub fn socket_path(state_dir: &Path) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("edgejoin-{}", std::process::id())).join("source.sock")
 }
 
-/// TLS to the source broker: the client configuration and the name its
-/// certificate must carry.
-pub type SourceTls = (Arc<rustls::ClientConfig>, rustls_pki_types::ServerName<'static>);
-
 /// Accepts the MQTT client's connections on `listener` and pipes each to a
 /// new TCP (or TLS over TCP) connection to `host:port`, filtering what comes back.
 pub async fn serve(
     listener: tokio::net::UnixListener,
     host: String,
     port: u16,
-    tls: Option<SourceTls>,
+    tls: Option<super::mqtt::ClientTls>,
     keep: usize,
     counters: Arc<ServiceCounters>,
     gate: Arc<AckPipe>,

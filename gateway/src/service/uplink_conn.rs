@@ -49,7 +49,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 pub struct Target {
     pub host: String,
     pub port: u16,
-    pub tls: Option<super::source_proxy::SourceTls>,
+    pub tls: Option<super::mqtt::ClientTls>,
     pub client_id: String,
     pub login: Option<(String, String)>,
 }
@@ -148,15 +148,12 @@ impl Conn {
         if self.wbuf.is_empty() {
             return Ok(());
         }
-        let buf = self.wbuf.split();
         timed(async {
-            self.io.write_all(&buf).await?;
+            self.io.write_all(&self.wbuf).await?;
             self.io.flush().await
         })
         .await?;
-        // the buffer's memory is reused once the written part is dropped
-        drop(buf);
-        self.wbuf.reserve(4096);
+        self.wbuf.clear();
         Ok(())
     }
 
