@@ -13,12 +13,16 @@
 //! Acknowledgements go out in log order, so confirmation is a position in
 //! the log: every entry at or before it goes. At most 65,535 messages can be
 //! unacknowledged at once (one per packet id), so the table is bounded and
-//! compact, 768 KiB allocated zeroed (pages appear as ids are used): per
-//! packet id a 64-bit content hash and the low 32 bits of its log position
+//! compact, 512 KiB allocated zeroed (pages appear as ids are used): per
+//! packet id a 32-bit content hash and the low 32 bits of its log position
 //! (a live entry is never 2^32 messages old); and the live entries in log
 //! order (64 KiB, more only if the broker keeps more unconfirmed) as packet
 //! id and log position packed in 64 bits (a gateway logs
 //! fewer than 2^48 messages in its life: 8,900 years at 1,000,000 a second).
+//! The hash only tells a redelivery from a *different* message that a
+//! non-conforming broker flags DUP under a live packet id; 32 bits make that
+//! mistake once in 4 billion such messages, and halve the table a drain
+//! touches in full (a 64-bit hash cost 256 KiB more of resident memory).
 
 use std::collections::VecDeque;
 
@@ -35,8 +39,8 @@ const SEQ_BITS: u32 = 48;
 const SEQ_MASK: u64 = (1 << SEQ_BITS) - 1;
 
 pub struct Redeliveries {
-    /// Content hash of the live entry of each packet id; 0 = none.
-    hash: Box<[u64]>,
+    /// Content hash ([`short`]) of the live entry of each packet id; 0 = none.
+    hash: Box<[u32]>,
     /// Low 32 bits of the log position of the live entry of each packet id.
     seq_lo: Box<[u32]>,
     /// Live entries in log order: packet id << 48 | log position.
@@ -48,7 +52,7 @@ pub struct Redeliveries {
 impl Default for Redeliveries {
     fn default() -> Self {
         Redeliveries {
-            hash: vec![0u64; 1 << 16].into_boxed_slice(),
+            hash: vec![0u32; 1 << 16].into_boxed_slice(),
             seq_lo: vec![0u32; 1 << 16].into_boxed_slice(),
             order: VecDeque::with_capacity(ORDER_START),
             last: 0,
@@ -59,6 +63,12 @@ impl Default for Redeliveries {
 /// The content hash of a message (never 0).
 pub fn message_hash(topic: &str, payload: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64_with_seed(payload, xxhash_rust::xxh3::xxh3_64(topic.as_bytes())) | 1
+}
+
+/// The hash a table entry keeps (never 0): the low 32 bits of
+/// [`message_hash`], as checkpoints written before they were cut still hold it.
+fn short(hash: u64) -> u32 {
+    hash as u32 | 1
 }
 
 impl Redeliveries {
@@ -77,7 +87,7 @@ impl Redeliveries {
                 self.forget(e);
             }
         }
-        self.hash[pkid as usize] = hash;
+        self.hash[pkid as usize] = short(hash);
         self.seq_lo[pkid as usize] = seq as u32;
         self.last = self.last.max(seq);
         self.order.push_back(u64::from(pkid) << SEQ_BITS | seq);
@@ -112,7 +122,8 @@ impl Redeliveries {
     /// redelivers, if it is one already logged and not yet confirmed.
     pub fn original(&self, dup: bool, pkid: u16, topic: &str, payload: &[u8]) -> Option<u64> {
         let hash = self.hash[pkid as usize];
-        (dup && pkid != 0 && hash != 0 && hash == message_hash(topic, payload)).then(|| self.seq_of(pkid))
+        (dup && pkid != 0 && hash != 0 && hash == short(message_hash(topic, payload)))
+            .then(|| self.seq_of(pkid))
     }
 
     /// Live entries (packet id, content hash, log position), oldest first: what a checkpoint keeps.
@@ -121,7 +132,7 @@ impl Redeliveries {
             let pkid = (e >> SEQ_BITS) as u16;
             let seq = e & SEQ_MASK;
             // an entry whose id carries a later message now: its hash is gone with it
-            let hash = if self.seq_of(pkid) == seq { self.hash[pkid as usize] } else { 0 };
+            let hash = if self.seq_of(pkid) == seq { u64::from(self.hash[pkid as usize]) } else { 0 };
             (pkid, hash, seq)
         })
     }
@@ -211,7 +222,20 @@ mod tests {
         assert_eq!(r.original(true, 10, "t", b"b"), Some(base + (1 << 20)));
         r.confirmed(base);
         assert_eq!(r.original(true, 9, "t", b"a"), None);
-        assert_eq!(r.live().collect::<Vec<_>>(), [(10, message_hash("t", b"b"), base + (1 << 20))]);
+        assert_eq!(
+            r.live().collect::<Vec<_>>(),
+            [(10, u64::from(short(message_hash("t", b"b"))), base + (1 << 20))]
+        );
+    }
+
+    #[test]
+    fn a_checkpoint_holding_a_whole_64_bit_hash_still_matches() {
+        // checkpoints written before the table kept 32 bits hold the whole hash
+        let full = message_hash("t", b"x");
+        let mut s = Redeliveries::default();
+        s.restore([(5, full, 3)]);
+        assert_eq!(s.original(true, 5, "t", b"x"), Some(3));
+        assert_eq!(s.original(true, 5, "t", b"y"), None);
     }
 
     #[test]
@@ -220,7 +244,7 @@ mod tests {
         r.logged(7, 1, "t", b"old");
         r.logged(7, 2, "t", b"new");
         let kept: Vec<_> = r.live().collect();
-        assert_eq!(kept, [(7, 0, 1), (7, message_hash("t", b"new"), 2)]);
+        assert_eq!(kept, [(7, 0, 1), (7, u64::from(short(message_hash("t", b"new"))), 2)]);
         let mut s = Redeliveries::default();
         s.restore(kept);
         assert_eq!(s.original(true, 7, "t", b"new"), Some(2));

@@ -101,9 +101,17 @@ async fn refill(
             if let Some(delivered) = d.went_out(pkid).and_then(|seq| marks.take(seq)) {
                 counters.result_latency.observe(delivered.elapsed());
             }
+            if c.buffered() >= WRITE_AT {
+                // a window of large results would otherwise grow the buffer to ~½ MiB for good
+                c.flush().await?;
+            }
         }
     }
 }
+
+/// Encoded results are written out once this many bytes wait (the write
+/// buffer's size: memory for good, since it keeps its capacity).
+const WRITE_AT: usize = 64 << 10;
 
 /// What one connection's life ended with.
 enum Ended {

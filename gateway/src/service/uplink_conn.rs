@@ -143,6 +143,11 @@ impl Conn {
         p.write(&mut self.wbuf, MAX_PACKET).map(|_| ()).map_err(|e| ConnError::Protocol(e.to_string()))
     }
 
+    /// Bytes encoded and not yet written.
+    pub fn buffered(&self) -> usize {
+        self.wbuf.len()
+    }
+
     /// Writes everything encoded, in as few writes as the socket takes.
     pub async fn flush(&mut self) -> Result<(), ConnError> {
         if self.wbuf.is_empty() {
