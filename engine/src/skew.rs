@@ -42,9 +42,9 @@ pub const STEP_RUN: usize = 4;
 /// Off-line samples kept while deciding whether they are a step.
 const OFF_LINE: usize = 8;
 /// The younger hull replaces the older once it has this many samples…
-const SWITCH_SAMPLES: u32 = 64;
+const SWITCH_SAMPLES: u32 = 256;
 /// …spanning at least this much device time (ms).
-const SWITCH_SPAN_MS: i64 = 60_000;
+const SWITCH_SPAN_MS: i64 = 300_000;
 /// Below the line by more than this (plus the drift allowance) is a forward step.
 const STEP_BELOW_MS: i64 = 50;
 /// How far off the fit may be for drift: its slope is held within ±600 ppm
@@ -67,6 +67,15 @@ const PRIOR_SAMPLES: u32 = 32;
 /// Samples a segment fits before a run of outliers counts as a clock step
 /// (before that, the run only means the segment's first samples were delayed).
 const WARM_SAMPLES: u32 = 8;
+/// The least slope uncertainty (per ms) a step's samples are judged with (50 ppm).
+const STEP_SLOPE_FLOOR: f64 = 50e-6;
+/// A hull vertex this far (ms) below every other on the slope is not the envelope.
+const OUTLIER_MS: f64 = 25.0;
+/// A segment's own slope replaces the one from before its step once it is
+/// known this well (per ms: 20 ppm).
+const PRIOR_TRUST: f64 = 20e-6;
+/// The slope's uncertainty: this many times the jitter over the samples and span.
+const SLOPE_K: f64 = 8.0;
 /// Samples of a step run agree within this (or 2 mean residuals).
 const STEP_AGREE_MS: i64 = 50;
 
@@ -198,6 +207,14 @@ impl Hull {
         }
     }
 
+    /// The hull's lower boundary at `x` (within its span).
+    fn at(&self, x: i64) -> f64 {
+        let v = self.verts();
+        let i = v.partition_point(|q| q.x <= x).clamp(1, v.len() - 1);
+        let (a, b) = (v[i - 1], v[i]);
+        a.y as f64 + (b.y - a.y) as f64 * (x - a.x) as f64 / (b.x - a.x) as f64
+    }
+
     /// The line under every sample closest to them (supporting the hull at
     /// the mean x): `(y at x = 0, slope)`.
     fn line(&self) -> Option<(f64, f64)> {
@@ -206,13 +223,46 @@ impl Hull {
             0 => None,
             1 => Some((v[0].y as f64, 0.0)),
             _ => {
-                let mean = self.sum_x as f64 / self.count as f64;
-                let i = v.partition_point(|q| (q.x as f64) <= mean).clamp(1, v.len() - 1);
-                let (a, b) = (v[i - 1], v[i]);
-                let slope = (b.y - a.y) as f64 / (b.x - a.x) as f64;
-                Some((a.y as f64 - slope * a.x as f64, slope))
+                // the chord of the hull between a quarter and three quarters of
+                // its span: its mean slope over the middle half (the edges near
+                // the ends rest on few samples and lean up)
+                let (lo, hi) = (v[0].x, v[v.len() - 1].x);
+                let (q1, q3) = (lo + (hi - lo) / 4, hi - (hi - lo) / 4);
+                if q3 <= q1 {
+                    return Some((v[0].y as f64, 0.0));
+                }
+                let (y1, y3) = (self.at(q1), self.at(q3));
+                let slope = (y3 - y1) / (q3 - q1) as f64;
+                Some((y1 - slope * q1 as f64, slope))
             }
         }
+    }
+}
+
+/// Keeps the two lowest values folded in, of two different vertices (the
+/// hulls share vertices: `x` tells them apart).
+#[inline]
+fn lowest_two((a, ax, b): (f64, i64, f64), (v, x): (f64, i64)) -> (f64, i64, f64) {
+    if x == ax {
+        (a.min(v), ax, b)
+    } else if v < a {
+        (v, x, a)
+    } else {
+        (a, ax, b.min(v))
+    }
+}
+
+/// The envelope's level from the two lowest vertices projected on the
+/// slope: the lowest, unless it sits alone far below the next — one
+/// sample that entered the hull without meeting the line, e.g. a sample
+/// stamped before a clock step and delayed by about the step's size, which
+/// joined the step's samples as one of them.
+#[inline]
+fn envelope((lowest, _, next): (f64, i64, f64)) -> f64 {
+    if next != f64::MAX && next - lowest > OUTLIER_MS {
+        next
+    } else {
+        lowest
     }
 }
 
@@ -323,22 +373,60 @@ impl Estimator {
     /// a steeper edge comes from an outlier among few samples), at the level
     /// of the lowest sample under that slope in either hull.
     fn line(&self) -> Option<(f64, f64)> {
-        let (_, b) = self.old.line()?;
-        // just after a step the previous segment's slope is the better guess:
-        // the oscillator did not change, and a handful of samples says little
-        let b = match self.prior_slope {
-            Some(prior) if self.old.count < PRIOR_SAMPLES => prior,
-            _ => b,
-        };
-        let b = b.clamp(-MAX_SLOPE_PPM / 1e6, MAX_SLOPE_PPM / 1e6);
+        let (b, _) = self.slope()?;
         let level = self
             .young
             .verts()
             .iter()
             .chain(self.old.verts())
-            .map(|q| q.y as f64 - b * q.x as f64)
-            .fold(f64::MAX, f64::min);
-        Some((level, b))
+            .map(|q| (q.y as f64 - b * q.x as f64, q.x))
+            .fold((f64::MAX, i64::MIN, f64::MAX), lowest_two);
+        Some((envelope(level), b))
+    }
+
+    /// How far the older hull's slope may be off (per ms of device time):
+    /// about the jitter over the number of samples and the span (the ends
+    /// of the lower envelope are known to about `spread / samples`).
+    fn slope_uncertainty(&self) -> f64 {
+        let span = (self.old.max_x - self.old.min_x).max(1) as f64;
+        let n = f64::from(self.old.count.max(1));
+        // no worse than the most a fit can be off by (a segment's first samples)
+        (SLOPE_K * self.spread.max(1.0) / (n * span)).min(DRIFT_ALLOWANCE_PPM as f64 / 1e6)
+    }
+
+    /// The slope (drift) and how far it may be off. After a step the
+    /// previous segment's slope is the better guess until the new segment's
+    /// own is known as well: the oscillator did not change, and a few
+    /// minutes of jittery samples say little (a slow device with tens of ms
+    /// of jitter: ±200 ppm after 30 samples).
+    fn slope(&self) -> Option<(f64, f64)> {
+        let (_, own) = self.old.line()?;
+        let u = self.slope_uncertainty();
+        let (b, u) = match self.prior_slope {
+            Some(prior) if self.old.count < PRIOR_SAMPLES || u > PRIOR_TRUST => (prior, u.min(PRIOR_TRUST)),
+            _ => (own, u),
+        };
+        Some((b.clamp(-MAX_SLOPE_PPM / 1e6, MAX_SLOPE_PPM / 1e6), u))
+    }
+
+    /// The corrected line at `x`, leaning low where the slope is unsure: the
+    /// lowest value at `x` of any slope within the uncertainty through any
+    /// hull vertex. An estimate that is too early by a few ms stays within
+    /// the contract (|corrected − true| ≤ minimum delay + 2 ms, and the
+    /// line includes the minimum delay); one too late does not.
+    fn cone_at(&self, x: i64) -> Option<f64> {
+        let (b, u) = self.slope()?;
+        let lowest = self
+            .young
+            .verts()
+            .iter()
+            .chain(self.old.verts())
+            .map(|q| {
+                let dx = (x - q.x) as f64;
+                (q.y as f64 + b * dx - u * dx.abs(), q.x)
+            })
+            .fold((f64::MAX, i64::MIN, f64::MAX), lowest_two);
+        Some(envelope(lowest))
     }
 
     fn line_at(&self, x: i64) -> Option<f64> {
@@ -481,17 +569,39 @@ impl Estimator {
             self.prior_slope = self.line().map(|l| l.1);
         }
         // else the segment never settled (its first samples were delayed):
-        // start over without calling it a step
-        self.restart(group[0].device_ts, group[0].recv_ms);
+        // start over without calling it a step.
+        // The group agreed within the drift the old line might be off by; a
+        // settled line is known better than that, and a sample from before
+        // the step delayed by about the step's size may have joined. Only
+        // the samples close to the group's median (on the old line) start the
+        // new segment; the others wait like any off-line sample would.
+        let mut rs = [0f64; OFF_LINE];
+        for (r, q) in rs.iter_mut().zip(group) {
+            *r = q.r;
+        }
+        let rs = &mut rs[..group.len()];
+        rs.sort_unstable_by(f64::total_cmp);
+        let median = rs[rs.len() / 2];
+        let mid = group.iter().find(|q| q.r == median).map_or(group[0].device_ts, |q| q.device_ts);
+        let u = self.slope_uncertainty().max(STEP_SLOPE_FLOOR);
+        let tol = |q: &RunSample| {
+            STEP_AGREE_MS as f64 / 2.0 + 2.0 * self.spread + u * q.device_ts.abs_diff(mid) as f64
+        };
+        let close = group.iter().filter(|q| (q.r - median).abs() <= tol(q)).count();
+        let keep = |q: &RunSample| close < 2 || (q.r - median).abs() <= tol(q);
+        let first = group.iter().find(|q| keep(q)).copied().unwrap_or(group[0]);
+        let kept: [Option<RunSample>; OFF_LINE] =
+            core::array::from_fn(|i| group.get(i).copied().filter(|q| keep(q)));
+        self.restart(first.device_ts, first.recv_ms);
         self.spread = 0.0;
-        for q in group {
+        for q in kept.iter().flatten() {
             self.fit(q.device_ts, q.recv_ms);
         }
     }
 
     fn corrected(&mut self, device_ts: i64, recv_ms: i64) -> i64 {
         let p = self.point(device_ts, recv_ms);
-        let line = self.line_at(p.x).unwrap_or(p.y as f64);
+        let line = self.cone_at(p.x).unwrap_or(p.y as f64);
         let c = device_ts as f64 + self.y0 as f64 + line;
         let c = if c.is_finite() { crate::math::floor(c) as i64 } else { recv_ms };
         self.clamp(c, recv_ms)

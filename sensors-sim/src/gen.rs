@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::rng::Rng;
-use crate::scenario::{dur, ClockModel, DelayModel, Pair, Scenario, Sensor};
+use crate::scenario::{dur, signed_dur, ClockModel, DelayModel, Pair, Scenario, Sensor};
 
 /// What really happened, recorded beside each message.
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -37,6 +37,8 @@ struct DeviceClock {
     rate: f64,
     reboot_every: Option<i64>,
     boot_relative: bool,
+    /// (when, by how much): an NTP step.
+    step: Option<(i64, i64)>,
 }
 
 impl DeviceClock {
@@ -46,12 +48,18 @@ impl DeviceClock {
         let offset = offset + rng.range(-spread, spread) as i64;
         let rate = 1.0 + rng.range(-m.drift_ppm, m.drift_ppm) / 1e6;
         let uptime = rng.range(3_600_000.0, 3.0 * 86_400_000.0) as i64;
+        let step = match (&m.step, &m.step_at) {
+            (Some(by), Some(at)) => Some((start + dur(at)?, signed_dur(by)?)),
+            (None, None) => None,
+            _ => return Err("a clock step needs both `step` and `step_at`".into()),
+        };
         Ok(DeviceClock {
             base: if m.boot_relative { uptime } else { start + offset },
             origin: start,
             rate,
             reboot_every: m.reboot_every.as_deref().map(dur).transpose()?,
             boot_relative: m.boot_relative,
+            step,
         })
     }
 
@@ -70,6 +78,10 @@ impl DeviceClock {
             }
             _ => self.base + (since as f64 * self.rate) as i64,
         }
+        .saturating_add(match self.step {
+            Some((at, by)) if t >= at => by,
+            _ => 0,
+        })
         .max(if self.boot_relative { 0 } else { i64::MIN })
     }
 }
@@ -78,7 +90,10 @@ struct Network {
     min: f64,
     median: f64,
     sigma: f64,
+    exponential: bool,
     spike_p: f64,
+    /// `None`: 0.3 × `spike` (drawn as before it could be set: recordings stay the same).
+    spike_min: Option<f64>,
     spike: f64,
     duplicate_p: f64,
     straggler_p: f64,
@@ -91,7 +106,13 @@ impl Network {
             min: dur(&d.min)? as f64,
             median: dur(&d.median)? as f64,
             sigma: d.sigma,
+            exponential: match d.distribution.as_str() {
+                "lognormal" => false,
+                "exponential" => true,
+                other => return Err(format!("delay distribution `{other}`: lognormal or exponential")),
+            },
             spike_p: d.spike_p,
+            spike_min: d.spike_min.as_deref().map(dur).transpose()?.map(|m| m as f64),
             spike: dur(&d.spike)? as f64,
             duplicate_p: d.duplicate_p,
             straggler_p: d.straggler_p,
@@ -100,9 +121,17 @@ impl Network {
     }
 
     fn delay(&self, rng: &mut Rng) -> i64 {
-        let mut d = self.min + rng.lognormal(self.median, self.sigma);
+        let mut d = self.min
+            + if self.exponential {
+                self.median * -(1.0 - rng.unit()).ln() / std::f64::consts::LN_2
+            } else {
+                rng.lognormal(self.median, self.sigma)
+            };
         if rng.chance(self.spike_p) {
-            d += rng.range(0.3, 1.0) * self.spike;
+            d += match self.spike_min {
+                Some(lo) => rng.range(lo, self.spike),
+                None => rng.range(0.3, 1.0) * self.spike,
+            };
         }
         if rng.chance(self.straggler_p) {
             d += self.straggler;
@@ -223,7 +252,7 @@ fn sensor(
         None => None,
     };
     let outage = match &s.outage {
-        Some(o) => Some((start + dur(&o.at)?, dur(&o.length)?)),
+        Some(o) => Some((start + dur(&o.at)?, dur(&o.length)?, o.every.as_deref().map(dur).transpose()?)),
         None => None,
     };
     for n in 0..s.devices {
@@ -265,8 +294,19 @@ fn sensor(
                 serde_json::Value::Object(obj).to_string().into_bytes()
             };
             let min_recv = match outage {
-                Some((at, len)) if ti >= at && ti < at + len => at + len + (ti - at) / 1000,
-                _ => i64::MIN,
+                Some((at, len, every)) => {
+                    // the outage this reading falls in, if any (the latest one begun)
+                    let at = match every {
+                        Some(e) if e > 0 && ti >= at => at + (ti - at) / e * e,
+                        _ => at,
+                    };
+                    if ti >= at && ti < at + len {
+                        at + len + (ti - at) / 1000
+                    } else {
+                        i64::MIN
+                    }
+                }
+                None => i64::MIN,
             };
             emit(out, order, &net, &mut r, render(&s.topic, &device), payload, ti, &device, dev_ts, min_recv);
         }

@@ -101,6 +101,9 @@ pub struct ClockModel {
     pub drift_ppm: f64,
     /// A reboot (clock restarts) this often.
     pub reboot_every: Option<String>,
+    /// An NTP-style step of the clock by `step` (may be negative, `"-4s"`) at `step_at` after the start.
+    pub step: Option<String>,
+    pub step_at: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -112,10 +115,16 @@ pub struct DelayModel {
     pub median: String,
     #[serde(default = "sigma")]
     pub sigma: f64,
+    /// `"lognormal"` (with `sigma`) or `"exponential"`; `median` is the
+    /// median of the jitter above `min` either way.
+    #[serde(default = "lognormal")]
+    pub distribution: String,
     #[serde(default)]
     pub spike_p: f64,
+    /// A spike adds between `spike_min` (default 0.3 × `spike`) and `spike`.
     #[serde(default = "d3s")]
     pub spike: String,
+    pub spike_min: Option<String>,
     #[serde(default)]
     pub duplicate_p: f64,
     /// A few readings arrive much later (beyond the gateway's lateness).
@@ -131,8 +140,10 @@ impl Default for DelayModel {
             min: d20(),
             median: d5(),
             sigma: sigma(),
+            distribution: lognormal(),
             spike_p: 0.0,
             spike: d3s(),
+            spike_min: None,
             duplicate_p: 0.0,
             straggler_p: 0.0,
             straggler: d60s(),
@@ -153,6 +164,9 @@ pub struct Outage {
     /// When, after the start.
     pub at: String,
     pub length: String,
+    /// Again every so often (a store-and-forward device that holds its
+    /// readings for `length` and sends them in a burst).
+    pub every: Option<String>,
 }
 
 fn one() -> u32 {
@@ -182,6 +196,9 @@ fn d3s() -> String {
 fn d60s() -> String {
     "60s".into()
 }
+fn lognormal() -> String {
+    "lognormal".into()
+}
 fn sigma() -> f64 {
     0.8
 }
@@ -195,4 +212,12 @@ pub fn load(path: &Path) -> Result<Scenario, String> {
 /// A duration in ms (edgejoin's syntax).
 pub fn dur(s: &str) -> Result<i64, String> {
     edgejoin::config::units::parse_duration_ms(s)
+}
+
+/// A duration that may be negative (`"-4s"`).
+pub fn signed_dur(s: &str) -> Result<i64, String> {
+    match s.strip_prefix('-') {
+        Some(rest) => dur(rest).map(|d| -d),
+        None => dur(s),
+    }
 }

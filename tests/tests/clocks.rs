@@ -1,0 +1,291 @@
+//! Clock correction on fleets the estimator was not tuned on (issue #15,
+//! SPEC §4): fleets made by `sensors-sim` from scenario files — the fixed
+//! one in config/scenarios/fleet.toml and random ones over many seeds and
+//! scales (devices, rates, delays, drift, and which device has which fault:
+//! reboots, clocks a day off, NTP steps, store-and-forward, bad links). Per
+//! device, after 30 samples of each clock segment (in arrival order), p99 of
+//! |corrected − true| must be at most the path's minimum one-way delay + 2 ms.
+//! The worst margin is printed (`--nocapture`).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use edgejoin_engine::skew::Estimator;
+use sensors_sim::gen::{generate, Msg};
+use sensors_sim::rng::Rng;
+use sensors_sim::scenario::{self, dur, Scenario};
+
+/// One device's outcome.
+#[derive(Debug)]
+struct DeviceResult {
+    device: String,
+    /// p99 of |corrected − true| over samples past the 30th of their segment (ms).
+    p99: i64,
+    /// The path's minimum one-way delay (ms): the least delay its messages
+    /// met (a lognormal jitter with a small sigma never comes near the
+    /// configured `min`: its lower envelope is the path's real minimum).
+    d_min: i64,
+    measured: usize,
+    steps_true: usize,
+    steps_found: u64,
+}
+
+impl DeviceResult {
+    /// Target − p99: how far inside the target (negative: missed).
+    fn margin(&self) -> i64 {
+        self.d_min + 2 - self.p99
+    }
+}
+
+/// Device name → minimum delay, from the scenario's sensors.
+fn minimum_delays(sc: &Scenario) -> BTreeMap<String, i64> {
+    let mut m = BTreeMap::new();
+    for s in &sc.sensor {
+        for n in 0..s.devices {
+            let name =
+                format!("{}{}", s.device_prefix.clone().unwrap_or_else(|| format!("{}-", s.name)), n + 1);
+            m.insert(name, dur(&s.delay.min).unwrap());
+        }
+    }
+    m
+}
+
+/// Runs every device's readings through its own estimator, in arrival order.
+fn evaluate(sc: &Scenario, msgs: &[Msg]) -> Vec<DeviceResult> {
+    let configured = minimum_delays(sc);
+    let mut by_device: BTreeMap<&str, Vec<&Msg>> = BTreeMap::new();
+    for m in msgs {
+        by_device.entry(&m.truth.device).or_default().push(m);
+    }
+    let mut out = Vec::new();
+    for (device, ms) in by_device {
+        // clock segments from the truth: the offset jumps at a step (drift moves it < 1 ms a reading)
+        let mut by_true: Vec<&Msg> = ms.clone();
+        by_true.sort_by_key(|m| m.truth.ts);
+        let mut segment_of = BTreeMap::new();
+        let (mut seg, mut last) = (0usize, None::<i64>);
+        for m in &by_true {
+            if let Some(prev) = last {
+                if (m.truth.offset_ms - prev).abs() > 100 {
+                    seg += 1;
+                }
+            }
+            last = Some(m.truth.offset_ms);
+            segment_of.insert(m.truth.ts, seg);
+        }
+        let mut est = Estimator::default();
+        let mut seen = vec![0usize; seg + 1];
+        let mut errors = Vec::new();
+        for m in &ms {
+            let device_ts = m.truth.ts + m.truth.offset_ms;
+            let c = est.correct(device_ts, m.recv_ms);
+            assert!(c <= m.recv_ms, "{device}: corrected {c} later than received {}", m.recv_ms);
+            let s = segment_of[&m.truth.ts];
+            seen[s] += 1;
+            if std::env::var("EDGEJOIN_FLEET_DEBUG").is_ok_and(|v| v == device) {
+                let r = est.report();
+                eprintln!(
+                    "{device} #{} seg {s}/{} true {} delay {} err {} off {:.1} drift {:.2} spread {:.1}",
+                    seen[s],
+                    seen.len(),
+                    m.truth.ts - START,
+                    m.truth.delay_ms,
+                    c - m.truth.ts,
+                    r.offset_ms,
+                    r.drift_ppm,
+                    r.spread_ms
+                );
+            }
+            if seen[s] > 30 {
+                errors.push((c - m.truth.ts).abs());
+            }
+        }
+        errors.sort_unstable();
+        out.push(DeviceResult {
+            device: device.to_string(),
+            p99: errors.get(errors.len() * 99 / 100).copied().unwrap_or(0),
+            d_min: {
+                let seen = ms.iter().map(|m| m.truth.delay_ms).min().unwrap_or(0);
+                assert!(seen >= configured[device], "{device}: a delay below the path's minimum");
+                seen
+            },
+            measured: errors.len(),
+            steps_true: seg,
+            steps_found: est.report().steps,
+        });
+    }
+    out
+}
+
+fn fleet_file() -> Scenario {
+    scenario::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/scenarios/fleet.toml")).unwrap()
+}
+
+const START: i64 = 1_767_600_000_000; // 2026-01-05T08:00:00Z
+
+#[test]
+fn the_fleet_of_the_issue_within_target_on_every_device() {
+    let sc = fleet_file();
+    let mut worst: Option<(i64, String, u64)> = None;
+    for seed in [15u64, 1, 2, 3, 4, 5] {
+        let msgs = generate(&sc, START, seed).unwrap();
+        let results = evaluate(&sc, &msgs);
+        assert_eq!(results.len(), 16);
+        for r in &results {
+            eprintln!(
+                "seed {seed} {:>10}: p99 {:>3} ms, target {:>3} ms, margin {:>3}, {} measured, steps {}/{}",
+                r.device,
+                r.p99,
+                r.d_min + 2,
+                r.margin(),
+                r.measured,
+                r.steps_found,
+                r.steps_true
+            );
+            if worst.as_ref().is_none_or(|w| r.margin() < w.0) {
+                worst = Some((r.margin(), r.device.clone(), seed));
+            }
+        }
+        let missed: Vec<_> = results.iter().filter(|r| r.margin() < 0).collect();
+        assert!(missed.is_empty(), "seed {seed}: missed the target: {missed:#?}");
+        for r in &results {
+            assert_eq!(r.steps_found as usize, r.steps_true, "seed {seed}: {r:?}");
+        }
+    }
+    eprintln!("worst margin {:?}", worst);
+}
+
+/// Draws a fleet: the simulator's own generator, and a pick from a list.
+struct Draw(Rng);
+
+impl Draw {
+    fn next(&mut self) -> u64 {
+        self.0.next_u64()
+    }
+    fn unit(&mut self) -> f64 {
+        self.0.unit()
+    }
+    fn range(&mut self, lo: f64, hi: f64) -> f64 {
+        self.0.range(lo, hi)
+    }
+    fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
+        &xs[(self.next() % xs.len() as u64) as usize]
+    }
+}
+
+/// A random fleet as a scenario file: sites of 1–3 devices sharing a
+/// minimum delay, each device with its own rate, jitter, drift, and one
+/// fault from the list for about half of them.
+fn random_fleet(seed: u64, d_min_ms: (f64, f64)) -> (String, String) {
+    let mut d = Draw(Rng::new(seed).fork("fleet"));
+    let hours = *d.pick(&[1u32, 2]);
+    let mut t = format!(
+        "[scenario]\nname = \"random-fleet-{seed}\"\nduration = \"{hours}h\"\nstart = \"2026-01-05T08:00:00Z\"\nseed = {seed}\n"
+    );
+    let mut summary = String::new();
+    let sites = 2 + d.next() % 8;
+    for site in 0..sites {
+        let d_min = d.range(d_min_ms.0, d_min_ms.1) as i64;
+        for dev in 0..1 + d.next() % 3 {
+            // a reading every 5 s only in the longer fleets: a device that slow with
+            // tens of ms of jitter needs ~50 readings before its line is within 2 ms
+            // (docs/CLOCKS.md), and p99 over an hour would be mostly those
+            let every = if hours == 2 {
+                *d.pick(&["200ms", "500ms", "1s", "1s", "1s", "2s", "5s"])
+            } else {
+                *d.pick(&["200ms", "500ms", "1s", "1s", "1s", "2s"])
+            };
+            let drift = d.range(0.0, 500.0) as i64;
+            let median = d.range(1.0, 20.0).round();
+            // exponential jitter, as on the links the issue measured: a path's
+            // delays reach near its minimum every so often (docs/CLOCKS.md says
+            // what the target assumes of the delay distribution)
+            let dist = "distribution = \"exponential\"";
+            let spike_p = if d.unit() < 0.1 { d.range(0.04, 0.1) } else { d.range(0.0, 0.02) };
+            let mut clock = format!("offset_spread = \"10m\", drift_ppm = {drift}");
+            let mut outage = String::new();
+            let fault =
+                if d.unit() < 0.5 { *d.pick(&["reboot", "behind", "ahead", "step", "store"]) } else { "-" };
+            match fault {
+                "reboot" => {
+                    clock = format!(
+                        "boot_relative = true, drift_ppm = {drift}, reboot_every = \"{}m\"",
+                        hours * 60 / 2
+                    )
+                }
+                "behind" => clock = format!("offset = \"-1d\", drift_ppm = {drift}"),
+                "ahead" => clock = format!("offset = \"1d\", drift_ppm = {drift}"),
+                "step" => {
+                    let by = *d.pick(&["2s", "-2s", "500ms", "5s", "-700ms"]);
+                    let at = d.range(10.0, hours as f64 * 60.0 - 10.0) as i64;
+                    clock = format!(
+                        "offset_spread = \"10m\", drift_ppm = {drift}, step = \"{by}\", step_at = \"{at}m\""
+                    );
+                }
+                "store" => {
+                    outage = format!(
+                        "outage = {{ at = \"{}m\", length = \"{}s\", every = \"{}m\" }}\n",
+                        d.range(1.0, 10.0) as i64,
+                        d.range(5.0, 30.0) as i64,
+                        d.range(5.0, 15.0) as i64
+                    )
+                }
+                _ => {}
+            }
+            summary += &format!("s{site}d{dev}1: every {every} d_min {d_min} median {median} {dist} spikes {spike_p:.3} drift ±{drift} {fault}\n");
+            t += &format!(
+                "\n[[sensor]]\nname = \"s{site}d{dev}\"\ntopic = \"f/{{device}}/r\"\ndevice_prefix = \"s{site}d{dev}\"\nevery = \"{every}\"\njitter = 0.05\nvalues = {{ v = [0.0, 1.0] }}\nclock = {{ {clock} }}\ndelay = {{ min = \"{d_min}ms\", median = \"{median}ms\", {dist}, spike_p = {spike_p:.4}, spike_min = \"500ms\", spike = \"6s\", duplicate_p = 0.005 }}\n{outage}"
+            );
+        }
+    }
+    (t, summary)
+}
+
+/// Random fleets over `seeds`: (devices, worst margin, the devices that missed).
+fn random_fleets(seeds: u64, d_min_ms: (f64, f64)) -> (usize, Option<(i64, String, u64)>, Vec<String>) {
+    let mut worst: Option<(i64, String, u64)> = None;
+    let mut devices = 0;
+    let mut failures = Vec::new();
+    for seed in 0..seeds {
+        let (text, summary) = random_fleet(seed, d_min_ms);
+        let sc: Scenario = toml::from_str(&text).unwrap();
+        let msgs = generate(&sc, START, seed).unwrap();
+        for r in evaluate(&sc, &msgs) {
+            devices += 1;
+            if worst.as_ref().is_none_or(|w| r.margin() < w.0) {
+                worst = Some((r.margin(), r.device.clone(), seed));
+            }
+            let line =
+                summary.lines().find(|l| l.starts_with(&format!("{}:", r.device))).unwrap_or("").to_string();
+            if r.margin() < 0 || r.steps_found as usize != r.steps_true {
+                failures.push(format!("seed {seed}: {r:?} — {line}"));
+            }
+        }
+    }
+    (devices, worst, failures)
+}
+
+/// Fleets like the issue's (minimum delays 3–40 ms), drawn at random:
+/// `EDGEJOIN_FLEETS=N` for more than the default 60.
+#[test]
+fn random_fleets_within_target_on_every_device() {
+    let seeds: u64 = std::env::var("EDGEJOIN_FLEETS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+    let (devices, worst, failures) = random_fleets(seeds, (3.0, 40.0));
+    eprintln!("{devices} devices over {seeds} fleets; worst margin {worst:?}");
+    assert!(failures.is_empty(), "{} of {devices} devices missed:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// Beyond the issue's fleets: minimum delays 1–60 ms (a 1 ms path with
+/// tens of ms of jitter leaves 3 ms of room below the natural estimate).
+/// Reports, does not assert: `cargo test --release -p edgejoin-tests --test
+/// clocks survey -- --ignored --nocapture` (docs/CLOCKS.md has a run).
+#[test]
+#[ignore]
+fn survey_wider_fleets() {
+    let seeds: u64 = std::env::var("EDGEJOIN_FLEETS").ok().and_then(|s| s.parse().ok()).unwrap_or(300);
+    let (devices, worst, failures) = random_fleets(seeds, (1.0, 60.0));
+    eprintln!("{devices} devices over {seeds} fleets; worst margin {worst:?}; {} missed", failures.len());
+    for f in failures {
+        eprintln!("{f}");
+    }
+}
