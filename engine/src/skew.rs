@@ -280,6 +280,12 @@ pub struct SkewReport {
     pub spread_ms: f64,
     /// Corrected times clamped to their receive time.
     pub clamped: u64,
+    /// How much later than the true time plus the path's minimum delay a
+    /// corrected time may come out (ms): the envelope's own jitter
+    /// (`spread` over the samples fitted), the slope's uncertainty over half
+    /// the fitted span, and 1 ms of integer-millisecond rounding. Large
+    /// while a clock segment is young, then about 1–2 ms.
+    pub uncertainty_ms: f64,
 }
 
 /// A sample off the line, kept while it may be the start of a clock step.
@@ -616,6 +622,15 @@ impl Estimator {
         }
     }
 
+    fn uncertainty_ms(&self) -> f64 {
+        if !self.started {
+            return 0.0;
+        }
+        let (_, u) = self.slope().unwrap_or((0.0, 0.0));
+        let span = (self.old.max_x - self.old.min_x).max(0) as f64;
+        1.0 + self.spread / f64::from(self.old.count.max(1)) + u * span / 2.0
+    }
+
     pub fn report(&self) -> SkewReport {
         let (offset_ms, drift_ppm) = match self.line() {
             Some((a, b)) => (self.y0 as f64 + a + b * self.last_x as f64, b * 1e6),
@@ -628,6 +643,7 @@ impl Estimator {
             steps: self.steps,
             spread_ms: self.spread,
             clamped: self.clamped,
+            uncertainty_ms: self.uncertainty_ms(),
         }
     }
 }

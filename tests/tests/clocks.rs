@@ -28,6 +28,8 @@ struct DeviceResult {
     measured: usize,
     steps_true: usize,
     steps_found: u64,
+    /// Samples (past the 30th) that came out later than true + minimum delay by more than the reported uncertainty.
+    beyond_uncertainty: usize,
 }
 
 impl DeviceResult {
@@ -75,6 +77,8 @@ fn evaluate(sc: &Scenario, msgs: &[Msg]) -> Vec<DeviceResult> {
         }
         let mut est = Estimator::default();
         let mut seen = vec![0usize; seg + 1];
+        let d_min_seen = ms.iter().map(|m| m.truth.delay_ms).min().unwrap_or(0);
+        let mut beyond = 0usize;
         let mut errors = Vec::new();
         for m in &ms {
             let device_ts = m.truth.ts + m.truth.offset_ms;
@@ -98,6 +102,10 @@ fn evaluate(sc: &Scenario, msgs: &[Msg]) -> Vec<DeviceResult> {
             }
             if seen[s] > 30 {
                 errors.push((c - m.truth.ts).abs());
+                // the reported uncertainty bounds how far above true + minimum delay it came out
+                if c - m.truth.ts - d_min_seen > est.report().uncertainty_ms.ceil() as i64 {
+                    beyond += 1;
+                }
             }
         }
         errors.sort_unstable();
@@ -105,10 +113,10 @@ fn evaluate(sc: &Scenario, msgs: &[Msg]) -> Vec<DeviceResult> {
             device: device.to_string(),
             p99: errors.get(errors.len() * 99 / 100).copied().unwrap_or(0),
             d_min: {
-                let seen = ms.iter().map(|m| m.truth.delay_ms).min().unwrap_or(0);
-                assert!(seen >= configured[device], "{device}: a delay below the path's minimum");
-                seen
+                assert!(d_min_seen >= configured[device], "{device}: a delay below the path's minimum");
+                d_min_seen
             },
+            beyond_uncertainty: beyond,
             measured: errors.len(),
             steps_true: seg,
             steps_found: est.report().steps,
@@ -150,6 +158,10 @@ fn the_fleet_of_the_issue_within_target_on_every_device() {
         assert!(missed.is_empty(), "seed {seed}: missed the target: {missed:#?}");
         for r in &results {
             assert_eq!(r.steps_found as usize, r.steps_true, "seed {seed}: {r:?}");
+            assert!(
+                r.beyond_uncertainty * 100 <= r.measured,
+                "seed {seed}: the uncertainty is too small: {r:?}"
+            );
         }
     }
     eprintln!("worst margin {:?}", worst);

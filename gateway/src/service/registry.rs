@@ -149,6 +149,7 @@ families! {
     DEVICE_STEPS: Some("devices.{device}.steps"), Some("device_steps_total"), Counter, "Clock steps detected (reboots, NTP steps).";
     DEVICE_SPREAD: Some("devices.{device}.spread_ms"), Some("device_spread_ms"), Gauge, "Typical delay jitter above the fitted line, in ms.";
     DEVICE_CLAMPED: Some("devices.{device}.clamped"), Some("device_clamped_total"), Counter, "Corrected times clamped to their receive time.";
+    DEVICE_UNCERTAINTY: Some("devices.{device}.uncertainty_ms"), Some("device_uncertainty_ms"), Gauge, "How much later than true time + the path's minimum delay a corrected time may be, in ms (large while a clock segment is young).";
 }
 
 /// Collects samples, with the labels of the owner being read, and the JSON
@@ -271,6 +272,7 @@ impl Samples {
             self.add(&DEVICE_STEPS, &l, Val::U(r.steps));
             self.add(&DEVICE_SPREAD, &l, Val::F(round(r.spread_ms, 1000.0)));
             self.add(&DEVICE_CLAMPED, &l, Val::U(r.clamped));
+            self.add(&DEVICE_UNCERTAINTY, &l, Val::F(round(r.uncertainty_ms, 1000.0)));
         }
     }
 
