@@ -38,6 +38,11 @@ pub enum Output<'a> {
 /// Receives the engine's results. `pipeline` resolves names.
 pub trait Sink {
     fn emit(&mut self, pipeline: &Plan, out: Output<'_>);
+
+    /// An event of a `clock = "corrected"` stream: its device's timestamp,
+    /// receive time and the corrected time it got (what a clock report
+    /// draws; nothing by default).
+    fn corrected(&mut self, _device: &Key, _device_ts: i64, _recv_ms: i64, _corrected: i64) {}
 }
 
 impl<F: FnMut(&Plan, Output<'_>)> Sink for F {
@@ -598,7 +603,9 @@ impl State {
             }
             Clock::Corrected => {
                 let table = self.skew.as_mut().expect("built when a stream corrects its clock");
+                let device_ts = ev.ts;
                 ev.ts = table.correct(&ev.device, ev.ts, ev.recv_ms);
+                sink.corrected(&ev.device, device_ts, ev.recv_ms, ev.ts);
             }
         }
         let now = self.now;

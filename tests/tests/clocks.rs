@@ -301,3 +301,44 @@ fn survey_wider_fleets() {
         eprintln!("{f}");
     }
 }
+
+/// `edgejoin replay --clock-report DIR` over the fleet's recording (as
+/// `sensors-sim --record` writes it, truth included): one SVG per device
+/// and an index page that says which device met the target.
+#[test]
+fn the_clock_report_draws_every_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let sc = fleet_file();
+    let msgs = generate(&sc, START, 15).unwrap();
+    let rec = dir.path().join("fleet.jsonl");
+    let lines: Vec<String> = msgs.iter().map(sensors_sim::gen::record_line).collect();
+    std::fs::write(&rec, lines.join("\n") + "\n").unwrap();
+    let report = dir.path().join("report");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgejoin-under-test"))
+        .args(["replay", "--config"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/scenarios/fleet-gateway.toml"))
+        .arg("--input")
+        .arg(&rec)
+        .arg("--output")
+        .arg(dir.path().join("results.jsonl"))
+        .arg("--clock-report")
+        .arg(&report)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("clock report of 16 devices"), "{stderr}");
+    let index = std::fs::read_to_string(report.join("index.html")).unwrap();
+    let mut stepped = 0;
+    for r in evaluate(&sc, &msgs) {
+        let svg = std::fs::read_to_string(report.join(format!("{}.svg", r.device))).unwrap();
+        assert!(svg.starts_with("<svg") || svg.starts_with("<?xml"), "{}", &svg[..60.min(svg.len())]);
+        assert!(svg.contains(&r.device) && svg.contains("<circle"), "{}: no samples drawn", r.device);
+        // the error panel and its target, as the test computes them
+        assert!(svg.contains(&format!("target ≤ {}", r.d_min + 2)), "{}: no error panel", r.device);
+        assert!(index.contains(&format!("<img src=\"{}.svg\"", r.device)));
+        assert!(index.contains(&format!("(target ≤ {}) ✓", r.d_min + 2)), "{}: {r:?}", r.device);
+        stepped += usize::from(svg.contains(&format!("{} steps", r.steps_true)) && r.steps_true > 0);
+    }
+    assert_eq!(stepped, 2, "the rebooting and the NTP-stepped device show their step");
+}

@@ -3,6 +3,7 @@
 //! [`show`] prints them) and `record` ([`record`]).
 
 mod check_config;
+mod clock_report;
 mod record;
 mod replay;
 mod run;
@@ -99,6 +100,9 @@ enum Cmd {
         /// Print the engine's counters as JSON on stderr at the end.
         #[arg(long)]
         stats: bool,
+        /// Draw each corrected device clock: one SVG per device and an index.html in DIR.
+        #[arg(long, value_name = "DIR")]
+        clock_report: Option<PathBuf>,
     },
 }
 
@@ -113,7 +117,7 @@ pub fn replay_into(
     input: &[u8],
     out: impl std::io::Write,
 ) -> std::io::Result<replay::ReplayStats> {
-    replay::replay(engine, input, out, |_, _| {})
+    replay::replay(engine, input, out, None, |_, _| {})
 }
 
 /// The command line's definition (for the man pages).
@@ -133,8 +137,8 @@ pub fn main() -> ExitCode {
         Cmd::Record { config, duration, output, max_messages } => {
             record::run(&config, &duration, &output, max_messages)
         }
-        Cmd::Replay { config, input, output, stats } => {
-            replay::run(&config, &input, output.as_deref(), stats)
+        Cmd::Replay { config, input, output, stats, clock_report } => {
+            replay::run(&config, &input, output.as_deref(), stats, clock_report.as_deref())
         }
     };
     match r {

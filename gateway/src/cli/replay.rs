@@ -11,6 +11,9 @@ use base64::Engine as _;
 use serde::Deserialize;
 
 use edgejoin_engine::engine::{Engine, Output, Sink};
+use edgejoin_engine::event::Key;
+
+use super::clock_report::ClockTrace;
 use edgejoin_engine::output::JsonEncoder;
 use edgejoin_engine::Plan;
 
@@ -20,6 +23,8 @@ struct Line {
     topic: String,
     payload: Option<String>,
     payload_b64: Option<String>,
+    /// What the simulator knows (`truth.ts`: the true event time), for the clock report.
+    truth: Option<serde_json::Value>,
 }
 
 /// What the replay saw besides results.
@@ -32,17 +37,21 @@ pub struct ReplayStats {
     pub results: u64,
 }
 
-/// Writes each result as one JSON line; remembers the first write error.
-pub struct LineSink<W: Write> {
+/// Writes each result as one JSON line; remembers the first write error;
+/// traces corrected clocks when asked.
+pub struct LineSink<'t, W: Write> {
     enc: JsonEncoder,
     out: W,
     err: Option<io::Error>,
     pub results: u64,
+    trace: Option<&'t mut ClockTrace>,
+    /// The true time of the message being ingested, if its line says.
+    truth: Option<i64>,
 }
 
-impl<W: Write> LineSink<W> {
+impl<W: Write> LineSink<'_, W> {
     pub fn new(out: W) -> Self {
-        LineSink { enc: JsonEncoder::new(), out, err: None, results: 0 }
+        LineSink { enc: JsonEncoder::new(), out, err: None, results: 0, trace: None, truth: None }
     }
 
     /// The first write error, if any.
@@ -55,7 +64,13 @@ impl<W: Write> LineSink<W> {
     }
 }
 
-impl<W: Write> Sink for LineSink<W> {
+impl<W: Write> Sink for LineSink<'_, W> {
+    fn corrected(&mut self, device: &Key, device_ts: i64, recv_ms: i64, corrected: i64) {
+        if let Some(t) = self.trace.as_deref_mut() {
+            t.add(device.as_str(), device_ts, recv_ms, corrected, self.truth);
+        }
+    }
+
     fn emit(&mut self, p: &Plan, o: Output<'_>) {
         if self.err.is_some() {
             return;
@@ -74,10 +89,12 @@ pub fn replay(
     engine: &mut Engine,
     input: impl BufRead,
     out: impl Write,
+    trace: Option<&mut ClockTrace>,
     mut on_bad_line: impl FnMut(u64, &str),
 ) -> io::Result<ReplayStats> {
     let mut stats = ReplayStats::default();
     let mut sink = LineSink::new(io::BufWriter::new(out));
+    sink.trace = trace;
     let mut input = input;
     let mut raw = Vec::new();
     loop {
@@ -131,6 +148,7 @@ pub fn replay(
             continue;
         }
         stats.messages += 1;
+        sink.truth = rec.truth.as_ref().and_then(|t| t.get("ts")).and_then(serde_json::Value::as_i64);
         engine.ingest(rec.recv_ms, &rec.topic, &payload, &mut sink);
         sink.take_error()?;
     }
@@ -148,6 +166,7 @@ pub fn run(
     input: &Path,
     output: Option<&Path>,
     want_stats: bool,
+    clock_report: Option<&Path>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let c = crate::config::load(config)?;
     // replay needs no protection against crafted keys: a fixed seed keeps runs identical
@@ -163,7 +182,8 @@ pub fn run(
     };
     let mut reported = 0;
     let name = input.display().to_string();
-    let st = replay(&mut engine, reader, writer, |line, why| {
+    let mut trace = clock_report.map(|_| ClockTrace::default());
+    let st = replay(&mut engine, reader, writer, trace.as_mut(), |line, why| {
         reported += 1;
         if reported <= 10 {
             eprintln!("edgejoin: {name}:{line}: skipped: {why}");
@@ -171,6 +191,17 @@ pub fn run(
     })?;
     if st.bad_lines > 10 {
         eprintln!("edgejoin: {name}: {} lines skipped in all", st.bad_lines);
+    }
+    if let (Some(dir), Some(trace)) = (clock_report, &trace) {
+        trace.write(dir, &engine.skew_reports())?;
+        eprintln!(
+            "edgejoin: clock report of {} devices in {}",
+            trace.len(),
+            dir.join("index.html").display()
+        );
+        if trace.is_empty() {
+            eprintln!("edgejoin: no stream has `clock = \"corrected\"`: nothing to draw");
+        }
     }
     if want_stats {
         let mut s = crate::service::metrics::engine_stats(&engine);
@@ -204,7 +235,7 @@ mod tests {
         let mut bad = Vec::new();
         let mut out = Vec::new();
         let mut e = Engine::new(p.clone(), 1);
-        let st = replay(&mut e, &input[..], &mut out, |n, why| bad.push((n, why.to_string()))).unwrap();
+        let st = replay(&mut e, &input[..], &mut out, None, |n, why| bad.push((n, why.to_string()))).unwrap();
         assert_eq!(bad.len(), 2, "{bad:?}");
         assert_eq!(bad[0].0, 1);
         assert!(bad[0].1.contains("out of range"), "{bad:?}");
@@ -213,7 +244,7 @@ mod tests {
         // the rest gives exactly what the recording alone gives
         let mut alone = Vec::new();
         let mut e = Engine::new(p, 1);
-        replay(&mut e, &good[..], &mut alone, |_, _| {}).unwrap();
+        replay(&mut e, &good[..], &mut alone, None, |_, _| {}).unwrap();
         assert_eq!(out, alone);
         assert_eq!(st.bad_lines, 2);
     }
