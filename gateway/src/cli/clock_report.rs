@@ -214,17 +214,8 @@ fn draw(path: &Path, name: &str, s: &[Sample], report: &SkewReport) -> Result<Su
     let (lo, hi) = line.iter().fold((f64::MAX, f64::MIN), |(l, h), p| (l.min(p.1), h.max(p.1)));
     let (lo, hi) = if lo <= hi { (lo, hi) } else { (0.0, 0.0) };
     let y = padded(lo, hi + 0.05);
-    let mut c = ChartBuilder::on(&areas[0])
-        .margin(8)
-        .caption(
-            "offset applied (line) and receive − device time (dots), s from the first sample's",
-            ("sans-serif", 14),
-        )
-        .x_label_area_size(28)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0.0..x_end, y.clone())
-        .map_err(err)?;
-    c.configure_mesh().x_desc("minutes").y_desc("s").draw().map_err(err)?;
+    let caption = "offset applied (line) and receive − device time (dots), s from the first sample's";
+    let mut c = panel(&areas[0], caption, x_end, &y, "s")?;
     c.draw_series(
         s.iter()
             .map(|x| (minutes(x.recv), (x.recv - x.device_ts - base) as f64 / 1000.0))
@@ -249,14 +240,7 @@ fn draw(path: &Path, name: &str, s: &[Sample], report: &SkewReport) -> Result<Su
     let caption = format!(
         "delay above the line (receive − corrected), ms; {clipped} samples above the view (spikes, bursts)"
     );
-    let mut c = ChartBuilder::on(&areas[1])
-        .margin(8)
-        .caption(caption, ("sans-serif", 14))
-        .x_label_area_size(28)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0.0..x_end, y.clone())
-        .map_err(err)?;
-    c.configure_mesh().x_desc("minutes").y_desc("ms").draw().map_err(err)?;
+    let mut c = panel(&areas[1], caption, x_end, &y, "ms")?;
     c.draw_series(
         s.iter()
             .zip(&above)
@@ -290,14 +274,7 @@ fn draw(path: &Path, name: &str, s: &[Sample], report: &SkewReport) -> Result<Su
         let caption = format!(
             "corrected − true, ms: p99 after 30 samples per segment {p99} ms, target ≤ {target} (minimum delay {d_min} + 2); {clipped} outside the view"
         );
-        let mut c = ChartBuilder::on(&areas[2])
-            .margin(8)
-            .caption(caption, ("sans-serif", 14))
-            .x_label_area_size(28)
-            .y_label_area_size(70)
-            .build_cartesian_2d(0.0..x_end, y.clone())
-            .map_err(err)?;
-        c.configure_mesh().x_desc("minutes").y_desc("ms").draw().map_err(err)?;
+        let mut c = panel(&areas[2], caption, x_end, &y, "ms")?;
         for v in [target as f64, -(target as f64)] {
             c.draw_series(LineSeries::new([(0.0, v), (x_end, v)], GREEN.stroke_width(1))).map_err(err)?;
         }
@@ -314,6 +291,25 @@ fn draw(path: &Path, name: &str, s: &[Sample], report: &SkewReport) -> Result<Su
     }
     root.present().map_err(err)?;
     Ok(Summary { steps: steps.len(), error_p99 })
+}
+
+/// One panel over receive time (minutes) with its caption and y unit.
+fn panel<'a, 'b>(
+    area: &'a DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
+    caption: impl AsRef<str>,
+    x_end: f64,
+    y: &std::ops::Range<f64>,
+    unit: &str,
+) -> Result<Chart<'a, 'b>, String> {
+    let mut c = ChartBuilder::on(area)
+        .margin(8)
+        .caption(caption, ("sans-serif", 14))
+        .x_label_area_size(28)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..x_end, y.clone())
+        .map_err(err)?;
+    c.configure_mesh().x_desc("minutes").y_desc(unit).draw().map_err(err)?;
+    Ok(c)
 }
 
 type Chart<'a, 'b> = ChartContext<
