@@ -91,6 +91,8 @@ struct Hull {
     v: [Pt; HULL],
     len: u8,
     count: u32,
+    /// Sums of the samples' coordinates: no longer read (the slope is the
+    /// hull's chord), kept so that checkpoints keep their format.
     sum_x: i128,
     sum_y: i128,
     min_x: i64,
@@ -215,8 +217,8 @@ impl Hull {
         a.y as f64 + (b.y - a.y) as f64 * (x - a.x) as f64 / (b.x - a.x) as f64
     }
 
-    /// The line under every sample closest to them (supporting the hull at
-    /// the mean x): `(y at x = 0, slope)`.
+    /// The hull's line: its mean slope over the middle half of its span,
+    /// through its boundary there: `(y at x = 0, slope)`.
     fn line(&self) -> Option<(f64, f64)> {
         let v = self.verts();
         match v.len() {
@@ -374,20 +376,27 @@ impl Default for Estimator {
 }
 
 impl Estimator {
-    /// The estimate: the slope of the older hull's support line at its mean
-    /// x (the longer baseline), held to a physical drift (±[`MAX_SLOPE_PPM`]:
-    /// a steeper edge comes from an outlier among few samples), at the level
-    /// of the lowest sample under that slope in either hull.
+    /// The estimate: the slope of [`Self::slope`], at the level of the
+    /// lowest vertex under that slope in either hull ([`envelope`]).
     fn line(&self) -> Option<(f64, f64)> {
         let (b, _) = self.slope()?;
-        let level = self
+        Some((self.level_at(0, b, 0.0), b))
+    }
+
+    /// The envelope at `x` on slope `b`, leaning `u` per ms of distance from
+    /// each vertex: the lowest value there through any vertex of either hull.
+    fn level_at(&self, x: i64, b: f64, u: f64) -> f64 {
+        let lowest = self
             .young
             .verts()
             .iter()
             .chain(self.old.verts())
-            .map(|q| (q.y as f64 - b * q.x as f64, q.x))
+            .map(|q| {
+                let dx = (x - q.x) as f64;
+                (q.y as f64 + b * dx - u * dx.abs(), q.x)
+            })
             .fold((f64::MAX, i64::MIN, f64::MAX), lowest_two);
-        Some((envelope(level), b))
+        envelope(lowest)
     }
 
     /// How far the older hull's slope may be off (per ms of device time):
@@ -422,17 +431,7 @@ impl Estimator {
     /// line includes the minimum delay); one too late does not.
     fn cone_at(&self, x: i64) -> Option<f64> {
         let (b, u) = self.slope()?;
-        let lowest = self
-            .young
-            .verts()
-            .iter()
-            .chain(self.old.verts())
-            .map(|q| {
-                let dx = (x - q.x) as f64;
-                (q.y as f64 + b * dx - u * dx.abs(), q.x)
-            })
-            .fold((f64::MAX, i64::MIN, f64::MAX), lowest_two);
-        Some(envelope(lowest))
+        Some(self.level_at(x, b, u))
     }
 
     fn line_at(&self, x: i64) -> Option<f64> {

@@ -55,15 +55,15 @@ pub struct ClockTrace {
 impl ClockTrace {
     /// Notes one corrected event (`truth`: its true time, when the recording has it).
     pub fn add(&mut self, device: &str, device_ts: i64, recv: i64, corrected: i64, truth: Option<i64>) {
-        if !self.devices.contains_key(device) && self.devices.len() >= MAX_DEVICES {
-            self.not_drawn += 1;
-            return;
+        if !self.devices.contains_key(device) {
+            if self.devices.len() >= MAX_DEVICES {
+                self.not_drawn += 1;
+                return;
+            }
+            // the name is allocated once per device, not per sample
+            self.devices.insert(device.to_string(), Device { samples: Vec::new(), stride: 1, seen: 0 });
         }
-        let d = self.devices.entry(device.to_string()).or_insert_with(|| Device {
-            samples: Vec::new(),
-            stride: 1,
-            seen: 0,
-        });
+        let Some(d) = self.devices.get_mut(device) else { return };
         d.seen += 1;
         if (d.seen - 1) % d.stride != 0 {
             return;
