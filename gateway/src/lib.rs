@@ -10,6 +10,7 @@
 
 mod backoff;
 pub mod cli;
+pub mod clock_report;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzz;

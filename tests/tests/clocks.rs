@@ -342,3 +342,42 @@ fn the_clock_report_draws_every_device() {
     }
     assert_eq!(stepped, 2, "the rebooting and the NTP-stepped device show their step");
 }
+
+/// The picture in docs/CLOCKS.md is what `edgejoin replay --clock-report`
+/// draws from `config/scenarios/clock-picture.toml`, byte for byte
+/// (`EDGEJOIN_UPDATE_DOCS=1` redraws it), and it shows what the page says:
+/// the step, the error panel within its band.
+#[test]
+fn the_picture_in_clocks_md_is_drawn_from_its_scenario() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let sc = scenario::load(&root.join("config/scenarios/clock-picture.toml")).unwrap();
+    let msgs = sensors_sim::gen::generate_as_written(&sc).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("picture.jsonl");
+    let lines: Vec<String> = msgs.iter().map(sensors_sim::gen::record_line).collect();
+    std::fs::write(&rec, lines.join("\n") + "\n").unwrap();
+    let report = dir.path().join("clocks");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgejoin-under-test"))
+        .args(["replay", "--config"])
+        .arg(root.join("config/scenarios/fleet-gateway.toml"))
+        .arg("--input")
+        .arg(&rec)
+        .args(["--output", "/dev/null", "--clock-report"])
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let drawn = std::fs::read_to_string(report.join("pictured-1.svg")).unwrap();
+    assert!(drawn.contains("pictured-1: 600 samples, 1 steps"), "{}", &drawn[..400.min(drawn.len())]);
+    let index = std::fs::read_to_string(report.join("index.html")).unwrap();
+    assert!(index.contains("(target ≤ 14) ✓"), "within the contract's band: {index}");
+    let doc = root.join("docs/img/clock-report.svg");
+    if std::env::var_os("EDGEJOIN_UPDATE_DOCS").is_some() {
+        std::fs::create_dir_all(doc.parent().unwrap()).unwrap();
+        std::fs::write(&doc, &drawn).unwrap();
+    }
+    let committed = std::fs::read_to_string(&doc).unwrap_or_default();
+    assert!(committed == drawn, "docs/img/clock-report.svg is stale: EDGEJOIN_UPDATE_DOCS=1 cargo test -p edgejoin-tests --test clocks the_picture");
+    let page = std::fs::read_to_string(root.join("docs/CLOCKS.md")).unwrap();
+    assert!(page.contains("](img/clock-report.svg)"), "CLOCKS.md shows the picture");
+}

@@ -646,3 +646,68 @@ fn record_and_tail_as_a_user_runs_them() {
     assert!(tail.wait().unwrap().success());
     gw.stop();
 }
+
+/// One HTTP/1.0 request to the gateway's metrics address: (status line, headers, body).
+fn http(port: u16, request: &str) -> (String, String, String) {
+    use std::io::{Read, Write};
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    sock.write_all(format!("{request} HTTP/1.0\r\n\r\n").as_bytes()).unwrap();
+    let mut text = String::new();
+    sock.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+    (status.to_string(), headers.to_string(), body.to_string())
+}
+
+/// The live service draws the clock of each device it corrects at
+/// `/clocks/` (docs/CLOCKS.md): an index, one SVG per device from the last
+/// `clock_trace` samples, nothing for names it has not drawn.
+#[test]
+fn the_live_clock_report_draws_each_corrected_device() {
+    need_mosquitto!();
+    let broker = Broker::start();
+    let work = tempfile::tempdir().unwrap();
+    let (cfg, msgs) = example("skewed");
+    let mport = free_port();
+    let cfg = cfg.replace(
+        "[gateway]\n",
+        &format!("[gateway]\nmetrics_addr = \"127.0.0.1:{mport}\"\nclock_trace = 8\n"),
+    );
+    let (path, _) = live_config(&cfg, &broker, &broker, &work.path().join("state"));
+    let gw = Gateway::start(&path);
+    publish(broker.port, &to_publish(&msgs));
+    let devices = ["door", "fridge"];
+    let drawn = wait_until(30, || {
+        let (_, _, index) = http(mport, "GET /clocks/");
+        devices.iter().all(|d| index.contains(&format!("<img src=\"{d}.svg\"")))
+            && index.contains(&format!("<td>{}</td>", msgs.iter().filter(|m| m.1.contains("/door/")).count()))
+    });
+    let (status, headers, index) = http(mport, "GET /clocks/");
+    assert!(drawn, "every device and its estimate on the index (as of a stats interval): {index}");
+    assert!(status.ends_with("200 OK") && headers.contains("Content-Type: text/html"), "{status} {headers}");
+    assert!(index.contains("Live: the last samples"), "{index}");
+    for d in devices {
+        let (status, headers, svg) = http(mport, &format!("GET /clocks/{d}.svg"));
+        assert!(status.ends_with("200 OK"), "{d}: {status}");
+        assert!(headers.contains("Content-Type: image/svg+xml"), "{headers}");
+        assert!(
+            svg.starts_with("<svg") && svg.contains(&format!("{d}: ")),
+            "{d}: {}",
+            &svg[..80.min(svg.len())]
+        );
+        // two panels (no truth live), at most the ring's 8 samples in each
+        let dots = svg.matches("<circle").count();
+        assert!(dots > 0 && dots <= 2 * 8, "{d}: {dots} dots drawn from a ring of 8");
+        assert!(!svg.contains("corrected − true"), "no truth panel live");
+    }
+    let (status, headers, _) = http(mport, "GET /clocks");
+    assert!(status.contains("301") && headers.contains("Location: /clocks/"), "{status} {headers}");
+    for path in ["/clocks/nobody.svg", "/clocks/../etc/passwd", "/elsewhere"] {
+        let (status, _, _) = http(mport, &format!("GET {path}"));
+        assert!(status.contains("404"), "{path}: {status}");
+    }
+    let (status, _, _) = http(mport, "POST /clocks/");
+    assert!(status.contains("405"), "{status}");
+    gw.stop();
+}

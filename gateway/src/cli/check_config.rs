@@ -160,6 +160,21 @@ pub fn describe(c: &Config) -> String {
     if skew > 0 {
         let _ = writeln!(o, "  clock estimators       {} devices = {}", p.max_devices, format_bytes(skew));
     }
+    let svc = &c.deployment.service;
+    let trace = if skew > 0 && svc.metrics_addr.is_some() && svc.clock_trace > 0 {
+        let bytes =
+            crate::clock_report::ClockTrace::memory_bytes(svc.clock_trace, p.max_devices.get() as usize);
+        let _ = writeln!(
+            o,
+            "  clock report trace     {} devices × {} samples = {} (as devices are heard)",
+            p.max_devices,
+            svc.clock_trace,
+            format_bytes(bytes)
+        );
+        bytes
+    } else {
+        0
+    };
     let engine = Engine::memory_bytes(p);
     let budget = crate::service::intake_budget(c) as u64;
     let buffers = crate::service::source_buffers(c) as u64;
@@ -169,7 +184,7 @@ pub fn describe(c: &Config) -> String {
         format_bytes(budget),
         format_bytes(buffers)
     );
-    let _ = writeln!(o, "  total {}", format_bytes(engine + budget + buffers));
+    let _ = writeln!(o, "  total {}", format_bytes(engine + budget + buffers + trace));
     o
 }
 

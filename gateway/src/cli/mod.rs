@@ -3,7 +3,6 @@
 //! [`show`] prints them) and `record` ([`record`]).
 
 mod check_config;
-mod clock_report;
 mod record;
 mod replay;
 mod run;

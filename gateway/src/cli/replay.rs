@@ -13,7 +13,7 @@ use serde::Deserialize;
 use edgejoin_engine::engine::{Engine, Output, Sink};
 use edgejoin_engine::event::Key;
 
-use super::clock_report::ClockTrace;
+use crate::clock_report::ClockTrace;
 use edgejoin_engine::output::JsonEncoder;
 use edgejoin_engine::Plan;
 
@@ -182,7 +182,7 @@ pub fn run(
     };
     let mut reported = 0;
     let name = input.display().to_string();
-    let mut trace = clock_report.map(|_| ClockTrace::default());
+    let mut trace = clock_report.map(|_| ClockTrace::history());
     let st = replay(&mut engine, reader, writer, trace.as_mut(), |line, why| {
         reported += 1;
         if reported <= 10 {
@@ -192,8 +192,10 @@ pub fn run(
     if st.bad_lines > 10 {
         eprintln!("edgejoin: {name}: {} lines skipped in all", st.bad_lines);
     }
-    if let (Some(dir), Some(trace)) = (clock_report, &trace) {
-        trace.write(dir, &engine.skew_reports())?;
+    if let (Some(dir), Some(trace)) = (clock_report, trace.as_mut()) {
+        let reports = engine.skew_reports();
+        trace.set_reports(reports.iter().map(|(n, r)| (n.as_str(), *r)));
+        trace.write(dir)?;
         eprintln!(
             "edgejoin: clock report of {} devices in {}",
             trace.len(),

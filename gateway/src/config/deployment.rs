@@ -88,6 +88,9 @@ pub struct ServiceCfg {
     pub shutdown: Duration,
     /// How log lines are written (set at start; a reload does not change it).
     pub log_format: LogFormat,
+    /// Samples per device of `clock = "corrected"` streams kept for the
+    /// clock report at `/clocks/` on the metrics address (0: none kept).
+    pub clock_trace: usize,
 }
 
 impl Default for ServiceCfg {
@@ -102,6 +105,7 @@ impl Default for ServiceCfg {
             commit_delay: Duration::from_millis(50),
             shutdown: Duration::from_secs(10),
             log_format: LogFormat::Text,
+            clock_trace: 256,
         }
     }
 }

@@ -104,9 +104,17 @@ pub(super) fn build_gateway(
             }
             None => d.commit_delay,
         },
+        clock_trace: match &g.clock_trace {
+            Some(v) if *v.get_ref() == 0 => 0,
+            Some(v) => ck.count(v, "gateway: clock_trace", MAX_CLOCK_TRACE)?.get() as usize,
+            None => d.clock_trace,
+        },
     };
     Ok((gw, svc, max_devices))
 }
+
+/// Samples per device the live clock report keeps, at most.
+const MAX_CLOCK_TRACE: u32 = 100_000;
 
 fn broker(ck: &Checker<'_>, url: &S<String>, what: &str) -> Result<Broker, ConfigError> {
     Broker::parse(url.get_ref()).map_err(|e| ck.err(url.span(), format!("{what}: {e}")))

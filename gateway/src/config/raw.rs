@@ -40,6 +40,7 @@ pub(super) struct RawGateway {
     pub(super) shutdown_timeout: Option<S<String>>,
     pub(super) commit_delay: Option<S<String>>,
     pub(super) log_format: Option<S<LogFormat>>,
+    pub(super) clock_trace: Option<S<i64>>,
 }
 
 #[derive(Deserialize)]

@@ -49,6 +49,8 @@ pub(super) struct Links {
     pub spool_ready: Arc<Notify>,
     pub stats_tx: mpsc::Sender<(String, Vec<u8>)>,
     pub metrics_text: Arc<Mutex<String>>,
+    /// The live clock trace (`/clocks/` on the metrics address), when kept.
+    pub clocks: super::http::Clocks,
     pub counters: Arc<ServiceCounters>,
     pub marks: Arc<LatencyMarks>,
 }
@@ -137,7 +139,8 @@ impl EngineLoop {
     pub(super) fn new(d: Deployment, start: Start, io: Links) -> Self {
         let now = Instant::now();
         let skips = logging::SkipLog::new(start.engine.pipeline().streams.len());
-        let out = ResultWriter::new(&d, io.spool.clone(), io.counters.clone());
+        let out =
+            ResultWriter::new(&d, io.spool.clone(), io.counters.clone()).tracing_clocks(io.clocks.clone());
         let commit = GroupCommit::new(d.service.commit_delay, BATCH);
         EngineLoop {
             durable: d.service.delivery == Delivery::Durable,
@@ -577,6 +580,9 @@ impl EngineLoop {
         c.spool_refused.store(refused, Ordering::Relaxed);
         c.state_bytes_written
             .store(state_bytes + self.wal.as_ref().map_or(0, |w| w.bytes_written), Ordering::Relaxed);
+        if let Some(Ok(mut t)) = self.io.clocks.as_ref().map(|t| t.lock()) {
+            t.set_reports(self.engine.skew_reports().iter().map(|(n, r)| (n.as_str(), *r)));
+        }
         let snap = metrics::stats_json(&self.engine, c, rate, self.started_at.elapsed());
         let _ = self.io.stats_tx.try_send((self.stats_topic.clone(), snap.into_bytes()));
         self.render_metrics();

@@ -56,6 +56,7 @@ use rumqttc::AsyncClient;
 use rumqttc::{Publish, QoS};
 use tokio::sync::Notify;
 
+use crate::clock_report::ClockTrace;
 use crate::config::{Config, Delivery};
 use acks::{AckPipe, SharedBarriers};
 pub use checkpoint::CheckpointError;
@@ -269,10 +270,15 @@ async fn run_async(
             drain_for: svc.shutdown,
         },
     ));
+    // the live clock report's trace: kept where it can be seen
+    let clocks = (svc.metrics_addr.is_some() && svc.clock_trace > 0)
+        .then(|| Arc::new(Mutex::new(ClockTrace::last(svc.clock_trace, p.max_devices.get() as usize))));
     if let Some(addr) = svc.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(io_err("metrics_addr"))?;
-        tracing::info!("serving Prometheus metrics on http://{addr}/metrics");
-        tasks.spawn(http::metrics_server(listener, metrics_text.clone(), counters.clone()));
+        tracing::info!(
+            "serving Prometheus metrics on http://{addr}/metrics, the clock report on http://{addr}/clocks/"
+        );
+        tasks.spawn(http::metrics_server(listener, metrics_text.clone(), clocks.clone(), counters.clone()));
     }
 
     let engine_thread = {
@@ -288,6 +294,7 @@ async fn run_async(
             spool_ready: spool_ready.clone(),
             stats_tx,
             metrics_text: metrics_text.clone(),
+            clocks,
             counters: counters.clone(),
             marks,
         };

@@ -7,9 +7,11 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use super::counters::ServiceCounters;
+use super::http::Clocks;
 use super::spool::Spool;
 use crate::config::Deployment;
 use edgejoin_engine::engine::{Output, Sink};
+use edgejoin_engine::event::Key;
 use edgejoin_engine::output::JsonEncoder;
 use edgejoin_engine::plan::{LatePolicy, Plan};
 use edgejoin_engine::topic::TemplateVars;
@@ -22,6 +24,8 @@ pub(super) struct ResultWriter {
     topic: String,
     prefix: String,
     gateway: String,
+    /// The live clock trace (`/clocks/`), when kept.
+    clocks: Clocks,
 }
 
 impl ResultWriter {
@@ -33,7 +37,14 @@ impl ResultWriter {
             topic: String::new(),
             prefix: d.upstream.topic_prefix.clone(),
             gateway: d.gateway.id.clone(),
+            clocks: None,
         }
+    }
+
+    /// Notes each corrected event into `clocks` as well.
+    pub(super) fn tracing_clocks(mut self, clocks: Clocks) -> Self {
+        self.clocks = clocks;
+        self
     }
 
     /// A sink for the results of input `input_seq`, skipping those the spool
@@ -54,6 +65,12 @@ pub(super) struct SpoolSink<'a> {
 }
 
 impl Sink for SpoolSink<'_> {
+    fn corrected(&mut self, device: &Key, device_ts: i64, recv_ms: i64, corrected: i64) {
+        if let Some(Ok(mut t)) = self.w.clocks.as_ref().map(|c| c.lock()) {
+            t.add(device.as_str(), device_ts, recv_ms, corrected, None);
+        }
+    }
+
     fn emit(&mut self, p: &Plan, out: Output<'_>) {
         let idx = self.idx;
         self.idx += 1;
