@@ -16,7 +16,8 @@
 #     calls, block-device bytes and fsyncs per message at 100, 1,000 and
 #     10,000 msg/s beside a counting subscriber, and idle CPU.
 # Needs mosquitto, curl, python3, strace, GNU time.
-# Usage: scripts/bench.sh [steady-seconds (default 600)]   (ROUNDS=3 by default)
+# Usage: scripts/bench.sh [steady-seconds (default 600)]   (ROUNDS=3 by default;
+#        MODES=drain INTAKE_ONLY=1: the intake rounds of those modes only, then stop)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEADY=${1:-600}
@@ -111,7 +112,7 @@ round() {
 median() { python3 -c "import sys,statistics; print(statistics.median(float(x) for x in sys.argv[1:]))" "$@"; }
 
 declare -A C G
-for mode in live drain; do
+for mode in ${MODES:-live drain}; do
     for q in 0 1; do
         cs=(); gs=()
         for r in $(seq 1 "$ROUNDS"); do
@@ -122,6 +123,10 @@ for mode in live drain; do
         C[$mode$q]=$(median "${cs[@]}"); G[$mode$q]=$(median "${gs[@]}")
     done
 done
+if [ -n "${INTAKE_ONLY:-}" ]; then   # a quick look at intake alone (e.g. MODES=drain INTAKE_ONLY=1)
+    for k in "${!C[@]}"; do echo "$k: counter ${C[$k]} ms, edgejoin ${G[$k]} ms, ratio $(python3 -c "print(round(${C[$k]} / ${G[$k]}, 3))")"; done
+    exit 0
+fi
 drain_rate=$(python3 -c "print(int($N / (${G[drain1]} / 1000)))")
 live_rate=$(python3 -c "print(int($N / (${G[live1]} / 1000)))")
 

@@ -637,9 +637,12 @@ fn record_and_tail_as_a_user_runs_them() {
     let replayed = String::from_utf8(out.stdout).unwrap();
     assert!(replayed.contains(r#""window":"w10""#) && replayed.contains(r#""total":3"#), "{replayed}");
 
-    // tail printed the gateway's window as a line a person reads
+    // tail printed the gateway's presence (retained), then its window as a line a person reads
     let mut stdout = BufReader::new(tail.stdout.take().unwrap());
     let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "gateway online\n");
+    line.clear();
     stdout.read_line(&mut line).unwrap();
     assert_eq!(line, "▣ w10                      a          [1970-01-01 00:00:00.000Z–1970-01-01 00:00:10.000Z) n=2 total=3\n");
     unsafe { libc_kill(tail.id() as i32, 2) }; // Ctrl-C
@@ -710,4 +713,59 @@ fn the_live_clock_report_draws_each_corrected_device() {
     let (status, _, _) = http(mport, "POST /clocks/");
     assert!(status.contains("405"), "{status}");
     gw.stop();
+}
+
+/// The retained message on `topic` of the broker at `port`, if one comes
+/// within 3 s to a new subscriber.
+fn retained(port: u16, topic: &str) -> Option<String> {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let id = format!("retained-reader-{}", N.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    let (client, mut conn) = Client::new(MqttOptions::new(id, "127.0.0.1", port), 10);
+    client.subscribe(topic, QoS::AtMostOnce).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut got = None;
+    while Instant::now() < deadline {
+        match conn.recv_timeout(Duration::from_millis(200)) {
+            Ok(Ok(Event::Incoming(Incoming::Publish(p)))) if p.retain => {
+                got = Some(String::from_utf8_lossy(&p.payload).into_owned());
+                break;
+            }
+            Ok(Err(_)) => break,
+            _ => {}
+        }
+    }
+    let _ = client.disconnect();
+    got
+}
+
+/// Presence on the upstream broker: a retained `online` on
+/// `<topic_prefix>/status` while the gateway runs; `offline` after a clean
+/// stop (the gateway says it) and after a SIGKILL (the connection's will);
+/// the last stats message retained for a dashboard that subscribes later.
+#[test]
+fn the_gateway_says_online_and_offline_on_its_status_topic() {
+    need_mosquitto!();
+    let broker = Broker::start();
+    let work = tempfile::tempdir().unwrap();
+    let (cfg, msgs) = example("tolerance");
+    let (path, _) = live_config(&cfg, &broker, &broker, &work.path().join("state"));
+    assert_eq!(retained(broker.port, "gw/test/status"), None);
+    let gw = Gateway::start(&path);
+    assert!(wait_until(10, || retained(broker.port, "gw/test/status").as_deref() == Some("online")));
+    publish(broker.port, &to_publish(&msgs));
+    let stats_seen = wait_until(10, || {
+        retained(broker.port, "gw/test/stats")
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+            .is_some_and(|v| v["service"]["processed"] == msgs.len() as u64)
+    });
+    assert!(stats_seen, "the stats retained, with every message processed");
+    gw.stop();
+    assert_eq!(retained(broker.port, "gw/test/status").as_deref(), Some("offline"), "said at a clean stop");
+    let gw = Gateway::start(&path);
+    assert!(wait_until(10, || retained(broker.port, "gw/test/status").as_deref() == Some("online")));
+    gw.kill();
+    assert!(
+        wait_until(10, || retained(broker.port, "gw/test/status").as_deref() == Some("offline")),
+        "the will, when the gateway is gone without a word"
+    );
 }

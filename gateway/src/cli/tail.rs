@@ -16,6 +16,7 @@ pub fn run(path: &Path, json: bool, stats: bool) -> Result<(), Box<dyn std::erro
     let up = &c.deployment.upstream;
     let filters = [format!("{}/#", up.topic_prefix)];
     let stats_topic = format!("{}/{}", up.topic_prefix, c.deployment.service.stats_topic);
+    let status_topic = format!("{}/status", up.topic_prefix);
     let sub = Subscription {
         name: "tail",
         url: &up.url,
@@ -32,7 +33,10 @@ pub fn run(path: &Path, json: bool, stats: bool) -> Result<(), Box<dyn std::erro
         if m.topic == stats_topic && !stats {
             return Ok(true);
         }
-        let line = if json {
+        let line = if m.topic == status_topic {
+            // the gateway's presence (retained `online`, `offline` when it stops or is gone)
+            format!("gateway {}", String::from_utf8_lossy(&m.payload))
+        } else if json {
             String::from_utf8_lossy(&m.payload).into_owned()
         } else {
             match serde_json::from_slice::<serde_json::Value>(&m.payload) {

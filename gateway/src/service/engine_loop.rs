@@ -117,6 +117,8 @@ pub(super) struct EngineLoop {
     io: Links,
     durable: bool,
     batch: Vec<Msg>,
+    /// The batch's share of the intake budget (its messages' shares, merged).
+    permits: Option<tokio::sync::OwnedSemaphorePermit>,
     /// Whether the batch is appended to the log (not necessarily written yet).
     batch_logged: bool,
     acks: Acks,
@@ -152,6 +154,7 @@ impl EngineLoop {
             recent: start.recent,
             io,
             batch: Vec::with_capacity(BATCH),
+            permits: None,
             batch_logged: false,
             acks: Acks::with_capacity(AckPipe::HIGH + 2 * BATCH + 64),
             commit,
@@ -281,7 +284,10 @@ impl EngineLoop {
             }
         });
         match first {
-            Some(Some(m)) => self.batch.push(m),
+            Some(Some(m)) => {
+                self.batch.push(m);
+                self.hold_permits(self.batch.len() - 1);
+            }
             Some(None) => stop = true,
             None => {}
         }
@@ -311,16 +317,34 @@ impl EngineLoop {
         stop
     }
 
-    /// Takes what waits in the intake, up to a batch; whether the intake is closed.
+    /// Takes what waits in the intake, up to a batch, in one receive (the
+    /// channel's room is given back at once: the source task waiting on a full
+    /// channel is woken once, not at every message); whether the intake is closed.
     fn drain(&mut self, rx: &mut mpsc::Receiver<Msg>) -> bool {
-        while self.batch.len() < BATCH {
-            match rx.try_recv() {
-                Ok(m) => self.batch.push(m),
-                Err(mpsc::error::TryRecvError::Empty) => return false,
-                Err(mpsc::error::TryRecvError::Disconnected) => return true,
+        let from = self.batch.len();
+        let ready = rx.len().min(BATCH - from);
+        let closed = if ready > 0 {
+            // messages are waiting: this returns at once
+            self.io.rt.block_on(rx.recv_many(&mut self.batch, ready)) == 0
+        } else {
+            self.batch.len() < BATCH && rx.is_closed() && rx.is_empty()
+        };
+        self.hold_permits(from);
+        closed
+    }
+
+    /// Merges the intake-budget shares of the messages taken from `from` on
+    /// into the batch's one: released together when the batch is done, one
+    /// wake-up of the source task instead of one per message.
+    fn hold_permits(&mut self, from: usize) {
+        for b in &mut self.batch[from..] {
+            if let Some(p) = b.permit.take() {
+                match self.permits.as_mut() {
+                    Some(all) => all.merge(p),
+                    None => self.permits = Some(p),
+                }
             }
         }
-        false
     }
 
     /// The batch as the group commit sees it.
@@ -439,7 +463,8 @@ impl EngineLoop {
         if let Some(oldest) = self.batch.iter().map(|b| b.recv_ms).min() {
             c.processing_delay_ms.store(now_ms().saturating_sub(oldest).max(0) as u64, Ordering::Relaxed);
         }
-        self.batch.clear(); // and with it, the messages' share of the intake budget
+        self.batch.clear();
+        self.permits = None; // and with it, the messages' share of the intake budget
         self.batch_logged = false;
     }
 
@@ -650,7 +675,7 @@ mod tests {
     fn msg(pkid: u16, dup: bool, payload: &str) -> Msg {
         let mut m = Publish::new("s/a", QoS::AtLeastOnce, payload.as_bytes().to_vec());
         (m.pkid, m.dup) = (pkid, dup);
-        Msg { m, recv_ms: 0, at: Instant::now(), _permit: None }
+        Msg { m, recv_ms: 0, at: Instant::now(), permit: None }
     }
 
     #[test]

@@ -231,6 +231,7 @@ async fn run_async(
         tls: up.tls.as_ref().map(|files| mqtt::client_tls(&up.broker, files)).transpose()?,
         client_id: up.client_id.clone(),
         login: mqtt::login(&up.credentials)?,
+        status_topic: format!("{}/status", up.topic_prefix),
     };
 
     let (in_tx, in_rx) = tokio::sync::mpsc::channel::<Msg>(INTAKE);
@@ -328,7 +329,7 @@ async fn run_async(
                         src,
                         |topic, payload| {
                             let m = Publish::new(topic, QoS::AtMostOnce, payload.into_bytes());
-                            let msg = Msg { m, recv_ms: now_ms(), at: Instant::now(), _permit: None };
+                            let msg = Msg { m, recv_ms: now_ms(), at: Instant::now(), permit: None };
                             tx.blocking_send(msg).is_ok()
                         },
                         |n| {

@@ -21,11 +21,16 @@ use super::logging;
 use crate::backoff::Backoff;
 use crate::config::Config;
 
-/// Most messages the engine thread logs (one fsync), acknowledges and processes at a time.
-pub(super) const BATCH: usize = 2048;
+/// Most messages the engine thread logs (one fsync), acknowledges and
+/// processes at a time: with at most 100 fsyncs a second, this bounds a
+/// backlog's drain to 409,600 messages a second.
+pub(super) const BATCH: usize = 4096;
 
-/// Messages waiting for the engine thread, at most (one batch; the broker holds the rest).
-pub(super) const INTAKE: usize = BATCH;
+/// Messages waiting for the engine thread, at most (half a batch: the engine
+/// takes them while it gathers a batch for the group commit, and the source
+/// fills the channel again meanwhile; the broker holds the rest). Each slot
+/// costs ~100 bytes whether used or not once a backlog filled it.
+pub(super) const INTAKE: usize = BATCH / 2;
 
 /// Capacity of the source client's request queue (acknowledgements,
 /// subscriptions, barriers). More acknowledgements than fit wait in the
@@ -56,7 +61,8 @@ pub(super) struct Msg {
     pub m: Publish,
     pub recv_ms: i64,
     pub at: Instant,
-    pub _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Its share of the intake budget (the engine merges a batch's shares into one).
+    pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// What the source's messages may hold in memory between the broker and the
@@ -141,7 +147,7 @@ pub(super) async fn source_task(
                 let Ok(permit) = budget.clone().acquire_many_owned(intake_cost(&publish)).await else {
                     continue;
                 };
-                let msg = Msg { m: publish, recv_ms: now_ms(), at: Instant::now(), _permit: Some(permit) };
+                let msg = Msg { m: publish, recv_ms: now_ms(), at: Instant::now(), permit: Some(permit) };
                 let _ = tx.send(msg).await;
                 if INTAKE - tx.capacity() >= wake.at.load(Ordering::Relaxed) {
                     wake.notify.notify_one();

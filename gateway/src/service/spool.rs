@@ -54,6 +54,8 @@ pub struct SpoolRecord {
     pub input_seq: u64,
     pub idx: u32,
     pub topic: String,
+    // written as bytes at once (the same encoding as a sequence of u8 in postcard)
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
 }
 
@@ -63,6 +65,7 @@ struct SpoolRecordRef<'a> {
     input_seq: u64,
     idx: u32,
     topic: &'a str,
+    #[serde(with = "serde_bytes")]
     payload: &'a [u8],
 }
 

@@ -22,7 +22,7 @@ use super::delivery::Delivery;
 use super::logging;
 use super::shutdown::Stage;
 use super::spool::{SpoolReader, SpoolState};
-use super::uplink_conn::{Conn, ConnError, Target, KEEP_ALIVE};
+use super::uplink_conn::{Conn, ConnError, Target, KEEP_ALIVE, OFFLINE};
 use crate::backoff::Backoff;
 
 /// Which spool positions the results of each recent message got, and when
@@ -139,6 +139,7 @@ struct Uplink {
     io: Links,
     stop_deadline: Option<Instant>,
     draining: bool,
+    status_topic: String,
 }
 
 impl Uplink {
@@ -167,7 +168,9 @@ impl Uplink {
         let mut wakeup = Box::pin(tokio::time::sleep(Duration::from_millis(200)));
         loop {
             if self.stop_due() {
-                // the engine's side saves the delivered position once this task is done
+                // the engine's side saves the delivered position once this task is done; a
+                // DISCONNECT discards the will, so the gateway says `offline` itself
+                let _ = c.publish_qos0(self.status_topic.clone(), OFFLINE.to_vec(), true);
                 let _ = c.disconnect();
                 let _ = c.flush().await;
                 return Ended::Stopped;
@@ -201,7 +204,8 @@ impl Uplink {
                 _ = self.io.spool_ready.notified() => {}
                 _ = self.io.shutdown.changed() => {}
                 Some((topic, payload)) = self.io.stats_rx.recv() => {
-                    if let Err(e) = c.publish_qos0(topic, payload) {
+                    // retained: a dashboard that subscribes later sees the last figures at once
+                    if let Err(e) = c.publish_qos0(topic, payload, true) {
                         return Ended::Failed(e);
                     }
                 }
@@ -233,6 +237,7 @@ pub(super) async fn uplink_task(target: Target, reader: SpoolReader, io: Links) 
         io,
         stop_deadline: None,
         draining: false,
+        status_topic: target.status_topic.clone(),
     };
     let mut down_since: Option<Instant> = None;
     let mut log = logging::Every::new(Duration::from_secs(30));

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use rumqttc::mqttbytes::v4::{ConnAck, Connect, Packet, Publish};
+use rumqttc::mqttbytes::v4::{ConnAck, Connect, LastWill, Packet, Publish};
 use rumqttc::mqttbytes::{Error as MqttError, QoS};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -23,6 +23,13 @@ const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The MQTT keep-alive; a PINGREQ goes out at half of it.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(30);
+
+/// The gateway's presence on the upstream broker (retained on the status
+/// topic): said after each connect, and on a clean stop.
+pub const ONLINE: &[u8] = b"online";
+/// Said by the broker (the connection's will) when the gateway is gone without
+/// a word, and by the gateway itself when it stops.
+pub const OFFLINE: &[u8] = b"offline";
 
 /// Why the connection failed, as the log says it.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +59,9 @@ pub struct Target {
     pub tls: Option<super::mqtt::ClientTls>,
     pub client_id: String,
     pub login: Option<(String, String)>,
+    /// `<topic_prefix>/status`: retained `online`, and `offline` as the
+    /// connection's will and at a clean stop.
+    pub status_topic: String,
 }
 
 /// An open connection: what was read and not yet parsed, what is encoded and not yet written.
@@ -68,7 +78,8 @@ async fn timed<T>(f: impl std::future::Future<Output = std::io::Result<T>>) -> R
 
 impl Conn {
     /// Connects (TCP, TLS when configured), sends CONNECT with a clean
-    /// session and waits for a successful CONNACK.
+    /// session and the will (retained `offline` on the status topic), waits
+    /// for a successful CONNACK and encodes the retained `online`.
     pub async fn connect(t: &Target) -> Result<Conn, ConnError> {
         let tcp = timed(tokio::net::TcpStream::connect((t.host.as_str(), t.port))).await?;
         let _ = tcp.set_nodelay(true);
@@ -88,6 +99,7 @@ impl Conn {
         let mut connect = Connect::new(t.client_id.clone());
         connect.keep_alive = KEEP_ALIVE.as_secs() as u16;
         connect.clean_session = true;
+        connect.last_will = Some(LastWill::new(t.status_topic.clone(), OFFLINE, QoS::AtLeastOnce, true));
         if let Some((user, password)) = &t.login {
             connect.set_login(user.clone(), password.clone());
         }
@@ -98,7 +110,10 @@ impl Conn {
             Some(Packet::ConnAck(ConnAck {
                 code: rumqttc::mqttbytes::v4::ConnectReturnCode::Success,
                 ..
-            })) => Ok(c),
+            })) => {
+                c.publish_qos0(t.status_topic.clone(), ONLINE.to_vec(), true)?;
+                Ok(c)
+            }
             Some(Packet::ConnAck(ack)) => Err(ConnError::Refused(ack.code)),
             other => Err(ConnError::Protocol(format!("expected CONNACK, got {other:?}"))),
         }
@@ -126,9 +141,11 @@ impl Conn {
         Ok(pkid)
     }
 
-    /// Encodes a QoS 0 PUBLISH (the stats).
-    pub fn publish_qos0(&mut self, topic: String, payload: Vec<u8>) -> Result<(), ConnError> {
-        self.encode(&Packet::Publish(Publish::new(topic, QoS::AtMostOnce, payload)))
+    /// Encodes a QoS 0 PUBLISH (the stats, the status), retained or not.
+    pub fn publish_qos0(&mut self, topic: String, payload: Vec<u8>, retain: bool) -> Result<(), ConnError> {
+        let mut p = Publish::new(topic, QoS::AtMostOnce, payload);
+        p.retain = retain;
+        self.encode(&Packet::Publish(p))
     }
 
     pub fn ping(&mut self) -> Result<(), ConnError> {
@@ -197,7 +214,7 @@ mod tests {
             let mut buf = BytesMut::with_capacity(1 << 16);
             let mut packets = Vec::new();
             let mut reads = 0;
-            while packets.len() < 102 {
+            while packets.len() < 103 {
                 s.read_buf(&mut buf).await.unwrap();
                 reads += 1;
                 while let Ok(p) = Packet::read(&mut buf, MAX_PACKET) {
@@ -223,17 +240,26 @@ mod tests {
             tls: None,
             client_id: "up".into(),
             login: Some(("u".into(), "p".into())),
+            status_topic: "gw/status".into(),
         };
         let mut c = Conn::connect(&t).await.unwrap();
         for i in 0..100 {
             c.publish(format!("r/{i}"), bytes::Bytes::from(format!("{{\"i\":{i}}}")), |id| id == 3).unwrap();
         }
-        c.publish_qos0("stats".into(), b"{}".to_vec()).unwrap();
+        c.publish_qos0("stats".into(), b"{}".to_vec(), true).unwrap();
         c.flush().await.unwrap();
         let (packets, reads) = broker.await.unwrap();
         let Packet::Connect(connect) = &packets[0] else { panic!("{:?}", packets[0]) };
         assert!(connect.clean_session && connect.client_id == "up" && connect.login.is_some());
-        let ids: Vec<u16> = packets[1..101]
+        // presence: the will says `offline` (retained), the first publish `online` (retained)
+        let will = connect.last_will.as_ref().expect("a will");
+        assert_eq!((will.topic.as_str(), &will.message[..], will.retain), ("gw/status", OFFLINE, true));
+        assert!(
+            matches!(&packets[1], Packet::Publish(p) if p.topic == "gw/status" && p.retain && &p.payload[..] == ONLINE),
+            "{:?}",
+            packets[1]
+        );
+        let ids: Vec<u16> = packets[2..102]
             .iter()
             .map(|p| match p {
                 Packet::Publish(p) if p.qos == QoS::AtLeastOnce => p.pkid,
@@ -242,7 +268,7 @@ mod tests {
             .collect();
         // ids in order, skipping the one in use
         assert_eq!(&ids[..4], &[1, 2, 4, 5]);
-        assert!(matches!(&packets[101], Packet::Publish(p) if p.qos == QoS::AtMostOnce));
+        assert!(matches!(&packets[102], Packet::Publish(p) if p.qos == QoS::AtMostOnce && p.retain));
         assert!(reads <= 3, "101 publishes reached the broker in {reads} reads");
         let mut acks = Vec::new();
         while acks.len() < 2 {

@@ -29,6 +29,8 @@ pub enum WalRecord {
         recv_ms: i64,
         pkid: u16,
         topic: String,
+        // written as bytes at once (the same encoding as a sequence of u8 in postcard)
+        #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
     },
     Tick {
@@ -45,9 +47,21 @@ pub enum WalRecord {
 /// The same encoding, borrowed, for appending without copies.
 #[derive(Serialize)]
 enum WalRecordRef<'a> {
-    Message { seq: u64, recv_ms: i64, pkid: u16, topic: &'a str, payload: &'a [u8] },
-    Tick { seq: u64, now_ms: i64 },
-    Acked { through: u64 },
+    Message {
+        seq: u64,
+        recv_ms: i64,
+        pkid: u16,
+        topic: &'a str,
+        #[serde(with = "serde_bytes")]
+        payload: &'a [u8],
+    },
+    Tick {
+        seq: u64,
+        now_ms: i64,
+    },
+    Acked {
+        through: u64,
+    },
 }
 
 impl WalRecord {
@@ -275,6 +289,62 @@ impl Wal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Payloads are written as bytes at once, and the files are what they
+    /// were when they were written as sequences of u8 (logs and spools
+    /// written before read the same).
+    #[test]
+    fn payload_bytes_keep_the_encoding_of_a_sequence() {
+        #[derive(Serialize)]
+        enum Before<'a> {
+            Message { seq: u64, recv_ms: i64, pkid: u16, topic: &'a str, payload: &'a [u8] },
+        }
+        let payload: Vec<u8> = (0..=255u8).cycle().take(300).collect();
+        let old = postcard::to_allocvec(&Before::Message {
+            seq: 7,
+            recv_ms: -3,
+            pkid: 9,
+            topic: "a/b",
+            payload: &payload,
+        })
+        .unwrap();
+        let new = postcard::to_allocvec(&WalRecordRef::Message {
+            seq: 7,
+            recv_ms: -3,
+            pkid: 9,
+            topic: "a/b",
+            payload: &payload,
+        })
+        .unwrap();
+        assert_eq!(new, old);
+        let back: WalRecord = postcard::from_bytes(&old).unwrap();
+        assert_eq!(back, WalRecord::Message { seq: 7, recv_ms: -3, pkid: 9, topic: "a/b".into(), payload });
+        #[derive(Serialize)]
+        struct SpoolBefore<'a> {
+            seq: u64,
+            input_seq: u64,
+            idx: u32,
+            topic: &'a str,
+            payload: &'a [u8],
+        }
+        let rec = super::super::spool::SpoolRecord {
+            seq: 1,
+            input_seq: 2,
+            idx: 3,
+            topic: "t".into(),
+            payload: b"{\"x\":1}".to_vec(),
+        };
+        let old = postcard::to_allocvec(&SpoolBefore {
+            seq: 1,
+            input_seq: 2,
+            idx: 3,
+            topic: "t",
+            payload: &rec.payload,
+        })
+        .unwrap();
+        assert_eq!(postcard::to_allocvec(&rec).unwrap(), old);
+        assert_eq!(postcard::from_bytes::<super::super::spool::SpoolRecord>(&old).unwrap(), rec);
+    }
 
     fn replay(dir: &Path, after: u64) -> (Vec<WalRecord>, Wal, u64) {
         let mut v = Vec::new();

@@ -249,7 +249,8 @@ impl Collector {
                         let _ = tx.send(());
                     }
                     Ok(Event::Incoming(Incoming::Publish(p))) => {
-                        if p.topic.ends_with("/stats") {
+                        // the gateway's stats and presence, not results
+                        if p.topic.ends_with("/stats") || p.topic.ends_with("/status") {
                             continue;
                         }
                         let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
