@@ -133,6 +133,15 @@ live_rate=$(python3 -c "print(int($N / (${G[live1]} / 1000)))")
 # latency at half the highest rate measured end to end (the live QoS 1 round, where a
 # publisher going as fast as it can set the pace and edgejoin kept up): the same messages, paced
 half=$(( live_rate / 2 ))
+# the drains' results first: a latency run behind the uplink's backlog times the backlog
+spool_empty() {   # within 60 s; the gauge is rendered at each stats interval
+    for _ in $(seq 1 600); do
+        [ "$(metric edgejoin_spool_depth)" = 0 ] && return 0
+        sleep 0.1
+    done
+    say "the spool did not empty within 60 s"
+}
+spool_empty; sleep 1.5; spool_empty
 metrics > "$work/lat0.txt"
 p0=$(awk '$1=="edgejoin_processed" {print $2}' "$work/lat0.txt")
 l0=$(now_us)
