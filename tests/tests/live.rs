@@ -650,19 +650,6 @@ fn record_and_tail_as_a_user_runs_them() {
     gw.stop();
 }
 
-/// One HTTP/1.0 request to the gateway's metrics address: (status line, headers, body).
-fn http(port: u16, request: &str) -> (String, String, String) {
-    use std::io::{Read, Write};
-    let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    sock.write_all(format!("{request} HTTP/1.0\r\n\r\n").as_bytes()).unwrap();
-    let mut text = String::new();
-    sock.read_to_string(&mut text).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
-    (status.to_string(), headers.to_string(), body.to_string())
-}
-
 /// The live service draws the clock of each device it corrects at
 /// `/clocks/` (docs/CLOCKS.md): an index, one SVG per device from the last
 /// `clock_trace` samples, nothing for names it has not drawn.

@@ -413,14 +413,27 @@ macro_rules! need_mosquitto {
     };
 }
 
-/// A value from the gateway's Prometheus endpoint (`name` with its labels, as written).
-pub fn metric(port: u16, name: &str) -> Option<f64> {
+/// One HTTP/1.0 request to the gateway's metrics address: (status line, headers, body).
+pub fn http(port: u16, request: &str) -> (String, String, String) {
+    try_http(port, request).unwrap_or_else(|| panic!("{request} on port {port}: no answer"))
+}
+
+/// The same, `None` while nothing answers (a gateway starting).
+pub fn try_http(port: u16, request: &str) -> Option<(String, String, String)> {
     use std::io::{Read, Write};
     let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    sock.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    sock.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
-    let mut body = String::new();
-    sock.read_to_string(&mut body).ok()?;
+    sock.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    sock.write_all(format!("{request} HTTP/1.0\r\n\r\n").as_bytes()).ok()?;
+    let mut text = String::new();
+    sock.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+    Some((status.to_string(), headers.to_string(), body.to_string()))
+}
+
+/// A value from the gateway's Prometheus endpoint (`name` with its labels, as written).
+pub fn metric(port: u16, name: &str) -> Option<f64> {
+    let (_, _, body) = try_http(port, "GET /metrics")?;
     body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
