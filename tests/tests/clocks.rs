@@ -258,7 +258,9 @@ fn random_fleets(seeds: u64, d_min_ms: (f64, f64)) -> (usize, Option<(i64, Strin
     let mut worst: Option<(i64, String, u64)> = None;
     let mut devices = 0;
     let mut failures = Vec::new();
-    for seed in 0..seeds {
+    // `EDGEJOIN_FLEET_SEED=N`: that fleet alone (with `EDGEJOIN_FLEET_DEBUG=device` to trace one device)
+    let only: Option<u64> = std::env::var("EDGEJOIN_FLEET_SEED").ok().and_then(|s| s.parse().ok());
+    for seed in only.map_or(0..seeds, |s| s..s + 1) {
         let (text, summary) = random_fleet(seed, d_min_ms);
         let sc: Scenario = toml::from_str(&text).unwrap();
         let msgs = generate(&sc, START, seed).unwrap();
