@@ -8,7 +8,7 @@
 #      of the counter (`sensors-sim count`), µs per message, and their ratio;
 #      bytes that reached the block device (/proc/PID/io write_bytes) against
 #      the bytes edgejoin wrote to its log and spool
-#      (edgejoin_state_bytes_written_total); fsyncs a second;
+#      (edgejoin_state_written_bytes_total); fsyncs a second;
 #   2. system calls per message, from `strace -c -f` attached to edgejoin
 #      (a pass of its own: strace slows what it watches).
 # Then idle CPU: a fresh gateway with the bench config (default stats
@@ -76,7 +76,7 @@ metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v k="$2" '$1==k {print $
 until_processed() { # $1 = port, $2 = count
     local deadline=$(( $(date +%s) + 60 ))
     while [ "$(date +%s)" -lt "$deadline" ]; do
-        local p; p=$(metric "$1" edgejoin_processed); p=${p%.*}
+        local p; p=$(metric "$1" edgejoin_processed_total); p=${p%.*}
         [ "${p:-0}" -ge "$2" ] && return 0
         sleep 0.2
     done
@@ -92,7 +92,7 @@ for rate in $RATES; do
     read -r gw mport < <(gateway "cpu-$rate")
     /usr/bin/time -f "%U %S" -o "$work/counter.time" "$SIM" count --broker "$URL" --topic 'bench/#' --n "$n" --qos 1 --announce > "$work/count.out" & cp=$!
     until grep -q ready "$work/count.out" 2>/dev/null; do sleep 0.01; done
-    c0=$(cpu_ticks "$gw"); w0=$(io_field "$gw" write_bytes); s0=$(metric "$mport" edgejoin_state_bytes_written_total)
+    c0=$(cpu_ticks "$gw"); w0=$(io_field "$gw" write_bytes); s0=$(metric "$mport" edgejoin_state_written_bytes_total)
     k0=$(metric "$mport" edgejoin_commits_total)
     t0=$(date +%s.%N)
     "$SIM" --config "$work/steady-$rate.toml" --broker "$URL" --quiet --qos 1
@@ -100,7 +100,7 @@ for rate in $RATES; do
     until_processed "$mport" "$n"
     sleep 1.2   # one stats interval: the byte counter is published with the stats
     t1=$(date +%s.%N)
-    c1=$(cpu_ticks "$gw"); w1=$(io_field "$gw" write_bytes); s1=$(metric "$mport" edgejoin_state_bytes_written_total)
+    c1=$(cpu_ticks "$gw"); w1=$(io_field "$gw" write_bytes); s1=$(metric "$mport" edgejoin_state_written_bytes_total)
     k1=$(metric "$mport" edgejoin_commits_total)
     kill "$gw"; wait "$gw" 2>/dev/null || true
     read -r cu cs < "$work/counter.time"

@@ -5,7 +5,7 @@
 #   - intake at QoS 0 and 1 against a minimal counting subscriber on the same
 #     broker, two ways (see `round` below): live behind a fast publisher, and
 #     draining a backlog; edgejoin's time ends with the batch that completed
-#     the N messages (its `edgejoin_last_processed_unix_ms` gauge). ROUNDS
+#     the N messages (its `edgejoin_last_processed_timestamp_seconds` gauge). ROUNDS
 #     rounds each, medians;
 #   - result latency (broker delivery → publish upstream, which excludes the
 #     watermark's hold) while the same N messages come at half the measured
@@ -78,7 +78,7 @@ sleep 1.5   # one stats interval, so metrics are served
 #          (sustained intake behind a fast publisher).
 round() {
     local mode=$1 q=$2 before
-    before=$(metric edgejoin_processed); before=${before:-0}
+    before=$(metric edgejoin_processed_total); before=${before:-0}
     "$SIM" count --broker "$URL" --topic 'bench/#' --n "$N" --qos "$q" --announce > "$work/count.out" & local CP=$!
     until grep -q ready "$work/count.out" 2>/dev/null; do sleep 0.01; done
     local s s2
@@ -101,12 +101,12 @@ round() {
     [ "$c_got" = "$N" ] || say "counter took $c_got of $N ($mode, QoS $q)"
     local deadline=$(( $(date +%s) + 120 )) p=0
     while [ "$(date +%s)" -lt "$deadline" ]; do
-        p=$(metric edgejoin_processed); p=${p:-0}
+        p=$(metric edgejoin_processed_total); p=${p:-0}
         [ "$p" -ge $((before + N)) ] && break
         sleep 0.05
     done
     [ "$p" -ge $((before + N)) ] || say "gateway took $((p - before)) of $N ($mode, QoS $q)"
-    local g_last=$(metric edgejoin_last_processed_unix_ms)
+    local g_last=$(metric edgejoin_last_processed_timestamp_seconds | awk '{printf "%d", $1 * 1000}')
     echo "$(( (c_last - s) / 1000 )) $(( g_last - s2 / 1000 ))"
 }
 median() { python3 -c "import sys,statistics; print(statistics.median(float(x) for x in sys.argv[1:]))" "$@"; }
@@ -143,13 +143,13 @@ spool_empty() {   # within 60 s; the gauge is rendered at each stats interval
 }
 spool_empty; sleep 1.5; spool_empty
 metrics > "$work/lat0.txt"
-p0=$(awk '$1=="edgejoin_processed" {print $2}' "$work/lat0.txt")
+p0=$(awk '$1=="edgejoin_processed_total" {print $2}' "$work/lat0.txt")
 l0=$(now_us)
 "$SIM" --config config/scenarios/bench.toml --start "$(fresh)" --broker "$URL" --rate "$half" --quiet --qos 1
 l1=$(now_us)
 sleep 1.5    # one stats interval
 metrics > "$work/lat1.txt"
-p1=$(awk '$1=="edgejoin_processed" {print $2}' "$work/lat1.txt")
+p1=$(awk '$1=="edgejoin_processed_total" {print $2}' "$work/lat1.txt")
 cat > "$work/q.py" <<'EOP'
 # latency quantiles (µs) from two Prometheus snapshots of the result latency histogram
 import sys, re

@@ -93,11 +93,12 @@ fn with_a_30_ms_fsync_the_gateway_keeps_up_at_1000_messages_a_second_and_loses_n
     let gw = slow_gateway(&path, &lib);
     paced(broker.port, &msgs[..3000], 1000);
     let published_ms = unix_ms();
-    let caught_up = wait_until(10, || metric(mport, "edgejoin_processed").unwrap_or(0.0) >= 3000.0);
-    assert!(caught_up, "processed {:?} of 3000", metric(mport, "edgejoin_processed"));
+    let caught_up = wait_until(10, || metric(mport, "edgejoin_processed_total").unwrap_or(0.0) >= 3000.0);
+    assert!(caught_up, "processed {:?} of 3000", metric(mport, "edgejoin_processed_total"));
     // when the batch that completed the 3,000 was processed (the metrics page is rendered once a
     // second: its own time would add up to a second)
-    let behind = metric(mport, "edgejoin_last_processed_unix_ms").unwrap() - published_ms as f64;
+    let behind =
+        metric(mport, "edgejoin_last_processed_timestamp_seconds").unwrap() * 1000.0 - published_ms as f64;
     assert!(behind < 1500.0, "{behind} ms behind the publisher");
     let commits = metric(mport, "edgejoin_commits_total").unwrap();
     assert!(commits <= 300.0, "{commits} fsyncs for 3000 messages: not grouped");
@@ -141,7 +142,7 @@ fn at_1000_messages_a_second_fsyncs_are_grouped_at_most_100_a_second() {
     let msgs: Vec<(String, Vec<u8>)> = (0..3000).map(reading).collect();
     let t0 = Instant::now();
     paced(broker.port, &msgs, 1000);
-    assert!(wait_until(10, || metric(mport, "edgejoin_processed").unwrap_or(0.0) >= 3000.0));
+    assert!(wait_until(10, || metric(mport, "edgejoin_processed_total").unwrap_or(0.0) >= 3000.0));
     let secs = t0.elapsed().as_secs_f64();
     let commits = metric(mport, "edgejoin_commits_total").unwrap() - before;
     // one fsync per message would be ~3,000; the cap is 100 a second

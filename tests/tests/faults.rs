@@ -63,14 +63,14 @@ fn an_oversized_qos1_message_is_counted_acknowledged_and_passed() {
     msgs.extend((0..10).map(valid));
     publish(broker.port, &msgs);
     assert!(
-        wait_until(20, || metric(mport, "edgejoin_processed") == Some(11.0)),
+        wait_until(20, || metric(mport, "edgejoin_processed_total") == Some(11.0)),
         "every message after the oversized one processed: {:?}",
         gw.log.lock().unwrap()
     );
     let too_large = "edgejoin_stream_decode_errors_total{stream=\"s\",reason=\"payload_too_large\"}";
     assert_eq!(metric(mport, too_large), Some(1.0));
-    assert_eq!(metric(mport, "edgejoin_payload_truncated"), Some(1.0));
-    assert_eq!(metric(mport, "edgejoin_source_connects"), Some(1.0), "no reconnect loop");
+    assert_eq!(metric(mport, "edgejoin_payload_truncated_total"), Some(1.0));
+    assert_eq!(metric(mport, "edgejoin_source_connects_total"), Some(1.0), "no reconnect loop");
     assert!(gw.logged("over source.max_payload"), "the cut is logged");
     // the log holds no more of it than the engine could use (64 KiB + 1)
     assert!(dir_bytes(&state.join("wal")) < 100_000, "{}", dir_bytes(&state.join("wal")));
@@ -78,7 +78,7 @@ fn an_oversized_qos1_message_is_counted_acknowledged_and_passed() {
     // acknowledged: a restart gets nothing back
     let gw = Gateway::start(path);
     std::thread::sleep(Duration::from_millis(2500));
-    assert_eq!(metric(mport, "edgejoin_processed"), Some(0.0));
+    assert_eq!(metric(mport, "edgejoin_processed_total"), Some(0.0));
     gw.stop();
 }
 
@@ -120,7 +120,7 @@ fn a_flood_of_large_payloads_stays_within_the_printed_memory_bound() {
     }));
     publish(broker.port, &msgs);
     unsafe { libc_kill(pid as i32, 18) };
-    assert!(wait_until(60, || metric(mport, "edgejoin_processed") == Some(450.0)));
+    assert!(wait_until(60, || metric(mport, "edgejoin_processed_total") == Some(450.0)));
     let grew = vm_hwm_kib(pid).saturating_sub(before);
     // intake bound at the default max_payload: 1 MiB budget + 11 × 128 KiB + 128 KiB ≈ 2.6 MiB
     assert!(grew < 8 << 10, "peak resident memory grew by {grew} KiB while the flood went through");
@@ -246,9 +246,9 @@ fn a_full_disk_pauses_intake_and_resumes_without_loss() {
     assert!(gw.child.try_wait().unwrap().is_none(), "alive while paused");
     std::fs::remove_file(&filler).unwrap();
     assert!(
-        wait_until(30, || metric(mport, "edgejoin_processed") == Some(3000.0)),
+        wait_until(30, || metric(mport, "edgejoin_processed_total") == Some(3000.0)),
         "all resumed: {:?}",
-        metric(mport, "edgejoin_processed")
+        metric(mport, "edgejoin_processed_total")
     );
     assert!(gw.logged("has room again"));
     assert_eq!(metric(mport, "edgejoin_storage_paused"), Some(0.0));
@@ -342,11 +342,11 @@ fn idle_metrics_connections_cannot_exhaust_the_gateway() {
     publish(broker.port, &(0..500).map(valid).collect::<Vec<_>>());
     // the idle ones time out; metrics answer again and the engine has run all along
     assert!(
-        wait_until(20, || metric(mport, "edgejoin_processed") == Some(500.0)),
+        wait_until(20, || metric(mport, "edgejoin_processed_total") == Some(500.0)),
         "{:?}",
         gw.log.lock().unwrap()
     );
-    assert!(metric(mport, "edgejoin_metrics_connections_refused").unwrap() > 300.0);
+    assert!(metric(mport, "edgejoin_metrics_connections_refused_total").unwrap() > 300.0);
     assert!(gw.child.try_wait().unwrap().is_none());
     drop(idle);
     gw.stop();
@@ -398,7 +398,7 @@ fn damaged_state_files_are_reported_and_the_rest_recovered() {
     let gw = Gateway::start(path);
     let msgs: Vec<_> = (0..2000).map(valid).collect();
     publish(broker.port, &msgs);
-    assert!(wait_until(20, || metric(mport, "edgejoin_processed") == Some(2000.0)));
+    assert!(wait_until(20, || metric(mport, "edgejoin_processed_total") == Some(2000.0)));
     assert!(wait_until(10, || !collector.distinct().is_empty()));
     gw.kill();
     let before = collector.distinct().len();
@@ -422,7 +422,7 @@ fn damaged_state_files_are_reported_and_the_rest_recovered() {
         .filter_map(|e| e.ok())
         .any(|e| e.file_name().to_string_lossy().contains(".damaged-"));
     assert!(kept, "the damaged log is kept aside");
-    assert!(wait_until(10, || metric(mport, "edgejoin_wal_lost_inputs") == Some(1.0)));
+    assert!(wait_until(10, || metric(mport, "edgejoin_wal_lost_inputs_total") == Some(1.0)));
     // nothing already delivered is skipped: results are re-sent (same ids), none vanish
     std::thread::sleep(Duration::from_millis(1500));
     assert!(collector.distinct().len() >= before);
@@ -452,7 +452,7 @@ fn skipped_payloads_are_logged_once_per_reason_with_topic_and_excerpt() {
         (0..200).map(|i| (format!("bad/k{i}"), b"{not json".to_vec())).collect();
     msgs.push(("bad/late".into(), br#"{"v":1}"#.to_vec()));
     publish(broker.port, &msgs);
-    assert!(wait_until(10, || metric(mport, "edgejoin_processed").unwrap_or(0.0) >= 201.0));
+    assert!(wait_until(10, || metric(mport, "edgejoin_processed_total").unwrap_or(0.0) >= 201.0));
     let log = gw.log.clone();
     let lines = |needle: &str| log.lock().unwrap().iter().filter(|l| l.contains(needle)).count();
     assert_eq!(

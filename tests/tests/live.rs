@@ -172,13 +172,9 @@ fn stats_topic_and_prometheus_metrics() {
     assert_eq!(stats["streams"]["payments"]["late_dropped"], 1);
     assert!(stats["joins"]["orders_payments"]["matches"].as_u64().unwrap() >= 5);
     // Prometheus text over HTTP
-    use std::io::{Read, Write};
-    let mut sock = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
-    sock.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut body = String::new();
-    sock.read_to_string(&mut body).unwrap();
-    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
-    assert!(body.contains(&format!("edgejoin_processed {}", msgs.len())), "{body}");
+    let (status, _, body) = http(metrics_port, "GET /metrics");
+    assert!(status.ends_with(" 200 OK"), "{status}");
+    assert!(body.contains(&format!("edgejoin_processed_total {}", msgs.len())), "{body}");
     assert!(body.contains("edgejoin_stream_late_dropped_total{stream=\"payments\"} 1"), "{body}");
     assert!(body.contains("edgejoin_join_matches_total{join=\"orders_payments\"}"), "{body}");
     let value = |name: &str| -> f64 {
@@ -189,7 +185,7 @@ fn stats_topic_and_prometheus_metrics() {
             .unwrap()
     };
     assert!(value("edgejoin_result_latency_seconds_count") >= 5.0, "{body}");
-    let last = value("edgejoin_last_processed_unix_ms");
+    let last = value("edgejoin_last_processed_timestamp_seconds") * 1000.0;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as f64;
     assert!(now - last >= 0.0 && now - last < 60_000.0, "{last} vs {now}");
     gw.stop();
@@ -441,17 +437,17 @@ fn a_qos1_backlog_drains_without_losing_acknowledgements() {
         body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
     };
     let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline && metric("edgejoin_processed").unwrap_or(0) < rest {
+    while Instant::now() < deadline && metric("edgejoin_processed_total").unwrap_or(0) < rest {
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(1500));
-    let seen = metric("edgejoin_processed").unwrap_or(0);
+    let seen = metric("edgejoin_processed_total").unwrap_or(0);
     assert_eq!(seen, rest, "{first} processed before the stop, {seen} after: the backlog is {N}");
     gw.stop();
     // restarted, the gateway processes nothing twice: whatever the broker sends again is recognised
     let gw = Gateway::start(&path);
     std::thread::sleep(Duration::from_millis(2500));
-    assert_eq!(metric("edgejoin_processed"), Some(0), "a message was processed twice");
+    assert_eq!(metric("edgejoin_processed_total"), Some(0), "a message was processed twice");
     gw.stop();
 }
 
@@ -478,7 +474,7 @@ fn sighup_reloads_the_config_keeping_unchanged_state() {
     let pid = gw.child.id() as i32;
     let ev = |ts: i64, v: i64| ("r/a".to_string(), format!(r#"{{"ts":{ts},"v":{v}}}"#).into_bytes());
     publish(broker.port, &[ev(1000, 1), ev(2000, 2)]);
-    assert!(wait_until(10, || metric(mport, "edgejoin_processed").unwrap_or(0.0) >= 2.0));
+    assert!(wait_until(10, || metric(mport, "edgejoin_processed_total").unwrap_or(0.0) >= 2.0));
 
     // a config with a mistake: refused, the running pipeline stays
     std::fs::write(&path, original.replace("size = \"10s\"", "size = \"5M\"")).unwrap();
@@ -755,4 +751,95 @@ fn the_gateway_says_online_and_offline_on_its_status_topic() {
         wait_until(10, || retained(broker.port, "gw/test/status").as_deref() == Some("offline")),
         "the will, when the gateway is gone without a word"
     );
+}
+
+/// The HTTP endpoint (issue #18): `/healthz` follows the source broker,
+/// `/status` says what the page shows, `/` is the self-contained page,
+/// `/metrics` answers Prometheus (OpenMetrics when asked) and HEAD; other
+/// paths 404, other methods 405.
+#[test]
+fn the_http_endpoint_serves_health_status_the_page_and_metrics() {
+    need_mosquitto!();
+    let mut broker = Broker::start();
+    let work = tempfile::tempdir().unwrap();
+    let (cfg, msgs) = example("tolerance");
+    let mport = free_port();
+    let cfg = cfg.replace("[gateway]\n", &format!("[gateway]\nmetrics_addr = \"127.0.0.1:{mport}\"\n"));
+    let (path, _) = live_config(&cfg, &broker, &broker, &work.path().join("state"));
+    let gw = Gateway::start(&path);
+    let healthy =
+        || try_http(mport, "GET /healthz").is_some_and(|(s, _, b)| s.ends_with("200 OK") && b == "ok\n");
+    assert!(wait_until(10, healthy), "{:?}", try_http(mport, "GET /healthz"));
+    publish(broker.port, &to_publish(&msgs));
+    assert!(wait_until(20, || metric(mport, "edgejoin_processed_total") == Some(msgs.len() as f64)));
+
+    // /status: as of the last stats interval (1 s in the test config)
+    let status = || -> serde_json::Value { serde_json::from_str(&http(mport, "GET /status").2).unwrap() };
+    assert!(wait_until(5, || status()["service"]["processed"] == msgs.len() as u64));
+    let s = status();
+    assert_eq!(s["health"]["healthy"], true, "{s}");
+    assert_eq!(s["health"]["source_connected"], true, "{s}");
+    assert_eq!(s["health"]["uplink_connected"], true, "{s}");
+    assert_eq!(s["streams"]["payments"]["late_dropped"], 1, "{s}");
+    for stream in ["orders", "payments"] {
+        assert!(s["streams"][stream]["rate_per_s"].is_number(), "{s}");
+        assert!(s["streams"][stream]["watermark_lag_ms"].as_i64().is_some(), "{s}");
+    }
+    let names = |k: &str| -> Vec<String> {
+        s["pipeline"][k].as_array().unwrap().iter().map(|x| x["name"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(names("streams"), ["orders", "payments"]);
+    assert_eq!(names("joins"), ["orders_payments"]);
+    assert!(s["memory"]["rss_bytes"].as_u64().unwrap() > 1 << 20, "{s}");
+    let bound = s["memory"]["bound_bytes"].as_u64().unwrap();
+    let check = Command::new(env!("CARGO_BIN_EXE_edgejoin-under-test"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&check.stdout)
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("total ").map(String::from));
+    assert!(printed.is_some() && bound > 0, "check-config's total {printed:?}, /status {bound}");
+    assert!(s["service"]["spool_depth"].is_u64() && s["gateway"]["version"].is_string(), "{s}");
+
+    // the page: HTML with its script inline and nothing fetched from elsewhere
+    let (st, headers, page) = http(mport, "GET /");
+    assert!(st.ends_with("200 OK") && headers.contains("Content-Type: text/html"), "{st} {headers}");
+    assert!(page.contains("<script>") && page.contains("fetch(\"status\""), "{page}");
+    for external in ["src=\"http", "href=\"http", "url(http", "@import"] {
+        assert!(!page.contains(external), "the page loads {external}…");
+    }
+
+    // metrics: the classic text by default, OpenMetrics when asked; HEAD has no body
+    let (st, headers, body) = http(mport, "GET /metrics");
+    assert!(st.ends_with("200 OK") && headers.contains("text/plain; version=0.0.4"), "{headers}");
+    assert!(body.contains("# TYPE edgejoin_processed_total counter\n"), "{body}");
+    let (_, headers, body) =
+        http(mport, "GET /metrics\r\nAccept: application/openmetrics-text; version=1.0.0");
+    assert!(headers.contains("application/openmetrics-text"), "{headers}");
+    assert!(body.ends_with("# EOF\n") && body.contains("# TYPE edgejoin_processed counter\n"), "{body}");
+    let (st, headers, body) = http(mport, "HEAD /metrics");
+    assert!(st.ends_with("200 OK") && body.is_empty(), "{st} {body}");
+    let len: usize = headers
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(len > 1000, "{headers}");
+    let (st, headers, _) = http(mport, "POST /metrics");
+    assert!(st.contains("405") && headers.contains("Allow: GET, HEAD"), "{st} {headers}");
+    for p in ["/nope", "/metrics/x", "/status.json"] {
+        assert!(http(mport, &format!("GET {p}")).0.contains("404"), "{p}");
+    }
+
+    // the source broker goes away: unhealthy (503) until it is back
+    broker.down();
+    let down = wait_until(15, || try_http(mport, "GET /healthz").is_some_and(|(s, _, _)| s.contains("503")));
+    let (_, _, why) = http(mport, "GET /healthz");
+    assert!(down && why.contains("not subscribed"), "{why}");
+    assert_eq!(status()["health"]["healthy"], false);
+    broker.up();
+    assert!(wait_until(30, healthy), "healthy again once the broker is back");
+    gw.stop();
 }

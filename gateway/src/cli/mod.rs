@@ -2,7 +2,7 @@
 //! ([`check_config`]), `replay` ([`replay`]), `tail` ([`tail`], results as
 //! [`show`] prints them) and `record` ([`record`]).
 
-mod check_config;
+pub(crate) mod check_config;
 mod record;
 mod replay;
 mod run;

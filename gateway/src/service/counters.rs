@@ -2,7 +2,6 @@
 //! the tasks update and [`super::registry`] reads (names, kinds and help
 //! live there), and the result latency histogram.
 
-use std::fmt::Write as _;
 use std::time::Duration;
 
 /// A counter several tasks update: a 64-bit atomic where the target has
@@ -97,27 +96,20 @@ impl LatencyHistogram {
         Some(*LATENCY_BOUNDS_US.last().expect("bounds") as f64)
     }
 
-    pub(super) fn prometheus(&self, o: &mut String) {
-        let name = "edgejoin_result_latency_seconds";
-        let _ = writeln!(
-            o,
-            "# HELP {name} Broker delivery of a message to the publish of the results it completed."
-        );
-        let _ = writeln!(o, "# TYPE {name} histogram");
-        let mut cum = 0u64;
-        for (i, c) in self.buckets.iter().enumerate() {
-            cum += c.load(Ordering::Relaxed);
-            match LATENCY_BOUNDS_US.get(i) {
-                Some(b) => {
-                    let _ = writeln!(o, "{name}_bucket{{le=\"{}\"}} {cum}", *b as f64 / 1e6);
-                }
-                None => {
-                    let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {cum}");
-                }
-            }
-        }
-        let _ = writeln!(o, "{name}_sum {}", self.sum_us.load(Ordering::Relaxed) as f64 / 1e6);
-        let _ = writeln!(o, "{name}_count {cum}");
+    /// Sum (s), count and per-bucket counts with their upper bounds (s),
+    /// the last bucket's bound +Inf.
+    pub fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let buckets: Vec<(f64, u64)> = self
+            .buckets
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let bound = LATENCY_BOUNDS_US.get(i).map_or(f64::INFINITY, |&b| b as f64 / 1e6);
+                (bound, c.load(Ordering::Relaxed))
+            })
+            .collect();
+        let count = buckets.iter().map(|b| b.1).sum();
+        (self.sum_us.load(Ordering::Relaxed) as f64 / 1e6, count, buckets)
     }
 }
 
@@ -171,13 +163,66 @@ pub struct ServiceCounters {
     pub broker_window: Counter,
     /// Bytes written to the write-ahead log and the spool.
     pub state_bytes_written: Counter,
+    /// 1 while connected and subscribed to the source broker (`/healthz`).
+    pub source_connected: Counter,
+    /// 1 while connected to the upstream broker.
+    pub uplink_connected: Counter,
+    /// Monotonic ms (since the service started) when the engine loop last
+    /// went round (`/healthz`: it is alive while this keeps moving).
+    pub engine_heartbeat_ms: Counter,
+    /// 1 once the engine thread has ended.
+    pub engine_ended: Counter,
     /// Broker delivery of a message → publish of the results it completed.
     pub result_latency: LatencyHistogram,
+}
+
+/// Milliseconds on a monotonic clock that starts with the process.
+fn mono_ms() -> u64 {
+    static T0: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    T0.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64
+}
+
+/// The engine loop is called stalled when it has not gone round for this long
+/// (it goes round at least every `tick`; systemd's watchdog allows 30 s).
+pub const ENGINE_STALL: Duration = Duration::from_secs(30);
+
+impl ServiceCounters {
+    /// The engine loop went round.
+    pub fn beat(&self) {
+        self.engine_heartbeat_ms.store(mono_ms().max(1), Ordering::Relaxed);
+    }
+
+    /// Whether the engine loop is running and went round within [`ENGINE_STALL`].
+    pub fn engine_alive(&self) -> bool {
+        self.engine_alive_at(mono_ms())
+    }
+
+    fn engine_alive_at(&self, now_ms: u64) -> bool {
+        // a beat at 0 ms is taken as one (`max(1)`): 0 means none yet
+        let beat = self.engine_heartbeat_ms.load(Ordering::Relaxed);
+        self.engine_ended.load(Ordering::Relaxed) == 0
+            && beat > 0
+            && Duration::from_millis(now_ms.saturating_sub(beat)) <= ENGINE_STALL
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_engine_is_alive_while_it_beats_and_not_after_it_ended() {
+        let c = ServiceCounters::default();
+        assert!(!c.engine_alive(), "not before its first beat");
+        c.beat();
+        assert!(c.engine_alive());
+        c.engine_heartbeat_ms.store(1_000, Ordering::Relaxed);
+        assert!(c.engine_alive_at(1_000 + 30_000), "went round 30 s ago");
+        assert!(!c.engine_alive_at(1_000 + 30_001), "stalled for longer than ENGINE_STALL");
+        c.beat();
+        c.engine_ended.store(1, Ordering::Relaxed);
+        assert!(!c.engine_alive(), "ended");
+    }
 
     #[test]
     fn latency_quantiles_interpolate_within_buckets() {
@@ -198,10 +243,11 @@ mod tests {
         // past the last bound: the last bound
         h.observe(Duration::from_secs(5));
         assert_eq!(h.quantile_us(1.0), Some(1e6));
-        let mut o = String::new();
-        h.prometheus(&mut o);
-        assert!(o.contains("edgejoin_result_latency_seconds_bucket{le=\"0.000025\"} 98\n"), "{o}");
-        assert!(o.contains("edgejoin_result_latency_seconds_bucket{le=\"+Inf\"} 101\n"), "{o}");
-        assert!(o.contains("edgejoin_result_latency_seconds_count 101\n"), "{o}");
+        let (sum, count, buckets) = h.snapshot();
+        assert_eq!(count, 101);
+        assert_eq!(buckets.iter().map(|b| b.1).sum::<u64>(), 101);
+        assert_eq!(buckets[0], (0.000025, 98));
+        assert_eq!(buckets.last().copied(), Some((f64::INFINITY, 1)));
+        assert!(sum >= 5.0, "{sum}");
     }
 }

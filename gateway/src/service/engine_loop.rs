@@ -48,7 +48,8 @@ pub(super) struct Links {
     /// Wakes the uplink when the spool has new results.
     pub spool_ready: Arc<Notify>,
     pub stats_tx: mpsc::Sender<(String, Vec<u8>)>,
-    pub metrics_text: Arc<Mutex<String>>,
+    /// What `/metrics` and `/status` are rendered from, refreshed at each stats interval.
+    pub snapshot: Arc<Mutex<metrics::Snapshot>>,
     /// The live clock trace (`/clocks/` on the metrics address), when kept.
     pub clocks: super::http::Clocks,
     pub counters: Arc<ServiceCounters>,
@@ -132,6 +133,8 @@ pub(super) struct EngineLoop {
     last_stats: Instant,
     watchdog: Watchdog,
     processed_at_stats: u64,
+    /// Each stream's received count at the last stats interval (its rate on `/status`).
+    stream_received_at_stats: Vec<u64>,
     spool_losses: (u64, u64),
     spool_log: logging::Every,
     skips: logging::SkipLog,
@@ -166,6 +169,7 @@ impl EngineLoop {
             last_stats: now,
             watchdog: Watchdog::from_env(),
             processed_at_stats: 0,
+            stream_received_at_stats: Vec::new(),
             spool_losses: (0, 0),
             spool_log: logging::Every::new(Duration::from_secs(30)),
             skips,
@@ -179,6 +183,16 @@ impl EngineLoop {
     ) -> Result<(), ServiceError> {
         let _ = started.send(());
         let mut stop = false;
+        // `/healthz` reads the beat; the end is said however the loop ends
+        struct Ended<'a>(&'a ServiceCounters);
+        impl Drop for Ended<'_> {
+            fn drop(&mut self) {
+                self.0.engine_ended.store(1, Ordering::Relaxed);
+            }
+        }
+        let counters = self.io.counters.clone();
+        let _ended = Ended(&counters);
+        counters.beat();
         while !stop {
             if self.durable {
                 self.send_acks()?;
@@ -210,6 +224,7 @@ impl EngineLoop {
                 self.stats();
             }
             self.watchdog.ping();
+            self.io.counters.beat();
         }
         tracing::info!(
             "engine stopped at input {}: {} messages processed, {} redeliveries skipped",
@@ -417,7 +432,8 @@ impl EngineLoop {
                     return Ok(Stored::GiveUp);
                 }
                 self.watchdog.ping();
-                self.render_metrics();
+                self.io.counters.beat();
+                self.render_metrics(0.0, None);
                 std::thread::sleep(Duration::from_millis(500));
                 Ok(Stored::Paused)
             }
@@ -608,18 +624,42 @@ impl EngineLoop {
         if let Some(Ok(mut t)) = self.io.clocks.as_ref().map(|t| t.lock()) {
             t.set_reports(self.engine.skew_reports().iter().map(|(n, r)| (n.as_str(), *r)));
         }
-        let snap = metrics::stats_json(&self.engine, c, rate, self.started_at.elapsed());
+        let samples = metrics::samples(&self.engine, c, rate, self.started_at.elapsed());
+        let snap = metrics::stats_json(&samples);
         let _ = self.io.stats_tx.try_send((self.stats_topic.clone(), snap.into_bytes()));
-        self.render_metrics();
-        systemd::status(&format!(
-            "{rate:.0} msg/s, {} results, spool depth {depth}",
-            c.results.load(Ordering::Relaxed)
-        ));
+        let results = c.results.load(Ordering::Relaxed);
+        self.render_metrics(secs, Some(samples));
+        systemd::status(&format!("{rate:.0} msg/s, {results} results, spool depth {depth}"));
     }
 
-    fn render_metrics(&self) {
-        if let Ok(mut m) = self.io.metrics_text.lock() {
-            *m = metrics::prometheus(&self.engine, &self.io.counters);
+    /// Refreshes the snapshot `/metrics` and `/status` read; `secs` since
+    /// the last (0: not a stats interval, the stream rates stay).
+    fn render_metrics(&mut self, secs: f64, samples: Option<super::registry::Samples>) {
+        let samples = samples.unwrap_or_else(|| {
+            metrics::samples(&self.engine, &self.io.counters, 0.0, self.started_at.elapsed())
+        });
+        let streams = &self.engine.pipeline().streams;
+        let received: Vec<u64> =
+            (0..streams.len()).map(|i| self.engine.stream_counters(i).received).collect();
+        let rates = (secs > 0.0).then(|| {
+            let prev = &self.stream_received_at_stats;
+            let rates: Vec<(String, f64)> = streams
+                .iter()
+                .zip(&received)
+                .enumerate()
+                .map(|(i, (s, &n))| {
+                    let was = prev.get(i).copied().unwrap_or(0).min(n);
+                    (s.name.clone(), (n - was) as f64 / secs)
+                })
+                .collect();
+            self.stream_received_at_stats = received;
+            rates
+        });
+        if let Ok(mut m) = self.io.snapshot.lock() {
+            m.samples = samples;
+            if let Some(r) = rates {
+                m.stream_rates = r;
+            }
         }
     }
 }

@@ -1,116 +1,280 @@
-//! The metrics endpoint: Prometheus text on `GET /metrics`, and the clock
-//! report (docs/CLOCKS.md) at `GET /clocks/`, from a small bounded HTTP
-//! responder. The Prometheus text is rendered by the engine thread at each
-//! stats interval (serving it costs a copy); the clock pictures are drawn on
-//! request, off the runtime's threads, from a copy of the live trace.
+//! The HTTP endpoint (`metrics_addr`, 127.0.0.1 by default), served by
+//! hyper: `GET /metrics` (Prometheus, via [`super::metrics`]), `GET /healthz`
+//! (200 while subscribed to the source and the engine loop goes round, 503
+//! otherwise), `GET /status` (JSON for people and scripts), `GET /` (the
+//! status page, one self-contained HTML file that reads `/status`), and the
+//! clock report at `GET /clocks/` (docs/CLOCKS.md). Other paths are 404,
+//! other methods 405. Bounded: at most [`CONNECTIONS`] connections at once,
+//! each closed after [`CONNECTION_TIME`] whatever the client does.
 
-use std::io;
+use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::registry::Registry;
+use serde_json::{json, Value};
 
 use super::counters::ServiceCounters;
 use super::logging;
+use super::metrics::{self, Snapshot};
+use super::process;
 use crate::clock_report::{self, ClockTrace};
+use crate::config::Config;
+use edgejoin_engine::join::side_capacity;
+use edgejoin_engine::window::ring_size;
 
 /// The live clock trace, when the service keeps one.
 pub(super) type Clocks = Option<Arc<Mutex<ClockTrace>>>;
 
-/// Metrics connections served at once, at most; more are closed at once.
-const METRICS_CONNECTIONS: usize = 16;
+/// Connections served at once, at most; more are closed at once (counted).
+const CONNECTIONS: usize = 16;
+/// A connection's whole life, at most.
+const CONNECTION_TIME: Duration = Duration::from_secs(10);
 
-/// Serves the Prometheus text on `GET /metrics` (404 for other paths, 405
-/// for other methods). Bounded: at most [`METRICS_CONNECTIONS`] at once,
-/// each closed after 5 s whatever the client does, and a failing accept
-/// (out of file descriptors) waits before trying again instead of spinning.
-pub(super) async fn metrics_server(
-    listener: tokio::net::TcpListener,
-    text: Arc<Mutex<String>>,
-    clocks: Clocks,
-    counters: Arc<ServiceCounters>,
-) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(METRICS_CONNECTIONS));
+/// The status page: no external assets (the gateway may have no internet).
+const STATUS_PAGE: &str = include_str!("status.html");
+
+/// What the endpoint serves from.
+pub(super) struct Site {
+    pub registry: Registry,
+    pub snapshot: Arc<Mutex<Snapshot>>,
+    pub counters: Arc<ServiceCounters>,
+    pub clocks: Clocks,
+    /// The pipeline and its bounds, fixed for the run (`/status`'s `pipeline`).
+    pub pipeline: Value,
+    pub gateway_id: String,
+    pub started: Instant,
+}
+
+type Answer = Response<Full<Bytes>>;
+
+pub(super) async fn serve(listener: tokio::net::TcpListener, site: Site) {
+    let site = Arc::new(site);
+    let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS));
     let mut log = logging::Every::new(Duration::from_secs(30));
     loop {
         let sock = match listener.accept().await {
             Ok((sock, _)) => sock,
             Err(e) => {
                 if let Some(more) = log.ready() {
-                    tracing::warn!(
-                        "metrics endpoint: cannot accept a connection: {e}{}",
-                        logging::more(more)
-                    );
+                    tracing::warn!("HTTP endpoint: cannot accept a connection: {e}{}", logging::more(more));
                 }
+                // out of file descriptors: wait instead of spinning
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            counters.metrics_connections_refused.fetch_add(1, Ordering::Relaxed);
+            site.counters.metrics_connections_refused.fetch_add(1, Ordering::Relaxed);
             drop(sock);
             continue;
         };
-        let (text, clocks) = (text.clone(), clocks.clone());
+        let site = site.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let _ = tokio::time::timeout(Duration::from_secs(5), serve(sock, text, clocks)).await;
+            let service = hyper::service::service_fn(move |req| {
+                let site = site.clone();
+                async move { Ok::<_, Infallible>(site.answer(req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .title_case_headers(true)
+                .header_read_timeout(Duration::from_secs(5))
+                .serve_connection(TokioIo::new(sock), service);
+            let _ = tokio::time::timeout(CONNECTION_TIME, conn).await;
         });
     }
 }
 
-const TEXT: &str = "text/plain; charset=utf-8";
+fn reply(status: StatusCode, kind: &'static str, body: impl Into<Bytes>) -> Answer {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
 
-async fn serve(mut sock: tokio::net::TcpStream, text: Arc<Mutex<String>>, clocks: Clocks) -> io::Result<()> {
-    let mut req = Vec::with_capacity(1024);
-    let mut buf = [0u8; 1024];
-    // the request line and headers, up to 8 KiB
-    while !req.windows(4).any(|w| w == b"\r\n\r\n") && !req.windows(2).any(|w| w == b"\n\n") {
-        let n = sock.read(&mut buf).await?;
-        if n == 0 || req.len() > 8 << 10 {
-            break;
+const TEXT: &str = "text/plain; charset=utf-8";
+const JSON: &str = "application/json";
+
+impl Site {
+    async fn answer(self: Arc<Self>, req: Request<Incoming>) -> Answer {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            let mut r = reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "only GET and HEAD\n");
+            r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return r;
         }
-        req.extend_from_slice(&buf[..n]);
+        let path = req.uri().path().to_string();
+        let r = match path.as_str() {
+            "/metrics" => {
+                let openmetrics = req
+                    .headers()
+                    .get(header::ACCEPT)
+                    .and_then(|a| a.to_str().ok())
+                    .is_some_and(|a| a.contains("application/openmetrics-text"));
+                match metrics::expose(&self.registry, openmetrics) {
+                    Ok(text) => reply(StatusCode::OK, metrics::content_type(openmetrics), text),
+                    Err(_) => {
+                        reply(StatusCode::INTERNAL_SERVER_ERROR, TEXT, "metrics could not be encoded\n")
+                    }
+                }
+            }
+            "/healthz" => {
+                let (ok, why) = self.health();
+                let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+                reply(status, TEXT, format!("{why}\n"))
+            }
+            "/status" => reply(StatusCode::OK, JSON, self.status().to_string()),
+            "/" | "/index.html" => reply(StatusCode::OK, "text/html; charset=utf-8", STATUS_PAGE),
+            "/clocks" => {
+                let mut r = reply(StatusCode::MOVED_PERMANENTLY, TEXT, "/clocks/\n");
+                r.headers_mut().insert(header::LOCATION, HeaderValue::from_static("/clocks/"));
+                r
+            }
+            p if p.starts_with("/clocks/") => {
+                let file = p["/clocks/".len()..].to_string();
+                let clocks = self.clocks.clone();
+                // drawn off the runtime's threads: a picture takes milliseconds
+                match tokio::task::spawn_blocking(move || clock_page(clocks.as_deref(), &file)).await {
+                    Ok((status, kind, body)) => reply(status, kind, body),
+                    Err(_) => reply(StatusCode::INTERNAL_SERVER_ERROR, TEXT, "drawing failed\n"),
+                }
+            }
+            _ => reply(
+                StatusCode::NOT_FOUND,
+                TEXT,
+                "not here: the status page is at /, metrics at /metrics, health at /healthz, \
+                 status at /status, the clock report at /clocks/\n",
+            ),
+        };
+        // hyper leaves a HEAD answer's body out and keeps its length
+        r
     }
-    let line = req.split(|&b| b == b'\n').next().unwrap_or_default();
-    let mut parts = line.split(|&b| b == b' ');
-    let (method, path) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
-    let path = String::from_utf8_lossy(path).into_owned();
-    let mut extra = "";
-    let (status, kind, body) = if method != b"GET" && method != b"HEAD" {
-        ("405 Method Not Allowed", TEXT, String::from("only GET\n"))
-    } else if path == "/metrics" || path == "/" {
-        ("200 OK", "text/plain; version=0.0.4", text.lock().map(|t| t.clone()).unwrap_or_default())
-    } else if path == "/clocks" {
-        extra = "Location: /clocks/\r\n";
-        ("301 Moved Permanently", TEXT, String::from("/clocks/\n"))
-    } else if let Some(file) = path.strip_prefix("/clocks/") {
-        let file = file.to_string();
-        // drawn off the runtime's threads: a picture takes milliseconds
-        tokio::task::spawn_blocking(move || clock_page(clocks.as_deref(), &file))
-            .await
-            .unwrap_or_else(|_| ("500 Internal Server Error", TEXT, String::from("drawing failed\n")))
-    } else {
-        ("404 Not Found", TEXT, String::from("metrics are at /metrics, the clock report at /clocks/\n"))
-    };
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    sock.write_all(head.as_bytes()).await?;
-    if method != b"HEAD" {
-        sock.write_all(body.as_bytes()).await?;
+
+    /// Healthy: subscribed to the source broker and the engine loop alive.
+    fn health(&self) -> (bool, &'static str) {
+        let c = &self.counters;
+        if !c.engine_alive() {
+            (false, "engine loop stalled or stopped")
+        } else if c.source_connected.load(Ordering::Relaxed) == 0 {
+            (false, "not subscribed to the source broker")
+        } else {
+            (true, "ok")
+        }
     }
-    sock.shutdown().await
+
+    /// `/status`: the stats as the engine thread saw them at its last
+    /// interval (the stats topic's JSON), each stream's rate and watermark
+    /// lag, health, memory against the printed bound, and the pipeline.
+    fn status(&self) -> Value {
+        let (mut v, rates) = match self.snapshot.lock() {
+            Ok(s) => (metrics::to_json(&s.samples), s.stream_rates.clone()),
+            Err(_) => (json!({}), Vec::new()),
+        };
+        let gateway_ms = v["service"]["gateway_ms"].as_i64();
+        if let Some(streams) = v.get_mut("streams").and_then(Value::as_object_mut) {
+            for (name, s) in streams.iter_mut() {
+                let rate = rates.iter().find(|(n, _)| n == name).map_or(0.0, |r| r.1);
+                s["rate_per_s"] = json!((rate * 10.0).round() / 10.0);
+                let lag = match (gateway_ms, s["watermark"].as_i64()) {
+                    (Some(now), Some(wm)) => json!(now.saturating_sub(wm)),
+                    _ => Value::Null,
+                };
+                s["watermark_lag_ms"] = lag;
+            }
+        }
+        let (healthy, why) = self.health();
+        v["health"] = json!({
+            "healthy": healthy,
+            "reason": why,
+            "source_connected": self.counters.source_connected.load(Ordering::Relaxed) == 1,
+            "uplink_connected": self.counters.uplink_connected.load(Ordering::Relaxed) == 1,
+            "engine_alive": self.counters.engine_alive(),
+        });
+        let p = process::read().unwrap_or_default();
+        v["memory"] = json!({
+            "rss_bytes": p.rss_bytes,
+            "bound_bytes": self.pipeline["memory_bound_bytes"],
+        });
+        v["gateway"] = json!({
+            "id": self.gateway_id,
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_s": self.started.elapsed().as_secs(),
+        });
+        v["pipeline"] = self.pipeline.clone();
+        v
+    }
+}
+
+/// The pipeline and its bounds as `/status` and the status page show them:
+/// streams (topics, clock, watermark) → windows (input, kind, aggregates,
+/// key bound) → joins (inputs, strategy, bounds) → outputs (topics).
+pub(super) fn pipeline(c: &Config) -> Value {
+    let p = &c.plan;
+    let streams: Vec<Value> = p
+        .streams
+        .iter()
+        .map(|s| {
+            json!({
+                "name": s.name,
+                "topics": s.topics.iter().map(|t| t.text()).collect::<Vec<_>>(),
+                "clock": format!("{:?}", s.clock).to_lowercase(),
+                "watermark": format!("{:?}", s.watermark).to_lowercase(),
+                "lateness_ms": s.lateness_ms,
+            })
+        })
+        .collect();
+    let windows: Vec<Value> = p
+        .windows
+        .iter()
+        .map(|w| {
+            let ring = ring_size(w.kind, w.input_lateness_ms) as u64;
+            json!({
+                "name": w.name,
+                "input": p.input_name(w.input),
+                "kind": format!("{:?}", w.kind),
+                "aggregates": w.aggregates.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(),
+                "max_keys": w.max_keys.get(),
+                "max_open_windows": u64::from(w.max_keys.get()) * ring,
+                "topic": w.emit.as_ref().map(|t| t.text()),
+            })
+        })
+        .collect();
+    let joins: Vec<Value> = p
+        .joins
+        .iter()
+        .map(|j| {
+            json!({
+                "name": j.name,
+                "left": p.input_name(j.left),
+                "right": p.input_name(j.right),
+                "strategy": j.strategy.name(),
+                "kind": format!("{:?}", j.kind).to_lowercase(),
+                "buffered_per_key": [side_capacity(p, j.left), side_capacity(p, j.right)],
+                "topic": j.topic.text(),
+            })
+        })
+        .collect();
+    json!({
+        "streams": streams,
+        "windows": windows,
+        "joins": joins,
+        "memory_bound_bytes": crate::cli::check_config::memory_bound(c),
+    })
 }
 
 /// `/clocks/` (the index) or `/clocks/<device>.svg`, drawn from a copy of
 /// the trace (the engine thread holds its lock only while copying).
-fn clock_page(clocks: Option<&Mutex<ClockTrace>>, file: &str) -> (&'static str, &'static str, String) {
+fn clock_page(clocks: Option<&Mutex<ClockTrace>>, file: &str) -> (StatusCode, &'static str, String) {
     let Some(clocks) = clocks else {
         return (
-            "404 Not Found",
+            StatusCode::NOT_FOUND,
             TEXT,
             String::from("no clock report: clock_trace = 0 in the config's [gateway]\n"),
         );
@@ -130,12 +294,12 @@ fn clock_page(clocks: Option<&Mutex<ClockTrace>>, file: &str) -> (&'static str, 
             );
         }
         let page = clock_report::index_html(&devices, not_drawn, &note);
-        return ("200 OK", "text/html; charset=utf-8", page);
+        return (StatusCode::OK, "text/html; charset=utf-8", page);
     }
     let device = clocks.lock().ok().and_then(|t| t.device(file));
     match device.map(|d| d.svg()) {
-        Some(Ok(svg)) => ("200 OK", "image/svg+xml", svg),
-        Some(Err(e)) => ("500 Internal Server Error", TEXT, format!("{e}\n")),
-        None => ("404 Not Found", TEXT, format!("no device drawn as {file}; see /clocks/\n")),
+        Some(Ok(svg)) => (StatusCode::OK, "image/svg+xml", svg),
+        Some(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, TEXT, format!("{e}\n")),
+        None => (StatusCode::NOT_FOUND, TEXT, format!("no device drawn as {file}; see /clocks/\n")),
     }
 }

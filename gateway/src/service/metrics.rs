@@ -1,16 +1,24 @@
-//! The two renderings of what edgejoin reports, both from the samples of
+//! The renderings of what edgejoin reports, all from the samples of
 //! [`super::registry`]: the stats message (JSON, published on the stats topic;
-//! its engine part is also `replay --stats`) and the Prometheus text.
+//! its engine part is also `replay --stats`), and the Prometheus exposition
+//! (prometheus-client: OpenMetrics or the classic text) with the build info
+//! and the standard process metrics.
 
-use std::fmt::Write as _;
+use std::fmt;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit as PromUnit};
 use serde_json::{Map, Value};
 
 use edgejoin_engine::engine::Engine;
 
 use super::counters::ServiceCounters;
-use super::registry::{Family, Kind, Sample, Samples, Val, ALL, STREAM_DECODE_ERRORS};
+use super::process;
+use super::registry::{Family, Kind, Sample, Samples, Unit, Val, ALL, STREAM_DECODE_ERRORS};
 
 /// `template` with each `{label}` replaced by its value; the labels it did not use.
 fn fill<'a>(
@@ -73,50 +81,179 @@ pub fn to_json(s: &Samples) -> Value {
     root
 }
 
-fn label(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+/// What the engine thread saw at its last stats interval: the samples
+/// the Prometheus exposition and `/status` are rendered from (at request
+/// time, on the HTTP task: the engine thread only copies them).
+#[derive(Default, Debug)]
+pub struct Snapshot {
+    pub samples: Samples,
+    /// Messages per second matched by each stream over the last interval.
+    pub stream_rates: Vec<(String, f64)>,
 }
 
-/// The samples in Prometheus text format: each metric's lines together,
-/// under its HELP and TYPE.
-pub fn to_prometheus(samples: &[Sample], o: &mut String) {
-    for &f in ALL {
-        let Some(name) = f.prom else { continue };
-        // a name template with a label in it (`join_buffered_{side}`) makes one metric per value
-        let mut metrics: Vec<(String, String)> = Vec::new();
-        for s in samples.iter().filter(|s| std::ptr::eq(s.family, f)) {
-            let v = match &s.val {
-                Val::U(n) => n.to_string(),
-                Val::I(n) => n.to_string(),
-                Val::F(x) => x.to_string(),
-                Val::None | Val::Text(_) => continue,
+/// The exposition: every family of [`ALL`] exported to Prometheus, from the
+/// last snapshot, in base units, with its HELP and TYPE (OpenMetrics via
+/// prometheus-client: counters get `_total`, units their suffix).
+#[derive(Debug)]
+pub struct Exposition {
+    pub snapshot: Arc<Mutex<Snapshot>>,
+    pub counters: Arc<ServiceCounters>,
+}
+
+impl Collector for Exposition {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let snap = self.snapshot.lock().map_err(|_| fmt::Error)?;
+        // the samples grouped by family, in the families' order
+        let position = |f: &Family| ALL.iter().position(|g| std::ptr::eq(*g, f)).unwrap_or(usize::MAX);
+        let mut order: Vec<(usize, &Sample)> = snap
+            .samples
+            .samples
+            .iter()
+            .filter(|s| s.family.prom.is_some() && !matches!(s.val, Val::None | Val::Text(_)))
+            .map(|s| (position(s.family), s))
+            .collect();
+        order.sort_by_key(|(i, _)| *i);
+        for group in order.chunk_by(|a, b| a.0 == b.0) {
+            let f = group[0].1.family;
+            let name = f.prom.expect("filtered");
+            let unit = prom_unit(f.unit);
+            let kind = match f.kind {
+                Kind::Counter => MetricType::Counter,
+                Kind::Gauge => MetricType::Gauge,
             };
-            let (metric, rest) = fill(name, &s.labels);
-            let mut line = format!("edgejoin_{metric}");
-            if !rest.is_empty() {
-                let pairs: Vec<String> = rest.iter().map(|(k, v)| format!("{k}=\"{}\"", label(v))).collect();
-                let _ = write!(line, "{{{}}}", pairs.join(","));
-            }
-            let _ = writeln!(line, " {v}");
-            match metrics.iter_mut().find(|(m, _)| *m == metric) {
-                Some((_, lines)) => lines.push_str(&line),
-                None => metrics.push((metric, line)),
+            let mut m = enc.encode_descriptor(name, f.help, unit.as_ref(), kind)?;
+            for (_, s) in group {
+                let labels: Vec<(&str, &str)> = s.labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                let mut m = m.encode_family(&labels)?;
+                let scale = f.unit.scale();
+                match (f.kind, &s.val) {
+                    (Kind::Counter, Val::U(n)) if scale == 1.0 => {
+                        m.encode_counter::<NoLabelSet, _, u64>(n, None)?
+                    }
+                    (Kind::Counter, v) => {
+                        m.encode_counter::<NoLabelSet, _, u64>(&(number(v) * scale), None)?
+                    }
+                    (Kind::Gauge, Val::U(n)) if scale == 1.0 => m.encode_gauge(n)?,
+                    (Kind::Gauge, Val::I(n)) if scale == 1.0 => m.encode_gauge(n)?,
+                    (Kind::Gauge, v) => m.encode_gauge(&(number(v) * scale))?,
+                }
             }
         }
-        for (metric, lines) in metrics {
-            header(o, f, &metric);
-            o.push_str(&lines);
-        }
+        drop(snap);
+        let h = &self.counters.result_latency;
+        let (sum, count, buckets) = h.snapshot();
+        enc.encode_descriptor(
+            "result_latency",
+            "Broker delivery of a message to the publish of the results it completed.",
+            Some(&PromUnit::Seconds),
+            MetricType::Histogram,
+        )?
+        .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
     }
 }
 
-fn header(o: &mut String, f: &Family, name: &str) {
-    let kind = match f.kind {
-        Kind::Counter => "counter",
-        Kind::Gauge => "gauge",
-    };
-    let _ = writeln!(o, "# HELP edgejoin_{name} {}", f.help);
-    let _ = writeln!(o, "# TYPE edgejoin_{name} {kind}");
+fn number(v: &Val) -> f64 {
+    match v {
+        Val::U(n) => *n as f64,
+        Val::I(n) => *n as f64,
+        Val::F(x) => *x,
+        Val::None | Val::Text(_) => f64::NAN,
+    }
+}
+
+fn prom_unit(u: Unit) -> Option<PromUnit> {
+    match u {
+        Unit::One => None,
+        Unit::Bytes => Some(PromUnit::Bytes),
+        Unit::Ms => Some(PromUnit::Seconds),
+        Unit::Ppm => Some(PromUnit::Other("ratio".into())),
+    }
+}
+
+/// `edgejoin_build_info{version, target}`: 1.
+#[derive(Debug)]
+struct BuildInfo;
+
+impl Collector for BuildInfo {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let info = [("version", env!("CARGO_PKG_VERSION")), ("target", std::env::consts::ARCH)];
+        enc.encode_descriptor(
+            "build",
+            "The running edgejoin's version and CPU architecture.",
+            None,
+            MetricType::Info,
+        )?
+        .encode_info(&info)
+    }
+}
+
+/// The standard process metrics (`process_cpu_seconds_total`,
+/// `process_resident_memory_bytes`, …) from /proc/self, read at each scrape.
+#[derive(Debug)]
+struct Process;
+
+impl Collector for Process {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let Some(p) = process::read() else { return Ok(()) };
+        enc.encode_descriptor(
+            "process_cpu",
+            "User and system CPU time spent.",
+            Some(&PromUnit::Seconds),
+            MetricType::Counter,
+        )?
+        .encode_counter::<NoLabelSet, _, u64>(&p.cpu_seconds, None)?;
+        let (s, b) = (Some(PromUnit::Seconds), Some(PromUnit::Bytes));
+        let gauges = [
+            ("process_resident_memory", "Resident memory size.", &b, p.rss_bytes as f64),
+            ("process_virtual_memory", "Virtual memory size.", &b, p.vsize_bytes as f64),
+            (
+                "process_start_time",
+                "Start time of the process since the Unix epoch.",
+                &s,
+                p.start_time_seconds,
+            ),
+            ("process_open_fds", "Open file descriptors.", &None, p.open_fds as f64),
+            ("process_threads", "Threads of the process.", &None, p.threads as f64),
+        ];
+        let max_fds =
+            p.max_fds.map(|m| ("process_max_fds", "The limit of open file descriptors.", &None, m as f64));
+        for (name, help, unit, v) in gauges.into_iter().chain(max_fds) {
+            enc.encode_descriptor(name, help, unit.as_ref(), MetricType::Gauge)?.encode_gauge(&v)?;
+        }
+        Ok(())
+    }
+}
+
+/// The registry served on `/metrics`: edgejoin's families under `edgejoin_`,
+/// the process metrics without a prefix.
+pub fn registry(snapshot: Arc<Mutex<Snapshot>>, counters: Arc<ServiceCounters>) -> Registry {
+    let mut r = Registry::default();
+    r.register_collector(Box::new(Process));
+    let sub = r.sub_registry_with_prefix("edgejoin");
+    sub.register_collector(Box::new(BuildInfo));
+    sub.register_collector(Box::new(Exposition { snapshot, counters }));
+    r
+}
+
+/// The exposition in the format the scraper asked for: OpenMetrics when
+/// its `Accept` names it (Prometheus does), else the classic text format.
+pub fn expose(r: &Registry, openmetrics: bool) -> Result<String, fmt::Error> {
+    let mut o = String::with_capacity(16 << 10);
+    if openmetrics {
+        prometheus_client::encoding::text::encode(&mut o, r)?;
+    } else {
+        prometheus_client::encoding::prometheus_text::encode(&mut o, r)?;
+    }
+    Ok(o)
+}
+
+/// The content type of [`expose`]'s output.
+pub fn content_type(openmetrics: bool) -> &'static str {
+    if openmetrics {
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    } else {
+        "text/plain; version=0.0.4; charset=utf-8"
+    }
 }
 
 /// The engine's counters as JSON (`replay --stats`, and the stats message).
@@ -127,22 +264,16 @@ pub fn engine_stats(e: &Engine) -> Value {
 }
 
 /// The stats message: the engine's counters and the service's, as JSON.
-pub fn stats_json(e: &Engine, c: &ServiceCounters, rate: f64, uptime: Duration) -> String {
+pub fn stats_json(s: &Samples) -> String {
+    to_json(s).to_string()
+}
+
+/// The samples for `/metrics` and `/status`: the service's and the engine's.
+pub fn samples(e: &Engine, c: &ServiceCounters, rate: f64, uptime: Duration) -> Samples {
     let mut s = Samples::default();
     s.engine(e);
     s.service(c, rate, uptime, e.now());
-    to_json(&s).to_string()
-}
-
-/// The same in Prometheus text format, with the result latency histogram.
-pub fn prometheus(e: &Engine, c: &ServiceCounters) -> String {
-    let mut s = Samples::default();
-    s.service(c, 0.0, Duration::ZERO, e.now());
-    s.engine(e);
-    let mut o = String::new();
-    to_prometheus(&s.samples, &mut o);
-    c.result_latency.prometheus(&mut o);
-    o
+    s
 }
 
 #[cfg(test)]
@@ -170,60 +301,107 @@ mod tests {
         e
     }
 
+    fn exposition(openmetrics: bool) -> (Samples, String) {
+        let c = Arc::new(ServiceCounters::default());
+        c.received.store(7, std::sync::atomic::Ordering::Relaxed);
+        c.processing_delay_ms.store(1500, std::sync::atomic::Ordering::Relaxed);
+        let s = samples(&engine(), &c, 0.0, Duration::ZERO);
+        let snapshot =
+            Arc::new(Mutex::new(Snapshot { samples: Samples::default(), stream_rates: Vec::new() }));
+        snapshot.lock().unwrap().samples = samples(&engine(), &c, 0.0, Duration::ZERO);
+        let text = expose(&registry(snapshot, c), openmetrics).unwrap();
+        (s, text)
+    }
+
+    /// Every metric under its HELP and TYPE, each family one group, in
+    /// both formats; OpenMetrics ends with `# EOF`.
     #[test]
-    fn every_prometheus_line_has_its_help_and_type_and_each_metric_is_one_group() {
-        let c = ServiceCounters::default();
-        let text = prometheus(&engine(), &c);
-        let mut seen = std::collections::BTreeSet::new();
-        let mut current = String::new();
-        for line in text.lines() {
-            if let Some(rest) = line.strip_prefix("# TYPE ") {
-                current = rest.split(' ').next().unwrap().to_string();
-                assert!(seen.insert(current.clone()), "{current} split in two groups");
-                continue;
+    fn every_metric_has_its_help_and_type_and_each_family_is_one_group() {
+        for openmetrics in [true, false] {
+            let (_, text) = exposition(openmetrics);
+            let mut seen = std::collections::BTreeMap::new();
+            let mut helped = std::collections::BTreeSet::new();
+            let mut current = String::new();
+            for line in text.lines() {
+                if let Some(rest) = line.strip_prefix("# HELP ") {
+                    helped.insert(rest.split(' ').next().unwrap().to_string());
+                    continue;
+                }
+                if let Some(rest) = line.strip_prefix("# TYPE ") {
+                    let mut it = rest.split(' ');
+                    current = it.next().unwrap().to_string();
+                    assert!(helped.contains(&current), "{current} has no HELP");
+                    let kind = it.next().unwrap().to_string();
+                    assert!(seen.insert(current.clone(), kind).is_none(), "{current} split in two groups");
+                    continue;
+                }
+                if line.starts_with('#') {
+                    assert!(openmetrics && line == "# EOF" || line.starts_with("# UNIT "), "{line}");
+                    continue;
+                }
+                let name = line.split(['{', ' ']).next().unwrap();
+                let base = ["_total", "_bucket", "_sum", "_count", "_info"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s).filter(|b| *b == current))
+                    .unwrap_or(name);
+                assert_eq!(base, current, "{line} outside its group");
             }
-            if line.starts_with("# HELP ") {
-                continue;
+            assert_eq!(text.lines().last() == Some("# EOF"), openmetrics);
+            let kind = |m: &str| seen.get(m).map(String::as_str);
+            // counters end in _total (the TYPE names the family without it in OpenMetrics)
+            let received = if openmetrics { "edgejoin_received" } else { "edgejoin_received_total" };
+            assert_eq!(kind(received), Some("counter"), "{text}");
+            assert!(text.contains("\nedgejoin_received_total 7\n"), "{text}");
+            // base units: ms become seconds, in the name
+            assert_eq!(kind("edgejoin_processing_delay_seconds"), Some("gauge"));
+            assert!(text.contains("\nedgejoin_processing_delay_seconds 1.5\n"), "{text}");
+            assert_eq!(kind("edgejoin_result_latency_seconds"), Some("histogram"));
+            assert!(text.contains("edgejoin_result_latency_seconds_bucket{le=\"+Inf\"} 0"), "{text}");
+            // the side is a label, not part of the name
+            assert!(
+                text.contains("edgejoin_join_buffered{join=\"orders_payments\",side=\"left\"}"),
+                "{text}"
+            );
+            assert!(text.contains("edgejoin_build_info{version=\""), "{text}");
+            assert_eq!(kind("process_resident_memory_bytes"), Some("gauge"));
+            let cpu = if openmetrics { "process_cpu_seconds" } else { "process_cpu_seconds_total" };
+            assert_eq!(kind(cpu), Some("counter"));
+            for m in ["edgejoin_unrouted", "edgejoin_device_evictions"] {
+                let m = if openmetrics { m.to_string() } else { format!("{m}_total") };
+                assert_eq!(kind(&m), Some("counter"), "{m}");
             }
-            let name = line.split(['{', ' ']).next().unwrap();
-            let family = name.trim_end_matches("_bucket").trim_end_matches("_sum").trim_end_matches("_count");
-            assert!(name == current || family == current, "{line} outside its group {current}");
-        }
-        for want in
-            ["edgejoin_join_evicted_elements_total", "edgejoin_stream_received_total", "edgejoin_processed"]
-        {
-            assert!(seen.contains(want), "{want} missing");
         }
     }
 
+    /// The stats JSON and the exposition say the same, in their units.
     #[test]
     fn the_stats_json_and_prometheus_carry_the_same_numbers() {
-        let e = engine();
-        let mut s = Samples::default();
-        s.engine(&e);
+        let (s, text) = exposition(true);
         let json = to_json(&s);
-        let mut text = String::new();
-        to_prometheus(&s.samples, &mut text);
         let mut checked = 0;
         for smp in &s.samples {
-            let (Some(jp), Some(pp), Val::U(n)) = (smp.family.json, smp.family.prom, &smp.val) else {
-                continue;
+            let (Some(jp), Some(pp)) = (smp.family.json, smp.family.prom) else { continue };
+            let n = match smp.val {
+                Val::U(n) => n as f64,
+                Val::I(n) => n as f64,
+                _ => continue,
             };
-            let (jp, _) = fill(jp, &smp.labels);
-            let at = jp.split('.').fold(&json, |v, k| &v[k]);
-            if std::ptr::eq(smp.family, &STREAM_DECODE_ERRORS) && *n == 0 {
-                assert!(at.is_null());
-            } else {
-                assert_eq!(at.as_u64(), Some(*n), "{jp}");
+            let (jp, rest) = fill(jp, &smp.labels);
+            if !(std::ptr::eq(smp.family, &STREAM_DECODE_ERRORS) && n == 0.0) {
+                let at = jp.split('.').fold(&json, |v, k| &v[k]);
+                assert_eq!(at.as_f64(), Some(n), "{jp}");
             }
-            let (metric, rest) = fill(pp, &smp.labels);
-            let labels: Vec<String> = rest.iter().map(|(k, v)| format!("{k}=\"{}\"", label(v))).collect();
-            let line = if labels.is_empty() {
-                format!("edgejoin_{metric} {n}\n")
-            } else {
-                format!("edgejoin_{metric}{{{}}} {n}\n", labels.join(","))
-            };
-            assert!(text.contains(&line), "{line}");
+            let unit = prom_unit(smp.family.unit).map(|u| format!("_{}", u.as_str())).unwrap_or_default();
+            let total = if smp.family.kind == Kind::Counter { "_total" } else { "" };
+            let labels: Vec<String> = smp.labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+            let labels = if labels.is_empty() { String::new() } else { format!("{{{}}}", labels.join(",")) };
+            let v = n * smp.family.unit.scale();
+            let line = format!("edgejoin_{pp}{unit}{total}{labels} ");
+            let found =
+                text.lines().find(|l| l.starts_with(&line)).unwrap_or_else(|| panic!("{line} in {text}"));
+            let got: f64 = found[line.len()..].parse().unwrap();
+            assert!((got - v).abs() <= 1e-9 * v.abs().max(1.0), "{found} vs {v}");
+            let _ = rest;
             checked += 1;
         }
         assert!(checked > 20, "{checked}");

@@ -32,6 +32,7 @@ mod logging;
 pub(crate) mod metrics;
 mod mqtt;
 pub mod preflight;
+mod process;
 mod recovery;
 mod redelivery;
 mod registry;
@@ -239,7 +240,7 @@ async fn run_async(
     let spool_ready = Arc::new(Notify::new());
     let shutdown = Shutdown::default();
     let (stats_tx, stats_rx) = tokio::sync::mpsc::channel::<(String, Vec<u8>)>(8);
-    let metrics_text = Arc::new(Mutex::new(String::new()));
+    let snapshot = Arc::new(Mutex::new(metrics::Snapshot::default()));
     let ready = Arc::new(Notify::new());
     let barriers = Arc::new(SharedBarriers::default());
     let intake_wake = Arc::new(IntakeWake::default());
@@ -277,9 +278,18 @@ async fn run_async(
     if let Some(addr) = svc.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(io_err("metrics_addr"))?;
         tracing::info!(
-            "serving Prometheus metrics on http://{addr}/metrics, the clock report on http://{addr}/clocks/"
+            "serving the status page on http://{addr}/ (metrics at /metrics, health at /healthz, the clock report at /clocks/)"
         );
-        tasks.spawn(http::metrics_server(listener, metrics_text.clone(), clocks.clone(), counters.clone()));
+        let site = http::Site {
+            registry: metrics::registry(snapshot.clone(), counters.clone()),
+            snapshot: snapshot.clone(),
+            counters: counters.clone(),
+            clocks: clocks.clone(),
+            pipeline: http::pipeline(&c),
+            gateway_id: d.gateway.id.clone(),
+            started: std::time::Instant::now(),
+        };
+        tasks.spawn(http::serve(listener, site));
     }
 
     let engine_thread = {
@@ -294,7 +304,7 @@ async fn run_async(
             spool: spool.clone(),
             spool_ready: spool_ready.clone(),
             stats_tx,
-            metrics_text: metrics_text.clone(),
+            snapshot: snapshot.clone(),
             clocks,
             counters: counters.clone(),
             marks,

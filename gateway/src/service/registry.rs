@@ -23,14 +23,40 @@ pub enum Kind {
     Gauge,
 }
 
+/// The unit a family is kept in, and what Prometheus gets (base units,
+/// named in the metric: `_seconds`, `_bytes`, `_ratio`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unit {
+    /// A count or a level without a unit.
+    One,
+    Bytes,
+    /// Milliseconds (or Unix ms): seconds in Prometheus.
+    Ms,
+    /// Parts per million: a ratio in Prometheus.
+    Ppm,
+}
+
+impl Unit {
+    /// The factor from the kept value to the exported one.
+    pub fn scale(self) -> f64 {
+        match self {
+            Unit::One | Unit::Bytes => 1.0,
+            Unit::Ms => 1e-3,
+            Unit::Ppm => 1e-6,
+        }
+    }
+}
+
 /// One metric family.
 #[derive(Debug)]
 pub struct Family {
     /// Where it sits in the stats JSON (dot-separated), if it does.
     pub json: Option<&'static str>,
-    /// Its Prometheus name after `edgejoin_`, if it is exported there.
+    /// Its Prometheus name after `edgejoin_`, if it is exported there,
+    /// without the unit and `_total` (the encoder adds them).
     pub prom: Option<&'static str>,
     pub kind: Kind,
+    pub unit: Unit,
     pub help: &'static str,
 }
 
@@ -55,8 +81,8 @@ pub struct Sample {
 }
 
 macro_rules! families {
-    ($($id:ident: $json:expr, $prom:expr, $kind:ident, $help:expr;)*) => {
-        $(pub static $id: Family = Family { json: $json, prom: $prom, kind: Kind::$kind, help: $help };)*
+    ($($id:ident: $json:expr, $prom:expr, $kind:ident, $unit:ident, $help:expr;)*) => {
+        $(pub static $id: Family = Family { json: $json, prom: $prom, kind: Kind::$kind, unit: Unit::$unit, help: $help };)*
         /// Every family, in the order Prometheus lists them.
         pub static ALL: &[&Family] = &[$(&$id),*];
     };
@@ -64,98 +90,100 @@ macro_rules! families {
 
 families! {
     // the service
-    RECEIVED: Some("service.received"), Some("received"), Counter, "Messages received from the source broker.";
-    PROCESSED: Some("service.processed"), Some("processed"), Counter, "Messages run through the engine.";
-    REDELIVERIES_SKIPPED: Some("service.redeliveries_skipped"), Some("redeliveries_skipped"), Counter, "Broker redeliveries of messages already logged: acknowledged again, not processed twice.";
-    ACKS_DEFERRED: Some("service.acks_deferred"), Some("acks_deferred"), Counter, "Turns the acknowledgement queue was full and acknowledgements waited in the ledger (all are sent later, in order).";
-    INTAKE_HELD: Some("service.intake_held"), Some("intake_held"), Counter, "Times reading from the source broker stopped until owed acknowledgements went out (a flood outran them).";
-    RESULTS: Some("service.results"), Some("results"), Counter, "Results appended to the spool.";
-    DELIVERED: Some("service.delivered"), Some("delivered"), Counter, "Results acknowledged by the upstream broker.";
-    SPOOL_DEPTH: Some("service.spool_depth"), Some("spool_depth"), Gauge, "Results in the spool not yet delivered.";
-    SPOOL_BYTES: Some("service.spool_bytes"), Some("spool_bytes"), Gauge, "Bytes the spool takes on disk.";
-    SPOOL_DROPPED: Some("service.spool_dropped"), Some("spool_dropped"), Counter, "Undelivered results dropped (drop_oldest, or damaged records).";
-    SPOOL_REFUSED: Some("service.spool_refused"), Some("spool_refused"), Counter, "New results refused by a full spool (refuse_new).";
-    SPOOL_ERRORS: Some("service.spool_errors"), Some("spool_errors"), Counter, "Results the spool could not append (IO errors).";
-    CHECKPOINTS: Some("service.checkpoints"), Some("checkpoints"), Counter, "Checkpoints written.";
-    CHECKPOINT_FAILURES: Some("service.checkpoint_failures"), Some("checkpoint_failures"), Counter, "Checkpoints that failed (written or read).";
-    CHECKPOINT_BYTES: Some("service.checkpoint_bytes"), Some("checkpoint_bytes"), Gauge, "Size of the last checkpoint in bytes.";
-    SOURCE_CONNECTS: Some("service.source_connects"), Some("source_connects"), Counter, "Connections made to the source broker.";
-    SOURCE_ERRORS: Some("service.source_errors"), Some("source_errors"), Counter, "Errors of the source connection.";
-    UPLINK_CONNECTS: Some("service.uplink_connects"), Some("uplink_connects"), Counter, "Connections made to the upstream broker.";
-    UPLINK_ERRORS: Some("service.uplink_errors"), Some("uplink_errors"), Counter, "Errors of the upstream connection.";
-    PROCESSING_DELAY_MS: Some("service.processing_delay_ms"), Some("processing_delay_ms"), Gauge, "Receipt of the last batch's oldest message to its results spooled, in ms.";
-    I2C_ERRORS: Some("service.i2c_errors"), Some("i2c_errors"), Counter, "Failed reads or opens of local I2C sensors.";
-    LAST_PROCESSED_UNIX_MS: Some("service.last_processed_unix_ms"), Some("last_processed_unix_ms"), Gauge, "Wall clock (Unix ms) when the engine last finished a batch.";
-    PAYLOAD_TRUNCATED: Some("service.payload_truncated"), Some("payload_truncated"), Counter, "Source messages over max_payload, cut before the MQTT client read them.";
-    WAL_LOST_INPUTS: Some("service.wal_lost_inputs"), Some("wal_lost_inputs"), Counter, "Logged inputs lost to damaged write-ahead log records (found at start).";
-    SPOOL_DAMAGED: Some("service.spool_damaged"), Some("spool_damaged"), Counter, "Undelivered results lost to damaged spool records (found at start).";
-    STORAGE_FULL_PAUSES: Some("service.storage_full_pauses"), Some("storage_full_pauses"), Counter, "Times the state directory was full and intake paused.";
-    STORAGE_PAUSED: Some("service.storage_paused"), Some("storage_paused"), Gauge, "1 while intake is paused because the state directory is full.";
-    METRICS_REFUSED: Some("service.metrics_connections_refused"), Some("metrics_connections_refused"), Counter, "Metrics connections turned away (over the limit of open connections).";
-    COMMITS: Some("service.commits"), Some("commits_total"), Counter, "Group commits: fsyncs of the write-ahead log that made a batch durable (then acknowledged).";
-    BROKER_WINDOW: Some("service.broker_window"), Some("broker_window"), Gauge, "The source broker's QoS 1 in-flight window as the group commit learned it (most unacknowledged messages held at a commit).";
-    STATE_BYTES_WRITTEN: Some("service.state_bytes_written"), Some("state_bytes_written_total"), Counter, "Bytes written to the write-ahead log and the spool (what reaches the disk is this plus the file system's overhead).";
-    RATE: Some("service.rate_per_s"), None, Gauge, "Messages processed per second over the last stats interval.";
-    UPTIME: Some("service.uptime_s"), None, Gauge, "Seconds since the service started.";
-    GATEWAY_MS: Some("service.gateway_ms"), None, Gauge, "The engine's gateway clock (Unix ms).";
-    LATENCY_P50: Some("service.result_latency_p50_us"), None, Gauge, "Median result latency in µs (see edgejoin_result_latency_seconds).";
-    LATENCY_P99: Some("service.result_latency_p99_us"), None, Gauge, "99th percentile result latency in µs.";
+    RECEIVED: Some("service.received"), Some("received"), Counter, One, "Messages received from the source broker.";
+    PROCESSED: Some("service.processed"), Some("processed"), Counter, One, "Messages run through the engine.";
+    REDELIVERIES_SKIPPED: Some("service.redeliveries_skipped"), Some("redeliveries_skipped"), Counter, One, "Broker redeliveries of messages already logged: acknowledged again, not processed twice.";
+    ACKS_DEFERRED: Some("service.acks_deferred"), Some("acks_deferred"), Counter, One, "Turns the acknowledgement queue was full and acknowledgements waited in the ledger (all are sent later, in order).";
+    INTAKE_HELD: Some("service.intake_held"), Some("intake_held"), Counter, One, "Times reading from the source broker stopped until owed acknowledgements went out (a flood outran them).";
+    RESULTS: Some("service.results"), Some("results"), Counter, One, "Results appended to the spool.";
+    DELIVERED: Some("service.delivered"), Some("delivered"), Counter, One, "Results acknowledged by the upstream broker.";
+    SPOOL_DEPTH: Some("service.spool_depth"), Some("spool_depth"), Gauge, One, "Results in the spool not yet delivered.";
+    SPOOL_BYTES: Some("service.spool_bytes"), Some("spool"), Gauge, Bytes, "Bytes the spool takes on disk.";
+    SPOOL_DROPPED: Some("service.spool_dropped"), Some("spool_dropped"), Counter, One, "Undelivered results dropped (drop_oldest, or damaged records).";
+    SPOOL_REFUSED: Some("service.spool_refused"), Some("spool_refused"), Counter, One, "New results refused by a full spool (refuse_new).";
+    SPOOL_ERRORS: Some("service.spool_errors"), Some("spool_errors"), Counter, One, "Results the spool could not append (IO errors).";
+    CHECKPOINTS: Some("service.checkpoints"), Some("checkpoints"), Counter, One, "Checkpoints written.";
+    CHECKPOINT_FAILURES: Some("service.checkpoint_failures"), Some("checkpoint_failures"), Counter, One, "Checkpoints that failed (written or read).";
+    CHECKPOINT_BYTES: Some("service.checkpoint_bytes"), Some("checkpoint_size"), Gauge, Bytes, "Size of the last checkpoint in bytes.";
+    SOURCE_CONNECTS: Some("service.source_connects"), Some("source_connects"), Counter, One, "Connections made to the source broker.";
+    SOURCE_ERRORS: Some("service.source_errors"), Some("source_errors"), Counter, One, "Errors of the source connection.";
+    UPLINK_CONNECTS: Some("service.uplink_connects"), Some("uplink_connects"), Counter, One, "Connections made to the upstream broker.";
+    UPLINK_ERRORS: Some("service.uplink_errors"), Some("uplink_errors"), Counter, One, "Errors of the upstream connection.";
+    PROCESSING_DELAY_MS: Some("service.processing_delay_ms"), Some("processing_delay"), Gauge, Ms, "Receipt of the last batch's oldest message to its results spooled.";
+    I2C_ERRORS: Some("service.i2c_errors"), Some("i2c_errors"), Counter, One, "Failed reads or opens of local I2C sensors.";
+    LAST_PROCESSED_UNIX_MS: Some("service.last_processed_unix_ms"), Some("last_processed_timestamp"), Gauge, Ms, "Wall clock when the engine last finished a batch (Unix time).";
+    PAYLOAD_TRUNCATED: Some("service.payload_truncated"), Some("payload_truncated"), Counter, One, "Source messages over max_payload, cut before the MQTT client read them.";
+    WAL_LOST_INPUTS: Some("service.wal_lost_inputs"), Some("wal_lost_inputs"), Counter, One, "Logged inputs lost to damaged write-ahead log records (found at start).";
+    SPOOL_DAMAGED: Some("service.spool_damaged"), Some("spool_damaged"), Counter, One, "Undelivered results lost to damaged spool records (found at start).";
+    STORAGE_FULL_PAUSES: Some("service.storage_full_pauses"), Some("storage_full_pauses"), Counter, One, "Times the state directory was full and intake paused.";
+    STORAGE_PAUSED: Some("service.storage_paused"), Some("storage_paused"), Gauge, One, "1 while intake is paused because the state directory is full.";
+    METRICS_REFUSED: Some("service.metrics_connections_refused"), Some("metrics_connections_refused"), Counter, One, "Metrics connections turned away (over the limit of open connections).";
+    COMMITS: Some("service.commits"), Some("commits"), Counter, One, "Group commits: fsyncs of the write-ahead log that made a batch durable (then acknowledged).";
+    BROKER_WINDOW: Some("service.broker_window"), Some("broker_window"), Gauge, One, "The source broker's QoS 1 in-flight window as the group commit learned it (most unacknowledged messages held at a commit).";
+    STATE_BYTES_WRITTEN: Some("service.state_bytes_written"), Some("state_written"), Counter, Bytes, "Bytes written to the write-ahead log and the spool (what reaches the disk is this plus the file system's overhead).";
+    SOURCE_CONNECTED: Some("service.source_connected"), Some("source_connected"), Gauge, One, "1 while connected and subscribed to the source broker.";
+    UPLINK_CONNECTED: Some("service.uplink_connected"), Some("uplink_connected"), Gauge, One, "1 while connected to the upstream broker.";
+    RATE: Some("service.rate_per_s"), None, Gauge, One, "Messages processed per second over the last stats interval.";
+    UPTIME: Some("service.uptime_s"), None, Gauge, One, "Seconds since the service started.";
+    GATEWAY_MS: Some("service.gateway_ms"), Some("gateway_time"), Gauge, Ms, "The engine's gateway clock (Unix time).";
+    LATENCY_P50: Some("service.result_latency_p50_us"), None, Gauge, One, "Median result latency in µs (see edgejoin_result_latency_seconds).";
+    LATENCY_P99: Some("service.result_latency_p99_us"), None, Gauge, One, "99th percentile result latency in µs.";
     // the engine, globally
-    UNROUTED: Some("unrouted"), None, Counter, "Messages whose topic matched no stream.";
-    DEVICE_EVICTIONS: Some("device_evictions"), None, Counter, "Devices whose clock estimate was evicted to make room for a new device.";
+    UNROUTED: Some("unrouted"), Some("unrouted"), Counter, One, "Messages whose topic matched no stream.";
+    DEVICE_EVICTIONS: Some("device_evictions"), Some("device_evictions"), Counter, One, "Devices whose clock estimate was evicted to make room for a new device.";
     // streams
-    STREAM_RECEIVED: Some("streams.{stream}.received"), Some("stream_received_total"), Counter, "Messages whose topic matched the stream.";
-    STREAM_DECODED: Some("streams.{stream}.decoded"), Some("stream_decoded_total"), Counter, "Messages decoded into an event.";
-    STREAM_ON_TIME: Some("streams.{stream}.on_time"), Some("stream_on_time_total"), Counter, "Events at or above the watermark.";
-    STREAM_LATE_DROPPED: Some("streams.{stream}.late_dropped"), Some("stream_late_dropped_total"), Counter, "Late events dropped (late = \"drop\").";
-    STREAM_LATE_ROUTED: Some("streams.{stream}.late_routed"), Some("stream_late_routed_total"), Counter, "Late events routed to their topic (late = \"route\").";
-    STREAM_DECODE_ERRORS: Some("streams.{stream}.decode_errors.{reason}"), Some("stream_decode_errors_total"), Counter, "Messages that did not decode, by reason.";
-    STREAM_MISSING_VALUE: Some("streams.{stream}.missing_value"), Some("stream_missing_value_total"), Counter, "Configured values absent from a payload.";
-    STREAM_NON_NUMERIC: Some("streams.{stream}.non_numeric_value"), Some("stream_non_numeric_value_total"), Counter, "Configured values that were not numbers.";
-    STREAM_CLAMPED_FUTURE: Some("streams.{stream}.clamped_future"), Some("stream_clamped_future_total"), Counter, "Timestamps beyond max_future clamped.";
-    STREAM_WATERMARK: Some("streams.{stream}.watermark"), None, Gauge, "The stream's watermark (ms), null before its first event.";
-    STREAM_WATERMARK_LAG: None, Some("stream_watermark_lag_ms"), Gauge, "Gateway time minus the stream's watermark, in ms.";
-    STREAM_DEVICES: Some("streams.{stream}.devices.count"), None, Gauge, "Devices with a watermark (watermark = \"device\").";
-    STREAM_IDLE_DEVICES: Some("streams.{stream}.devices.idle"), Some("stream_idle_devices"), Gauge, "Devices idle past idle_timeout, not holding the stream.";
-    STREAM_HOLDING: Some("streams.{stream}.devices.holding"), None, Gauge, "The device whose watermark holds the stream's.";
-    STREAM_HOLDING_DEVICE: None, Some("stream_holding_device"), Gauge, "1 for the device whose watermark holds the stream's.";
-    STREAM_DEVICE_EVICTIONS: Some("streams.{stream}.devices.evictions"), Some("stream_device_evictions_total"), Counter, "Devices evicted from the stream's device watermarks.";
-    STREAM_LATE_AFTER_IDLE: Some("streams.{stream}.devices.late_after_idle"), Some("stream_late_after_idle_total"), Counter, "Events of a device below the stream after idleness let it advance.";
-    STREAM_DEVICE_LAG: Some("streams.{stream}.devices.watermark_lag_ms.{device}"), Some("stream_device_watermark_lag_ms"), Gauge, "Gateway time minus a device's watermark, in ms.";
+    STREAM_RECEIVED: Some("streams.{stream}.received"), Some("stream_received"), Counter, One, "Messages whose topic matched the stream.";
+    STREAM_DECODED: Some("streams.{stream}.decoded"), Some("stream_decoded"), Counter, One, "Messages decoded into an event.";
+    STREAM_ON_TIME: Some("streams.{stream}.on_time"), Some("stream_on_time"), Counter, One, "Events at or above the watermark.";
+    STREAM_LATE_DROPPED: Some("streams.{stream}.late_dropped"), Some("stream_late_dropped"), Counter, One, "Late events dropped (late = \"drop\").";
+    STREAM_LATE_ROUTED: Some("streams.{stream}.late_routed"), Some("stream_late_routed"), Counter, One, "Late events routed to their topic (late = \"route\").";
+    STREAM_DECODE_ERRORS: Some("streams.{stream}.decode_errors.{reason}"), Some("stream_decode_errors"), Counter, One, "Messages that did not decode, by reason.";
+    STREAM_MISSING_VALUE: Some("streams.{stream}.missing_value"), Some("stream_missing_value"), Counter, One, "Configured values absent from a payload.";
+    STREAM_NON_NUMERIC: Some("streams.{stream}.non_numeric_value"), Some("stream_non_numeric_value"), Counter, One, "Configured values that were not numbers.";
+    STREAM_CLAMPED_FUTURE: Some("streams.{stream}.clamped_future"), Some("stream_clamped_future"), Counter, One, "Timestamps beyond max_future clamped.";
+    STREAM_WATERMARK: Some("streams.{stream}.watermark"), Some("stream_watermark_timestamp"), Gauge, Ms, "The stream's watermark (Unix time; JSON null before its first event).";
+    STREAM_WATERMARK_LAG: None, Some("stream_watermark_lag"), Gauge, Ms, "Gateway time minus the stream's watermark.";
+    STREAM_DEVICES: Some("streams.{stream}.devices.count"), Some("stream_devices"), Gauge, One, "Devices with a watermark (watermark = \"device\").";
+    STREAM_IDLE_DEVICES: Some("streams.{stream}.devices.idle"), Some("stream_idle_devices"), Gauge, One, "Devices idle past idle_timeout, not holding the stream.";
+    STREAM_HOLDING: Some("streams.{stream}.devices.holding"), None, Gauge, One, "The device whose watermark holds the stream's.";
+    STREAM_HOLDING_DEVICE: None, Some("stream_holding_device"), Gauge, One, "1 for the device whose watermark holds the stream's.";
+    STREAM_DEVICE_EVICTIONS: Some("streams.{stream}.devices.evictions"), Some("stream_device_evictions"), Counter, One, "Devices evicted from the stream's device watermarks.";
+    STREAM_LATE_AFTER_IDLE: Some("streams.{stream}.devices.late_after_idle"), Some("stream_late_after_idle"), Counter, One, "Events of a device below the stream after idleness let it advance.";
+    STREAM_DEVICE_LAG: Some("streams.{stream}.devices.watermark_lag_ms.{device}"), Some("stream_device_watermark_lag"), Gauge, Ms, "Gateway time minus a device's watermark.";
     // windows
-    WINDOW_EMITTED: Some("windows.{window}.emitted"), Some("window_emitted_total"), Counter, "Windows closed and emitted.";
-    WINDOW_KEY_EVICTIONS: Some("windows.{window}.key_evictions"), Some("window_key_evictions_total"), Counter, "Keys evicted (least recently used) to make room for a new key.";
-    WINDOW_EVICTED_WINDOWS: Some("windows.{window}.evicted_windows"), Some("window_evicted_windows_total"), Counter, "Open windows lost with evicted keys.";
-    WINDOW_CAPACITY_EVICTIONS: Some("windows.{window}.capacity_evictions"), Some("window_capacity_evictions_total"), Counter, "Open windows pushed out of a full key's ring.";
-    WINDOW_LATE: Some("windows.{window}.late"), Some("window_late_total"), Counter, "Inputs for windows already closed.";
-    WINDOW_NON_FINITE: Some("windows.{window}.non_finite"), Some("window_non_finite_total"), Counter, "Aggregates that overflowed and were emitted as null.";
-    WINDOW_LIVE_KEYS: Some("windows.{window}.live_keys"), Some("window_live_keys"), Gauge, "Keys with open windows.";
-    WINDOW_OPEN: Some("windows.{window}.open_windows"), Some("window_open_windows"), Gauge, "Open windows.";
+    WINDOW_EMITTED: Some("windows.{window}.emitted"), Some("window_emitted"), Counter, One, "Windows closed and emitted.";
+    WINDOW_KEY_EVICTIONS: Some("windows.{window}.key_evictions"), Some("window_key_evictions"), Counter, One, "Keys evicted (least recently used) to make room for a new key.";
+    WINDOW_EVICTED_WINDOWS: Some("windows.{window}.evicted_windows"), Some("window_evicted_windows"), Counter, One, "Open windows lost with evicted keys.";
+    WINDOW_CAPACITY_EVICTIONS: Some("windows.{window}.capacity_evictions"), Some("window_capacity_evictions"), Counter, One, "Open windows pushed out of a full key's ring.";
+    WINDOW_LATE: Some("windows.{window}.late"), Some("window_late"), Counter, One, "Inputs for windows already closed.";
+    WINDOW_NON_FINITE: Some("windows.{window}.non_finite"), Some("window_non_finite"), Counter, One, "Aggregates that overflowed and were emitted as null.";
+    WINDOW_LIVE_KEYS: Some("windows.{window}.live_keys"), Some("window_live_keys"), Gauge, One, "Keys with open windows.";
+    WINDOW_OPEN: Some("windows.{window}.open_windows"), Some("window_open_windows"), Gauge, One, "Open windows.";
     // joins
-    JOIN_MATCHES: Some("joins.{join}.matches"), Some("join_matches_total"), Counter, "Matched rows emitted.";
-    JOIN_UNMATCHED: Some("joins.{join}.unmatched"), Some("join_unmatched_total"), Counter, "Left-outer rows emitted without a match.";
-    JOIN_DROPPED_MATCHES: Some("joins.{join}.dropped_matches"), Some("join_dropped_matches_total"), Counter, "Matches over max_matches, dropped.";
-    JOIN_LATE_AFTER_IDLE: Some("joins.{join}.late_after_idle"), Some("join_late_after_idle_total"), Counter, "Inputs below the join's frontier after an idle input let it advance.";
-    JOIN_CAPACITY_EVICTIONS: Some("joins.{join}.capacity_evictions.{side}"), Some("join_capacity_evictions_{side}_total"), Counter, "Elements pushed out of a full per-key buffer before release.";
-    JOIN_KEY_EVICTIONS: Some("joins.{join}.key_evictions"), Some("join_key_evictions_total"), Counter, "Keys evicted (least recently used) to make room for a new key.";
-    JOIN_EVICTED_ELEMENTS: Some("joins.{join}.evicted_elements"), Some("join_evicted_elements_total"), Counter, "Buffered elements lost with evicted keys.";
-    JOIN_WATERMARK: Some("joins.{join}.watermark"), None, Gauge, "The join's frontier (ms), null before both inputs progress.";
-    JOIN_LIVE_KEYS: Some("joins.{join}.live_keys"), Some("join_live_keys"), Gauge, "Keys with buffered elements.";
-    JOIN_BUFFERED: Some("joins.{join}.buffered.{side}"), Some("join_buffered_{side}"), Gauge, "Elements buffered, by side.";
+    JOIN_MATCHES: Some("joins.{join}.matches"), Some("join_matches"), Counter, One, "Matched rows emitted.";
+    JOIN_UNMATCHED: Some("joins.{join}.unmatched"), Some("join_unmatched"), Counter, One, "Left-outer rows emitted without a match.";
+    JOIN_DROPPED_MATCHES: Some("joins.{join}.dropped_matches"), Some("join_dropped_matches"), Counter, One, "Matches over max_matches, dropped.";
+    JOIN_LATE_AFTER_IDLE: Some("joins.{join}.late_after_idle"), Some("join_late_after_idle"), Counter, One, "Inputs below the join's frontier after an idle input let it advance.";
+    JOIN_CAPACITY_EVICTIONS: Some("joins.{join}.capacity_evictions.{side}"), Some("join_capacity_evictions"), Counter, One, "Elements pushed out of a full per-key buffer before release.";
+    JOIN_KEY_EVICTIONS: Some("joins.{join}.key_evictions"), Some("join_key_evictions"), Counter, One, "Keys evicted (least recently used) to make room for a new key.";
+    JOIN_EVICTED_ELEMENTS: Some("joins.{join}.evicted_elements"), Some("join_evicted_elements"), Counter, One, "Buffered elements lost with evicted keys.";
+    JOIN_WATERMARK: Some("joins.{join}.watermark"), Some("join_watermark_timestamp"), Gauge, Ms, "The join's frontier (Unix time; JSON null before both inputs progress).";
+    JOIN_LIVE_KEYS: Some("joins.{join}.live_keys"), Some("join_live_keys"), Gauge, One, "Keys with buffered elements.";
+    JOIN_BUFFERED: Some("joins.{join}.buffered.{side}"), Some("join_buffered"), Gauge, One, "Elements buffered, by side.";
     // device clocks (clock = "corrected")
-    DEVICE_OFFSET: Some("devices.{device}.offset_ms"), Some("device_offset_ms"), Gauge, "Added to the device's time to get gateway time, in ms.";
-    DEVICE_DRIFT: Some("devices.{device}.drift_ppm"), Some("device_drift_ppm"), Gauge, "How much faster the gateway clock runs than the device's, in ppm.";
-    DEVICE_SAMPLES: Some("devices.{device}.samples"), Some("device_samples_total"), Counter, "Samples the device's clock estimate has seen.";
-    DEVICE_STEPS: Some("devices.{device}.steps"), Some("device_steps_total"), Counter, "Clock steps detected (reboots, NTP steps).";
-    DEVICE_SPREAD: Some("devices.{device}.spread_ms"), Some("device_spread_ms"), Gauge, "Typical delay jitter above the fitted line, in ms.";
-    DEVICE_CLAMPED: Some("devices.{device}.clamped"), Some("device_clamped_total"), Counter, "Corrected times clamped to their receive time.";
-    DEVICE_UNCERTAINTY: Some("devices.{device}.uncertainty_ms"), Some("device_uncertainty_ms"), Gauge, "How much later than true time + the path's minimum delay a corrected time may be, in ms (large while a clock segment is young).";
+    DEVICE_OFFSET: Some("devices.{device}.offset_ms"), Some("device_clock_offset"), Gauge, Ms, "Added to the device's time to get gateway time (includes the path's minimum delay).";
+    DEVICE_DRIFT: Some("devices.{device}.drift_ppm"), Some("device_clock_drift"), Gauge, Ppm, "How much faster the gateway clock runs than the device's (JSON: ppm; Prometheus: a ratio).";
+    DEVICE_SAMPLES: Some("devices.{device}.samples"), Some("device_clock_samples"), Counter, One, "Samples the device's clock estimate has seen.";
+    DEVICE_STEPS: Some("devices.{device}.steps"), Some("device_clock_steps"), Counter, One, "Clock steps detected (reboots, NTP steps).";
+    DEVICE_SPREAD: Some("devices.{device}.spread_ms"), Some("device_clock_spread"), Gauge, Ms, "Typical delay jitter above the fitted line.";
+    DEVICE_CLAMPED: Some("devices.{device}.clamped"), Some("device_clock_clamped"), Counter, One, "Corrected times clamped to their receive time.";
+    DEVICE_UNCERTAINTY: Some("devices.{device}.uncertainty_ms"), Some("device_clock_uncertainty"), Gauge, Ms, "How much later than true time + the path's minimum delay a corrected time may be (large while a clock segment is young).";
 }
 
 /// Collects samples, with the labels of the owner being read, and the JSON
 /// objects that exist even when empty (a pipeline without joins still has
 /// `"joins": {}`).
-#[derive(Default)]
+#[derive(Default, Debug)]
 pub struct Samples {
     pub samples: Vec<Sample>,
     pub objects: Vec<String>,
@@ -278,7 +306,7 @@ impl Samples {
 
     /// Everything the live service counts; `rate` and `uptime` over the last stats interval.
     pub fn service(&mut self, c: &ServiceCounters, rate: f64, uptime: Duration, gateway_ms: i64) {
-        let fields: [(&'static Family, &Counter); 31] = [
+        let fields: [(&'static Family, &Counter); 33] = [
             (&RECEIVED, &c.received),
             (&PROCESSED, &c.processed),
             (&REDELIVERIES_SKIPPED, &c.redeliveries_skipped),
@@ -310,6 +338,8 @@ impl Samples {
             (&COMMITS, &c.commits),
             (&BROKER_WINDOW, &c.broker_window),
             (&STATE_BYTES_WRITTEN, &c.state_bytes_written),
+            (&SOURCE_CONNECTED, &c.source_connected),
+            (&UPLINK_CONNECTED, &c.uplink_connected),
         ];
         for (f, n) in fields {
             self.add(f, &[], Val::U(n.load(Ordering::Relaxed)));
@@ -341,13 +371,8 @@ mod tests {
             }
             if let Some(p) = f.prom {
                 assert!(prom.insert(p), "{p} twice");
-                // a counter's Prometheus name says so, except the service's historical names
-                if f.kind == Kind::Counter
-                    && p.contains('_')
-                    && !f.json.is_some_and(|j| j.starts_with("service."))
-                {
-                    assert!(p.ends_with("_total"), "{p}");
-                }
+                // the encoder adds `_total` and the unit
+                assert!(!p.ends_with("_total") && !p.ends_with("_ms") && !p.ends_with("_bytes"), "{p}");
             }
         }
     }

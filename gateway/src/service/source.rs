@@ -126,7 +126,10 @@ pub(super) async fn source_task(
                     None => tracing::info!("source connected (session present: {})", ack.session_present),
                 }
                 log = logging::Every::new(Duration::from_secs(30));
-                if !ack.session_present || !announced {
+                if ack.session_present && announced {
+                    // the session kept the subscriptions
+                    counters.source_connected.store(1, Ordering::Relaxed);
+                } else {
                     let subs =
                         filters.iter().map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
                     if let Err(e) = client.try_subscribe_many(subs) {
@@ -136,6 +139,7 @@ pub(super) async fn source_task(
             }
             Ok(Event::Incoming(Incoming::UnsubAck(_))) => barriers.answered(),
             Ok(Event::Incoming(Incoming::SubAck(_))) => {
+                counters.source_connected.store(1, Ordering::Relaxed);
                 if !announced {
                     announced = true;
                     ready.notify_one();
@@ -159,6 +163,7 @@ pub(super) async fn source_task(
             Ok(_) => {}
             Err(e) => {
                 counters.source_errors.fetch_add(1, Ordering::Relaxed);
+                counters.source_connected.store(0, Ordering::Relaxed);
                 let wait = backoff.wait();
                 let since = *down_since.get_or_insert_with(Instant::now);
                 if let Some(more) = log.ready() {

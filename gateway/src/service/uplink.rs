@@ -253,6 +253,7 @@ pub(super) async fn uplink_task(target: Target, reader: SpoolReader, io: Links) 
             None => continue,
             Some(Ok(mut c)) => {
                 u.io.counters.uplink_connects.fetch_add(1, Ordering::Relaxed);
+                u.io.counters.uplink_connected.store(1, Ordering::Relaxed);
                 let from = u.spool.acked();
                 u.up.connected(from);
                 tracing::info!("uplink connected; resending from result {from}");
@@ -284,6 +285,7 @@ pub(super) async fn uplink_task(target: Target, reader: SpoolReader, io: Links) 
             );
         }
         u.io.counters.uplink_errors.fetch_add(1, Ordering::Relaxed);
+        u.io.counters.uplink_connected.store(0, Ordering::Relaxed);
         // what was written and not acknowledged goes again from the spool
         u.up.disconnected(u.spool.acked());
         let wait = if u.stop_deadline.is_some() { Duration::from_millis(200) } else { backoff.wait() };

@@ -423,7 +423,10 @@ pub fn try_http(port: u16, request: &str) -> Option<(String, String, String)> {
     use std::io::{Read, Write};
     let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     sock.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    sock.write_all(format!("{request} HTTP/1.0\r\n\r\n").as_bytes()).ok()?;
+    // the request line, then any header lines given after it
+    let (line, headers) =
+        request.split_once("\r\n").map_or((request, String::new()), |(l, h)| (l, format!("{h}\r\n")));
+    sock.write_all(format!("{line} HTTP/1.0\r\n{headers}\r\n").as_bytes()).ok()?;
     let mut text = String::new();
     sock.read_to_string(&mut text).ok()?;
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
