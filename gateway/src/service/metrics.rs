@@ -256,6 +256,70 @@ pub fn content_type(openmetrics: bool) -> &'static str {
     }
 }
 
+#[cfg(test)]
+/// The labels a family's samples carry: the placeholders of its JSON path
+/// (the families only on `/metrics` say theirs here).
+fn labels_of(f: &Family) -> Vec<&'static str> {
+    match f.json {
+        Some(path) => path.split('{').skip(1).filter_map(|p| p.split('}').next()).collect(),
+        None if std::ptr::eq(f, &super::registry::STREAM_HOLDING_DEVICE) => vec!["stream", "device"],
+        None => vec!["stream"],
+    }
+}
+
+#[cfg(test)]
+/// The reference table of every metric on `/metrics` (docs/SERVICE.md
+/// carries it; a test keeps the two equal).
+pub fn reference() -> String {
+    let mut o = String::from("| metric | type | labels | what |\n|---|---|---|---|\n");
+    let row = |o: &mut String, name: &str, kind: &str, labels: &str, help: &str| {
+        o.push_str(&format!("| `{name}` | {kind} | {labels} | {help} |\n"));
+    };
+    for f in ALL {
+        let Some(name) = f.prom else { continue };
+        let unit = prom_unit(f.unit).map(|u| format!("_{}", u.as_str())).unwrap_or_default();
+        let (kind, total) = match f.kind {
+            Kind::Counter => ("counter", "_total"),
+            Kind::Gauge => ("gauge", ""),
+        };
+        let labels: Vec<String> = labels_of(f).iter().map(|l| format!("`{l}`")).collect();
+        let json = f.json.map(|j| format!(" (stats JSON: `{j}`)")).unwrap_or_default();
+        row(
+            &mut o,
+            &format!("edgejoin_{name}{unit}{total}"),
+            kind,
+            &labels.join(", "),
+            &format!("{}{json}", f.help),
+        );
+    }
+    row(
+        &mut o,
+        "edgejoin_result_latency_seconds",
+        "histogram",
+        "",
+        "Broker delivery of a message to the publish of the results it completed (below).",
+    );
+    row(
+        &mut o,
+        "edgejoin_build_info",
+        "info",
+        "`version`, `target`",
+        "The running edgejoin's version and CPU architecture (value 1).",
+    );
+    for (name, kind, what) in [
+        ("process_cpu_seconds_total", "counter", "User and system CPU time spent."),
+        ("process_resident_memory_bytes", "gauge", "Resident memory size."),
+        ("process_virtual_memory_bytes", "gauge", "Virtual memory size."),
+        ("process_start_time_seconds", "gauge", "Start time of the process since the Unix epoch."),
+        ("process_open_fds", "gauge", "Open file descriptors."),
+        ("process_max_fds", "gauge", "The limit of open file descriptors."),
+        ("process_threads", "gauge", "Threads of the process."),
+    ] {
+        row(&mut o, name, kind, "", what);
+    }
+    o
+}
+
 /// The engine's counters as JSON (`replay --stats`, and the stats message).
 pub fn engine_stats(e: &Engine) -> Value {
     let mut s = Samples::default();
@@ -370,6 +434,29 @@ mod tests {
                 let m = if openmetrics { m.to_string() } else { format!("{m}_total") };
                 assert_eq!(kind(&m), Some("counter"), "{m}");
             }
+        }
+    }
+
+    /// docs/SERVICE.md lists every metric `/metrics` serves, as [`reference`]
+    /// writes it (`EDGEJOIN_UPDATE_DOCS=1` rewrites the table), and every
+    /// family the exposition carries is in it.
+    #[test]
+    fn every_metric_is_documented_in_service_md() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/SERVICE.md");
+        let doc = std::fs::read_to_string(&path).unwrap();
+        let (begin, end) = ("<!-- metrics:begin -->\n", "<!-- metrics:end -->");
+        let (a, b) =
+            (doc.find(begin).expect("begin marker") + begin.len(), doc.find(end).expect("end marker"));
+        let table = reference();
+        if std::env::var("EDGEJOIN_UPDATE_DOCS").is_ok() {
+            std::fs::write(&path, format!("{}{table}{}", &doc[..a], &doc[b..])).unwrap();
+        } else {
+            assert_eq!(doc[a..b], table, "docs/SERVICE.md's metrics table is stale: EDGEJOIN_UPDATE_DOCS=1 cargo test -p edgejoin --lib metrics");
+        }
+        let (_, text) = exposition(false);
+        for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+            let name = line.split(' ').nth(2).unwrap();
+            assert!(table.contains(&format!("`{name}`")), "{name} is not in the table");
         }
     }
 
