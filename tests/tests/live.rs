@@ -843,3 +843,101 @@ fn the_http_endpoint_serves_health_status_the_page_and_metrics() {
     assert!(wait_until(30, healthy), "healthy again once the broker is back");
     gw.stop();
 }
+
+/// Every publish on `filter` for `secs` (topic, payload, retained): what a
+/// new subscriber gets, retained messages first.
+fn listen(port: u16, filter: &str, secs: f64) -> Vec<(String, Vec<u8>, bool)> {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let id = format!("listener-{}", N.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    let mut o = MqttOptions::new(id, "127.0.0.1", port);
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut conn) = Client::new(o, 100);
+    client.subscribe(filter, QoS::AtMostOnce).unwrap();
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let mut got = Vec::new();
+    while Instant::now() < deadline {
+        if let Ok(Ok(Event::Incoming(Incoming::Publish(p)))) = conn.recv_timeout(Duration::from_millis(100)) {
+            got.push((p.topic.clone(), p.payload.to_vec(), p.retain));
+        }
+    }
+    let _ = client.disconnect();
+    got
+}
+
+/// Home Assistant MQTT discovery (issue #18): with `[homeassistant]
+/// discovery = true` each numeric value of each output and key is a sensor
+/// announced retained under `homeassistant/sensor/…/config`, in the shape
+/// Home Assistant documents for MQTT sensors, tied to the gateway as its
+/// device and to its presence topic; each sensor's template reads its value
+/// from the results on its state topic.
+#[test]
+fn home_assistant_discovers_a_sensor_per_output_key_and_value() {
+    need_mosquitto!();
+    let broker = Broker::start();
+    let work = tempfile::tempdir().unwrap();
+    let (cfg, msgs) = example("rollup");
+    let cfg = format!(
+        "{cfg}\n[homeassistant]\ndiscovery = true\nunits = {{ \"activity_5m.worst_minute_lat\" = \"ms\" }}\n"
+    );
+    let (path, p) = live_config(&cfg, &broker, &broker, &work.path().join("state"));
+    let want = expected(&p, &msgs);
+    let results = Collector::start(broker.port, "gw/#");
+    let gw = Gateway::start(&path);
+    publish(broker.port, &to_publish(&msgs));
+    let got = results.wait_for(&want, 30);
+    assert!(want.is_subset(&got), "results: {} of {}: {:?}", got.len(), want.len(), gw.log.lock().unwrap());
+
+    // a new subscriber (Home Assistant starting later) gets every config, retained
+    let configs: Vec<(String, serde_json::Value)> = listen(broker.port, "homeassistant/#", 2.0)
+        .into_iter()
+        .map(|(t, payload, retained)| {
+            assert!(retained, "{t} not retained");
+            (t, serde_json::from_slice(&payload).unwrap())
+        })
+        .collect();
+    let rows: Vec<serde_json::Value> = results.rows.lock().unwrap().values().cloned().collect();
+    let devices: std::collections::BTreeSet<&str> = rows.iter().map(|r| r["key"].as_str().unwrap()).collect();
+    // per user: clicks, events, minutes, worst_minute_lat and count
+    assert_eq!(configs.len(), 5 * devices.len(), "{configs:?}");
+    let status = retained(broker.port, "gw/test/status");
+    assert_eq!(status.as_deref(), Some("online"));
+    for (topic, c) in &configs {
+        // Home Assistant's MQTT sensor: <prefix>/sensor/<object id>/config, object ids [a-zA-Z0-9_-]
+        let id = c["unique_id"].as_str().unwrap();
+        assert!(id.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-'), "{id}");
+        assert_eq!(topic, &format!("homeassistant/sensor/{id}/config"));
+        for field in ["name", "state_topic", "value_template", "availability_topic", "device"] {
+            assert!(!c[field].is_null(), "{field} missing in {c}");
+        }
+        assert_eq!(c["availability_topic"], "gw/test/status", "the gateway's will and presence");
+        assert_eq!(
+            (c["payload_available"].as_str(), c["payload_not_available"].as_str()),
+            (Some("online"), Some("offline"))
+        );
+        assert_eq!(c["device"]["identifiers"][0], "edgejoin_example-rollup");
+        assert_eq!(c["device"]["manufacturer"], "edgejoin");
+        let name = c["name"].as_str().unwrap();
+        assert_eq!(
+            c["unit_of_measurement"].as_str(),
+            name.ends_with(" worst_minute_lat").then_some("ms"),
+            "{name}"
+        );
+        // the state topic carries results whose value the template reads
+        let (_, key, value) = {
+            let mut it = name.rsplitn(3, ' ');
+            let (v, k, o) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
+            (o, k, v)
+        };
+        assert_eq!(c["state_topic"], format!("gw/test/windows/activity_5m/{key}"));
+        let template = c["value_template"].as_str().unwrap();
+        let read = if value == "count" {
+            "value_json['count']".to_string()
+        } else {
+            format!("value_json['values']['{value}']")
+        };
+        assert_eq!(template, format!("{{{{ {read} }}}}"));
+        assert!(rows.iter().any(|r| r["key"] == key
+            && (if value == "count" { &r["count"] } else { &r["values"][value] }).is_number()));
+    }
+    gw.stop();
+}

@@ -25,11 +25,25 @@ pub struct Deployment {
     pub source: Source,
     /// Where results go (the source broker when the config has no `[upstream]`).
     pub upstream: Upstream,
+    /// Home Assistant MQTT discovery, when on (`[homeassistant] discovery = true`).
+    pub homeassistant: Option<HomeAssistant>,
     /// Sensors on the local I2C bus, each feeding one stream.
     pub i2c: Vec<I2cSource>,
     /// Every file and directory the config names, with where: what `run`
     /// reads or writes, checked before it touches the network (and by `check-config`).
     pub files: Vec<FileRef>,
+}
+
+/// `[homeassistant]`: announce each numeric value of each window and join
+/// output, per key, as a Home Assistant sensor (docs/INTEGRATIONS.md).
+#[derive(Clone, Debug)]
+pub struct HomeAssistant {
+    /// The discovery prefix (Home Assistant's default: `homeassistant`).
+    pub prefix: String,
+    /// Sensors announced at most; more are counted, not announced.
+    pub max_sensors: usize,
+    /// `unit_of_measurement` by `output.value` or by `value` (any output).
+    pub units: std::collections::BTreeMap<String, String>,
 }
 
 /// A file or directory the config names.

@@ -10,9 +10,10 @@ use toml::Spanned;
 
 use super::check::{nonneg, positive, Checker, ConfigError, DEFAULT_MAX_DEVICES, MAX_KEYS, S};
 use super::deployment::{
-    Broker, Credentials, FileKey, FileRef, FullPolicy, Gateway, ServiceCfg, Source, TlsFiles, Upstream,
+    Broker, Credentials, FileKey, FileRef, FullPolicy, Gateway, HomeAssistant, ServiceCfg, Source, TlsFiles,
+    Upstream,
 };
-use super::raw::{RawGateway, RawSource, RawUpstream};
+use super::raw::{RawGateway, RawHomeAssistant, RawSource, RawUpstream};
 use super::units::parse_size;
 
 fn opt_duration(
@@ -278,4 +279,50 @@ pub(super) fn build_upstream(
         credentials: credentials(ck, &u.username, &u.password_file, files)?,
         tls,
     })
+}
+
+/// `[homeassistant]`: discovery on or off, its prefix, the sensors' bound,
+/// units by `output.value` or `value`, each naming a value some output carries.
+pub(super) fn build_homeassistant(
+    ck: &Checker<'_>,
+    h: Option<&RawHomeAssistant>,
+    p: &edgejoin_engine::plan::Plan,
+) -> Result<Option<HomeAssistant>, ConfigError> {
+    let Some(h) = h else { return Ok(None) };
+    let prefix = match &h.prefix {
+        Some(t) if t.get_ref().is_empty() || t.get_ref().contains(['+', '#']) => {
+            return Err(ck.err(t.span(), "homeassistant prefix: a topic without `+` or `#`"))
+        }
+        Some(t) => t.get_ref().trim_end_matches('/').to_string(),
+        None => "homeassistant".to_string(),
+    };
+    let max_sensors = match &h.max_sensors {
+        Some(n) if !(1..=100_000).contains(n.get_ref()) => {
+            return Err(ck.err(n.span(), "homeassistant max_sensors: 1 to 100000"))
+        }
+        Some(n) => *n.get_ref() as usize,
+        None => 256,
+    };
+    let mut units = std::collections::BTreeMap::new();
+    if let Some(u) = &h.units {
+        let known = crate::service::homeassistant::value_names(p);
+        for (k, v) in u.get_ref() {
+            let ok = match k.split_once('.') {
+                Some((out, value)) => known.iter().any(|(o, n)| o == out && n == value),
+                None => known.iter().any(|(_, n)| n == k),
+            };
+            if !ok {
+                let list: Vec<String> = known.iter().map(|(o, n)| format!("{o}.{n}")).collect();
+                return Err(ck.err(
+                    u.span(),
+                    format!(
+                        "homeassistant units: `{k}` names no value of a window or join output (they are: {})",
+                        list.join(", ")
+                    ),
+                ));
+            }
+            units.insert(k.clone(), v.clone());
+        }
+    }
+    Ok(h.discovery.unwrap_or(false).then_some(HomeAssistant { prefix, max_sensors, units }))
 }

@@ -114,7 +114,8 @@ fn build(ck: &Checker<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
     }
 
     let mut p = Plan { streams, windows, joins, max_devices, max_payload };
-    let d = Deployment { gateway, service, source, upstream, i2c, files };
+    let homeassistant = gateway::build_homeassistant(ck, raw.homeassistant.as_ref(), &p)?;
+    let d = Deployment { gateway, service, source, upstream, homeassistant, i2c, files };
     // everything is allocated at start: refuse what could not be, before trying
     let bound = edgejoin_engine::Engine::memory_bytes(&p);
     if bound > MAX_STATE_BYTES {

@@ -17,12 +17,22 @@ pub(super) struct RawConfig {
     pub(super) gateway: Option<RawGateway>,
     pub(super) source: Option<RawSource>,
     pub(super) upstream: Option<RawUpstream>,
+    pub(super) homeassistant: Option<RawHomeAssistant>,
     #[serde(default)]
     pub(super) stream: Vec<S<RawStream>>,
     #[serde(default)]
     pub(super) window: Vec<S<RawWindow>>,
     #[serde(default)]
     pub(super) join: Vec<S<RawJoin>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHomeAssistant {
+    pub(super) discovery: Option<bool>,
+    pub(super) prefix: Option<S<String>>,
+    pub(super) max_sensors: Option<S<i64>>,
+    pub(super) units: Option<S<std::collections::BTreeMap<String, String>>>,
 }
 
 #[derive(Deserialize)]

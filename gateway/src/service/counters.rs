@@ -165,6 +165,8 @@ pub struct ServiceCounters {
     pub state_bytes_written: Counter,
     /// 1 while connected and subscribed to the source broker (`/healthz`).
     pub source_connected: Counter,
+    /// Results without a Home Assistant sensor: over `[homeassistant] max_sensors`.
+    pub homeassistant_unannounced: Counter,
     /// 1 while connected to the upstream broker.
     pub uplink_connected: Counter,
     /// Monotonic ms (since the service started) when the engine loop last

@@ -52,6 +52,8 @@ pub(super) struct Links {
     pub snapshot: Arc<Mutex<metrics::Snapshot>>,
     /// The live clock trace (`/clocks/` on the metrics address), when kept.
     pub clocks: super::http::Clocks,
+    /// Home Assistant discovery, when on (the uplink publishes what it notes).
+    pub discovery: Option<Arc<Mutex<super::homeassistant::Discovery>>>,
     pub counters: Arc<ServiceCounters>,
     pub marks: Arc<LatencyMarks>,
 }
@@ -144,8 +146,9 @@ impl EngineLoop {
     pub(super) fn new(d: Deployment, start: Start, io: Links) -> Self {
         let now = Instant::now();
         let skips = logging::SkipLog::new(start.engine.pipeline().streams.len());
-        let out =
-            ResultWriter::new(&d, io.spool.clone(), io.counters.clone()).tracing_clocks(io.clocks.clone());
+        let out = ResultWriter::new(&d, io.spool.clone(), io.counters.clone())
+            .tracing_clocks(io.clocks.clone())
+            .announcing(io.discovery.clone());
         let commit = GroupCommit::new(d.service.commit_delay, BATCH);
         EngineLoop {
             durable: d.service.delivery == Delivery::Durable,
@@ -621,6 +624,9 @@ impl EngineLoop {
         c.spool_refused.store(refused, Ordering::Relaxed);
         c.state_bytes_written
             .store(state_bytes + self.wal.as_ref().map_or(0, |w| w.bytes_written), Ordering::Relaxed);
+        if let Some(Ok(d)) = self.io.discovery.as_ref().map(|d| d.lock()) {
+            c.homeassistant_unannounced.store(d.unannounced, Ordering::Relaxed);
+        }
         if let Some(Ok(mut t)) = self.io.clocks.as_ref().map(|t| t.lock()) {
             t.set_reports(self.engine.skew_reports().iter().map(|(n, r)| (n.as_str(), *r)));
         }

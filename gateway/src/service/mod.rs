@@ -27,6 +27,7 @@ mod delivery;
 mod engine_loop;
 mod error;
 mod frame;
+pub(crate) mod homeassistant;
 mod http;
 mod logging;
 pub(crate) mod metrics;
@@ -235,6 +236,9 @@ async fn run_async(
         status_topic: format!("{}/status", up.topic_prefix),
     };
 
+    let discovery = d.homeassistant.clone().map(|h| {
+        Arc::new(Mutex::new(homeassistant::Discovery::new(h, &d.gateway.id, &d.upstream.topic_prefix)))
+    });
     let (in_tx, in_rx) = tokio::sync::mpsc::channel::<Msg>(INTAKE);
     let budget = Arc::new(tokio::sync::Semaphore::new(intake_budget(&c)));
     let spool_ready = Arc::new(Notify::new());
@@ -270,6 +274,7 @@ async fn run_async(
             counters: counters.clone(),
             marks: marks.clone(),
             drain_for: svc.shutdown,
+            discovery: discovery.clone(),
         },
     ));
     // the live clock report's trace: kept where it can be seen
@@ -306,6 +311,7 @@ async fn run_async(
             stats_tx,
             snapshot: snapshot.clone(),
             clocks,
+            discovery,
             counters: counters.clone(),
             marks,
         };

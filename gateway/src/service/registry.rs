@@ -123,6 +123,7 @@ families! {
     STATE_BYTES_WRITTEN: Some("service.state_bytes_written"), Some("state_written"), Counter, Bytes, "Bytes written to the write-ahead log and the spool (what reaches the disk is this plus the file system's overhead).";
     SOURCE_CONNECTED: Some("service.source_connected"), Some("source_connected"), Gauge, One, "1 while connected and subscribed to the source broker.";
     UPLINK_CONNECTED: Some("service.uplink_connected"), Some("uplink_connected"), Gauge, One, "1 while connected to the upstream broker.";
+    HOMEASSISTANT_UNANNOUNCED: Some("service.homeassistant_unannounced"), Some("homeassistant_unannounced"), Counter, One, "Results of an output and key without a Home Assistant sensor: over [homeassistant] max_sensors.";
     RATE: Some("service.rate_per_s"), None, Gauge, One, "Messages processed per second over the last stats interval.";
     UPTIME: Some("service.uptime_s"), None, Gauge, One, "Seconds since the service started.";
     GATEWAY_MS: Some("service.gateway_ms"), Some("gateway_time"), Gauge, Ms, "The engine's gateway clock (Unix time).";
@@ -306,7 +307,7 @@ impl Samples {
 
     /// Everything the live service counts; `rate` and `uptime` over the last stats interval.
     pub fn service(&mut self, c: &ServiceCounters, rate: f64, uptime: Duration, gateway_ms: i64) {
-        let fields: [(&'static Family, &Counter); 33] = [
+        let fields: [(&'static Family, &Counter); 34] = [
             (&RECEIVED, &c.received),
             (&PROCESSED, &c.processed),
             (&REDELIVERIES_SKIPPED, &c.redeliveries_skipped),
@@ -340,6 +341,7 @@ impl Samples {
             (&STATE_BYTES_WRITTEN, &c.state_bytes_written),
             (&SOURCE_CONNECTED, &c.source_connected),
             (&UPLINK_CONNECTED, &c.uplink_connected),
+            (&HOMEASSISTANT_UNANNOUNCED, &c.homeassistant_unannounced),
         ];
         for (f, n) in fields {
             self.add(f, &[], Val::U(n.load(Ordering::Relaxed)));

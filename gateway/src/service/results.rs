@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use super::counters::ServiceCounters;
+use super::homeassistant::Discovery;
 use super::http::Clocks;
 use super::spool::Spool;
 use crate::config::Deployment;
@@ -26,6 +27,8 @@ pub(super) struct ResultWriter {
     gateway: String,
     /// The live clock trace (`/clocks/`), when kept.
     clocks: Clocks,
+    /// Home Assistant discovery, when on.
+    discovery: Option<Arc<Mutex<Discovery>>>,
 }
 
 impl ResultWriter {
@@ -38,7 +41,14 @@ impl ResultWriter {
             prefix: d.upstream.topic_prefix.clone(),
             gateway: d.gateway.id.clone(),
             clocks: None,
+            discovery: None,
         }
+    }
+
+    /// Announces each output's sensors for each key to Home Assistant as well.
+    pub(super) fn announcing(mut self, discovery: Option<Arc<Mutex<Discovery>>>) -> Self {
+        self.discovery = discovery;
+        self
     }
 
     /// Notes each corrected event into `clocks` as well.
@@ -96,6 +106,9 @@ impl Sink for SpoolSink<'_> {
         w.topic.push_str(&w.prefix);
         w.topic.push('/');
         tpl.render_append(&TemplateVars { name, key, gateway: &w.gateway }, &mut w.topic);
+        if let Some(Ok(mut d)) = w.discovery.as_ref().map(|d| d.lock()) {
+            d.note(p, &out, &w.topic);
+        }
         let payload = w.enc.encode(p, out);
         let mut spool = w.spool.lock().expect("spool lock");
         let at = spool.end();

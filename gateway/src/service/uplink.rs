@@ -8,6 +8,7 @@
 //! a blocking thread; acknowledgements only move a number (the engine thread
 //! deletes and fsyncs).
 
+use super::homeassistant::Discovery;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -129,6 +130,8 @@ pub(super) struct Links {
     pub marks: Arc<LatencyMarks>,
     /// How long a stop waits for the spool to drain.
     pub drain_for: Duration,
+    /// Home Assistant discovery messages to publish (retained), when on.
+    pub discovery: Option<Arc<Mutex<Discovery>>>,
 }
 
 /// The state the uplink keeps across connections.
@@ -140,6 +143,8 @@ struct Uplink {
     stop_deadline: Option<Instant>,
     draining: bool,
     status_topic: String,
+    /// Discovery messages published on this connection (all go again after a connect).
+    announced: usize,
 }
 
 impl Uplink {
@@ -159,6 +164,16 @@ impl Uplink {
         false
     }
 
+    /// Publishes the discovery messages noted since the last call (retained, QoS 0).
+    fn announce(&mut self, c: &mut Conn) -> Result<(), ConnError> {
+        let Some(Ok(d)) = self.io.discovery.as_ref().map(|d| d.lock()) else { return Ok(()) };
+        for (topic, payload) in &d.messages[self.announced.min(d.messages.len())..] {
+            c.publish_qos0(topic.clone(), payload.clone(), true)?;
+        }
+        self.announced = d.messages.len();
+        Ok(())
+    }
+
     /// Serves one connection until it fails or the stop's drain is over.
     async fn serve(&mut self, c: &mut Conn) -> Ended {
         let mut ping = tokio::time::interval(KEEP_ALIVE / 2);
@@ -166,6 +181,7 @@ impl Uplink {
         ping.reset();
         let mut heard = Instant::now();
         let mut wakeup = Box::pin(tokio::time::sleep(Duration::from_millis(200)));
+        self.announced = 0;
         loop {
             if self.stop_due() {
                 // the engine's side saves the delivered position once this task is done; a
@@ -174,6 +190,10 @@ impl Uplink {
                 let _ = c.disconnect();
                 let _ = c.flush().await;
                 return Ended::Stopped;
+            }
+            // sensors first: Home Assistant knows a state topic before its first value
+            if let Err(e) = self.announce(c) {
+                return Ended::Failed(e);
             }
             if let Err(e) =
                 refill(&mut self.up, c, &self.spool, &self.reader, &self.io.counters, &self.io.marks).await
@@ -238,6 +258,7 @@ pub(super) async fn uplink_task(target: Target, reader: SpoolReader, io: Links) 
         stop_deadline: None,
         draining: false,
         status_topic: target.status_topic.clone(),
+        announced: 0,
     };
     let mut down_since: Option<Instant> = None;
     let mut log = logging::Every::new(Duration::from_secs(30));
