@@ -185,26 +185,9 @@ pub fn describe(c: &Config) -> String {
         format_bytes(buffers)
     );
     let total = engine + budget + buffers + trace;
-    debug_assert_eq!(total, memory_bound(c));
+    debug_assert_eq!(total, crate::service::memory_bound(c));
     let _ = writeln!(o, "  total {}", format_bytes(total));
     o
-}
-
-/// The memory bound `check-config` prints (its "total"): the engine's state,
-/// the intake's buffers and the live clock trace.
-pub fn memory_bound(c: &Config) -> u64 {
-    let p = &c.plan;
-    let svc = &c.deployment.service;
-    let skew = Engine::skew_memory_bytes(p);
-    let trace = if skew > 0 && svc.metrics_addr.is_some() && svc.clock_trace > 0 {
-        crate::clock_report::ClockTrace::memory_bytes(svc.clock_trace, p.max_devices.get() as usize)
-    } else {
-        0
-    };
-    Engine::memory_bytes(p)
-        + crate::service::intake_budget(c) as u64
-        + crate::service::source_buffers(c) as u64
-        + trace
 }
 
 /// What in a valid config is likely to surprise its user: said by

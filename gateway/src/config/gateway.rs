@@ -305,7 +305,7 @@ pub(super) fn build_homeassistant(
     };
     let mut units = std::collections::BTreeMap::new();
     if let Some(u) = &h.units {
-        let known = crate::service::homeassistant::value_names(p);
+        let known = super::homeassistant::value_names(p);
         for (k, v) in u.get_ref() {
             let ok = match k.split_once('.') {
                 Some((out, value)) => known.iter().any(|(o, n)| o == out && n == value),

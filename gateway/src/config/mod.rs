@@ -10,6 +10,7 @@
 mod check;
 mod deployment;
 mod gateway;
+pub mod homeassistant;
 mod joins;
 mod raw;
 mod streams;

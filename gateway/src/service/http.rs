@@ -265,7 +265,7 @@ pub(super) fn pipeline(c: &Config) -> Value {
         "streams": streams,
         "windows": windows,
         "joins": joins,
-        "memory_bound_bytes": crate::cli::check_config::memory_bound(c),
+        "memory_bound_bytes": super::memory::memory_bound(c),
     })
 }
 
