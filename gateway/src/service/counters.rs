@@ -129,6 +129,8 @@ pub struct ServiceCounters {
     pub delivered: Counter,
     pub spool_depth: Counter,
     pub spool_bytes: Counter,
+    /// The spool's budget on disk (`[upstream] spool`).
+    pub spool_capacity: Counter,
     pub spool_dropped: Counter,
     pub spool_refused: Counter,
     pub spool_errors: Counter,

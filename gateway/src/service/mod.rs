@@ -177,6 +177,7 @@ async fn run_async(
     state_dir::probe(&dir)?;
     let svc = d.service.clone();
     let counters = Arc::new(ServiceCounters::default());
+    counters.spool_capacity.store(d.upstream.spool, std::sync::atomic::Ordering::Relaxed);
     let spool = Spool::open(&dir.join("spool"), d.upstream.spool, d.upstream.spool_full)
         .map_err(|source| ServiceError::StateDir { path: dir.join("spool"), source })?;
     report_spool_damage(&spool, &counters);

@@ -99,6 +99,7 @@ families! {
     DELIVERED: Some("service.delivered"), Some("delivered"), Counter, One, "Results acknowledged by the upstream broker.";
     SPOOL_DEPTH: Some("service.spool_depth"), Some("spool_depth"), Gauge, One, "Results in the spool not yet delivered.";
     SPOOL_BYTES: Some("service.spool_bytes"), Some("spool"), Gauge, Bytes, "Bytes the spool takes on disk.";
+    SPOOL_CAPACITY: Some("service.spool_capacity"), Some("spool_capacity"), Gauge, Bytes, "The spool's budget on disk ([upstream] spool): spool bytes against it say how full it is.";
     SPOOL_DROPPED: Some("service.spool_dropped"), Some("spool_dropped"), Counter, One, "Undelivered results dropped (drop_oldest, or damaged records).";
     SPOOL_REFUSED: Some("service.spool_refused"), Some("spool_refused"), Counter, One, "New results refused by a full spool (refuse_new).";
     SPOOL_ERRORS: Some("service.spool_errors"), Some("spool_errors"), Counter, One, "Results the spool could not append (IO errors).";
@@ -307,7 +308,7 @@ impl Samples {
 
     /// Everything the live service counts; `rate` and `uptime` over the last stats interval.
     pub fn service(&mut self, c: &ServiceCounters, rate: f64, uptime: Duration, gateway_ms: i64) {
-        let fields: [(&'static Family, &Counter); 34] = [
+        let fields: [(&'static Family, &Counter); 35] = [
             (&RECEIVED, &c.received),
             (&PROCESSED, &c.processed),
             (&REDELIVERIES_SKIPPED, &c.redeliveries_skipped),
@@ -317,6 +318,7 @@ impl Samples {
             (&DELIVERED, &c.delivered),
             (&SPOOL_DEPTH, &c.spool_depth),
             (&SPOOL_BYTES, &c.spool_bytes),
+            (&SPOOL_CAPACITY, &c.spool_capacity),
             (&SPOOL_DROPPED, &c.spool_dropped),
             (&SPOOL_REFUSED, &c.spool_refused),
             (&SPOOL_ERRORS, &c.spool_errors),
