@@ -55,7 +55,7 @@ fn served() -> BTreeSet<String> {
 fn metrics_in(expr: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut rest = expr;
-    while let Some(at) = rest.find(|c: char| c == 'e' || c == 'p') {
+    while let Some(at) = rest.find(['e', 'p']) {
         let word: String =
             rest[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
         let before = rest[..at].chars().last();
