@@ -53,6 +53,11 @@ pub(super) fn build_gateway(
     }
     let d = ServiceCfg::default();
     let metrics_addr = match &g.metrics_addr {
+        // a port alone listens on loopback: nothing is served beyond the Pi unless asked
+        Some(a) if a.get_ref().trim_start_matches(':').parse::<u16>().is_ok() => {
+            let port = a.get_ref().trim_start_matches(':').parse::<u16>().expect("checked");
+            Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+        }
         Some(a) => Some(a.get_ref().parse().map_err(|_| {
             ck.err(
                 a.span(),

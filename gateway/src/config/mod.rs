@@ -115,8 +115,7 @@ fn build(ck: &Checker<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
     }
 
     let mut p = Plan { streams, windows, joins, max_devices, max_payload };
-    let homeassistant = gateway::build_homeassistant(ck, raw.homeassistant.as_ref(), &p)?;
-    let d = Deployment { gateway, service, source, upstream, homeassistant, i2c, files };
+    let mut d = Deployment { gateway, service, source, upstream, homeassistant: None, i2c, files };
     // everything is allocated at start: refuse what could not be, before trying
     let bound = edgejoin_engine::Engine::memory_bytes(&p);
     if bound > MAX_STATE_BYTES {
@@ -160,6 +159,8 @@ fn build(ck: &Checker<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
             );
         }
     }
+    // after the outputs are settled: its units name their values
+    d.homeassistant = gateway::build_homeassistant(ck, raw.homeassistant.as_ref(), &p)?;
     Ok(Config { plan: p, deployment: d })
 }
 
@@ -201,6 +202,39 @@ values = ["v"]
         let p = parse(Path::new("gw.toml"), BASE).unwrap().plan;
         assert_eq!(p.streams[0].values, ["v"]);
         assert_eq!(p.streams[0].capacity.get(), 64);
+    }
+
+    #[test]
+    fn the_http_endpoint_listens_on_loopback_unless_told_otherwise() {
+        let addr = |a: &str| {
+            let text = BASE.replace("id = \"t\"", &format!("id = \"t\"\nmetrics_addr = \"{a}\""));
+            parse(Path::new("gw.toml"), &text).map(|c| c.deployment.service.metrics_addr.unwrap().to_string())
+        };
+        assert_eq!(addr("9108").unwrap(), "127.0.0.1:9108");
+        assert_eq!(addr(":9108").unwrap(), "127.0.0.1:9108");
+        assert_eq!(addr("0.0.0.0:9108").unwrap(), "0.0.0.0:9108");
+        assert!(addr("pi:9108").unwrap_err().to_string().contains("write an address and port"));
+    }
+
+    #[test]
+    fn home_assistant_units_name_values_outputs_carry() {
+        let window =
+            "\n[[window]]\nname = \"w\"\ninput = \"a\"\nsize = \"1m\"\naggregates = { m = \"mean(v)\" }\n";
+        let ok = format!("{window}\n[homeassistant]\ndiscovery = true\nunits = {{ \"w.m\" = \"°C\", count = \"readings\" }}\n");
+        let c = parse(Path::new("gw.toml"), &format!("{BASE}{ok}")).unwrap();
+        let h = c.deployment.homeassistant.unwrap();
+        assert_eq!((h.prefix.as_str(), h.max_sensors, h.units.len()), ("homeassistant", 256, 2));
+        let off = format!("{window}\n[homeassistant]\nprefix = \"ha\"\n");
+        assert!(parse(Path::new("gw.toml"), &format!("{BASE}{off}"))
+            .unwrap()
+            .deployment
+            .homeassistant
+            .is_none());
+        let extra =
+            format!("{window}\n[homeassistant]\ndiscovery = true\nunits = {{ \"w.mean\" = \"°C\" }}\n");
+        let (line, msg) = err(&extra);
+        assert_eq!(line, line_of(&extra, "units"));
+        assert!(msg.contains("`w.mean` names no value") && msg.contains("w.m, w.count"), "{msg}");
     }
 
     #[test]
