@@ -941,3 +941,76 @@ fn home_assistant_discovers_a_sensor_per_output_key_and_value() {
     }
     gw.stop();
 }
+
+/// Issue #17's security review, live: the state directory and every file in
+/// it are the gateway's alone (0700 / 0600, whatever the caller's umask);
+/// TLS verification refuses a broker its `ca_file` did not sign (there is
+/// no switch to turn it off); and the password, read from a file, never
+/// reaches the log, even at debug level (the MQTT client's lines included).
+#[test]
+fn state_is_private_tls_is_verified_and_no_secret_is_logged() {
+    need_mosquitto!();
+    let Some(pki) = pki() else { return };
+    let d = pki.path();
+    let source = Broker::start();
+    let (upstream, tls_port) = tls_broker(d, true);
+    let work = tempfile::tempdir().unwrap();
+    let (cfg, msgs) = example("tolerance");
+    let state = work.path().join("state");
+    let (path, p) = live_config(&cfg, &source, &source, &state);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let with_ca = |ca: &str| {
+        let upstream_section = format!(
+            "[upstream]\nurl = \"mqtts://localhost:{tls_port}\"\ntopic_prefix = \"gw/test\"\nusername = \"gw\"\npassword_file = \"upstream-password\"\nca_file = \"{d}/{ca}\"\ncert_file = \"{d}/client.crt\"\nkey_file = \"{d}/client.key\"\n",
+            d = d.display()
+        );
+        text[..text.find("[upstream]").unwrap()].to_string() + &upstream_section
+    };
+    let creds = tempfile::tempdir().unwrap();
+    std::fs::write(creds.path().join("upstream-password"), "s3cret\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(creds.path().join("upstream-password"), std::fs::Permissions::from_mode(0o600))
+        .unwrap();
+    let env = [("CREDENTIALS_DIRECTORY", creds.path()), ("EDGEJOIN_LOG", Path::new("debug"))];
+
+    // a CA that did not sign the broker's certificate: refused, and said so
+    std::fs::write(&path, with_ca("client.crt")).unwrap();
+    let gw = Gateway::start_with(&path, &env);
+    assert!(wait_until(10, || gw.logged("uplink broker:")), "{:?}", gw.log.lock().unwrap());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!gw.logged("uplink connected"), "connected to a broker its CA did not sign");
+    let said = gw.log.lock().unwrap().iter().find(|l| l.contains("uplink broker:")).cloned().unwrap();
+    assert!(said.to_lowercase().contains("certificate") || said.contains("UnknownIssuer"), "{said}");
+    gw.stop();
+
+    // the right CA: results flow; the log at debug level holds no password
+    std::fs::write(&path, with_ca("ca.crt")).unwrap();
+    let want = expected(&p, &msgs);
+    let collector = Collector::start(upstream.port, "gw/test/#");
+    let gw = Gateway::start_with(&path, &env);
+    publish(source.port, &to_publish(&msgs));
+    assert_eq!(collector.wait_for(&want, 20), want);
+    let log = gw.log.lock().unwrap().clone();
+    gw.stop();
+    assert!(log.iter().filter(|l| l.contains("DEBUG")).count() >= 5, "a debug log: {log:?}");
+    assert!(!log.iter().any(|l| l.contains("s3cret")), "the password was logged");
+
+    // the state: a private directory of private files
+    let mut seen = 0;
+    let mut stack = vec![state.clone()];
+    while let Some(dir) = stack.pop() {
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{} is {mode:o}", dir.display());
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                let mode = e.metadata().unwrap().permissions().mode();
+                assert_eq!(mode & 0o077, 0, "{} is {mode:o}", e.path().display());
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen >= 3, "the WAL, the spool and a checkpoint at least: {seen} files");
+}

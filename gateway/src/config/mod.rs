@@ -216,6 +216,30 @@ values = ["v"]
         assert!(addr("pi:9108").unwrap_err().to_string().contains("write an address and port"));
     }
 
+    /// TLS verification has no off switch: no key a user might try is taken.
+    #[test]
+    fn no_setting_turns_tls_verification_off() {
+        for section in ["source", "upstream"] {
+            for key in [
+                "insecure = true",
+                "tls_insecure = true",
+                "verify = false",
+                "verify_peer = false",
+                "danger_accept_invalid_certs = true",
+                "skip_verify = true",
+            ] {
+                let extra =
+                    format!("\n[{section}]\nurl = \"mqtts://localhost:8883\"\nca_file = \"ca.crt\"\n{key}\n");
+                let (line, msg) = err(&extra);
+                assert_eq!(line, line_of(&extra, key), "{msg}");
+                assert!(msg.contains("unknown"), "{section} {key}: {msg}");
+            }
+        }
+        // and what ships listens nowhere beyond the machine
+        let shipped = load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/gateway.toml")).unwrap();
+        assert!(shipped.deployment.service.metrics_addr.is_none_or(|a| a.ip().is_loopback()));
+    }
+
     #[test]
     fn home_assistant_units_name_values_outputs_carry() {
         let window =
