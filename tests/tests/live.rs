@@ -305,42 +305,6 @@ fn source_over_mutual_tls() {
     assert_eq!(got, want, "results of messages taken over mutual TLS");
 }
 
-/// Results go upstream over mutual TLS (rustls) with a username and a
-/// password read from a file, as systemd's LoadCredential provides it.
-#[test]
-fn upstream_over_mutual_tls_with_password_file() {
-    need_mosquitto!();
-    let Some(pki) = pki() else { return };
-    let d = pki.path();
-    let source = Broker::start();
-    // the upstream: a TLS listener requiring a client certificate and a password, and a plain one for the test's reader
-    let (upstream, tls_port) = tls_broker(d, true);
-    use std::os::unix::fs::PermissionsExt;
-
-    let work = tempfile::tempdir().unwrap();
-    let (cfg, msgs) = example("tolerance");
-    let (path, p) = live_config(&cfg, &source, &source, &work.path().join("state"));
-    let text = std::fs::read_to_string(&path).unwrap();
-    let upstream_section = format!(
-        "[upstream]\nurl = \"mqtts://localhost:{tls_port}\"\ntopic_prefix = \"gw/test\"\nusername = \"gw\"\npassword_file = \"upstream-password\"\nca_file = \"{d}/ca.crt\"\ncert_file = \"{d}/client.crt\"\nkey_file = \"{d}/client.key\"\n",
-        d = d.display()
-    );
-    let text = text[..text.find("[upstream]").unwrap()].to_string() + &upstream_section;
-    std::fs::write(&path, text).unwrap();
-    let creds = tempfile::tempdir().unwrap();
-    std::fs::write(creds.path().join("upstream-password"), "s3cret\n").unwrap();
-    std::fs::set_permissions(creds.path().join("upstream-password"), std::fs::Permissions::from_mode(0o600))
-        .unwrap();
-
-    let want = expected(&p, &msgs);
-    let collector = Collector::start(upstream.port, "gw/test/#");
-    let gw = Gateway::start_with(&path, &[("CREDENTIALS_DIRECTORY", creds.path())]);
-    publish(source.port, &to_publish(&msgs));
-    let got = collector.wait_for(&want, 20);
-    gw.kill();
-    assert_eq!(got, want, "results delivered over mutual TLS");
-}
-
 /// systemd's notify protocol: READY=1 once subscribed, STATUS= lines, and
 /// STOPPING=1 on SIGTERM, sent to $NOTIFY_SOCKET; `delivery = "fast"` runs too.
 #[test]
@@ -942,7 +906,9 @@ fn home_assistant_discovers_a_sensor_per_output_key_and_value() {
     gw.stop();
 }
 
-/// Issue #17's security review, live: the state directory and every file in
+/// Results go upstream over mutual TLS (rustls) with a username and a
+/// password read from a file, as systemd's LoadCredential provides it; and
+/// issue #17's security review, live: the state directory and every file in
 /// it are the gateway's alone (0700 / 0600, whatever the caller's umask);
 /// TLS verification refuses a broker its `ca_file` did not sign (there is
 /// no switch to turn it off); and the password, read from a file, never
