@@ -16,3 +16,5 @@ pub mod config;
 pub mod fuzz;
 pub mod service;
 pub mod sources;
+#[cfg(test)]
+pub(crate) mod test_util;

@@ -49,12 +49,11 @@ fn the_status_page_renders_the_live_gateway_in_a_browser() {
     let broker = Broker::start();
     let work = tempfile::tempdir().unwrap();
     let (cfg, msgs) = example("skewed");
-    let mport = free_port();
-    let cfg = cfg.replace("[gateway]\n", &format!("[gateway]\nmetrics_addr = \"127.0.0.1:{mport}\"\n"));
+    let (cfg, mport) = with_metrics_addr(&cfg);
     let (path, _) = live_config(&cfg, &broker, &broker, &work.path().join("state"));
     let gw = Gateway::start(&path);
     publish(broker.port, &to_publish(&msgs));
-    let status = || -> serde_json::Value { serde_json::from_str(&http(mport, "GET /status").2).unwrap() };
+    let status = || status_json(mport);
     assert!(
         wait_until(20, || {
             let s = status();

@@ -665,24 +665,8 @@ fn the_live_clock_report_draws_each_corrected_device() {
 /// The retained message on `topic` of the broker at `port`, if one comes
 /// within 3 s to a new subscriber.
 fn retained(port: u16, topic: &str) -> Option<String> {
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let id = format!("retained-reader-{}", N.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-    let (client, mut conn) = Client::new(MqttOptions::new(id, "127.0.0.1", port), 10);
-    client.subscribe(topic, QoS::AtMostOnce).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(3);
-    let mut got = None;
-    while Instant::now() < deadline {
-        match conn.recv_timeout(Duration::from_millis(200)) {
-            Ok(Ok(Event::Incoming(Incoming::Publish(p)))) if p.retain => {
-                got = Some(String::from_utf8_lossy(&p.payload).into_owned());
-                break;
-            }
-            Ok(Err(_)) => break,
-            _ => {}
-        }
-    }
-    let _ = client.disconnect();
-    got
+    let got = listen_until(port, topic, 3.0, |m| m.2);
+    got.into_iter().find(|m| m.2).map(|m| String::from_utf8_lossy(&m.1).into_owned())
 }
 
 /// Presence on the upstream broker: a retained `online` on
@@ -727,8 +711,7 @@ fn the_http_endpoint_serves_health_status_the_page_and_metrics() {
     let mut broker = Broker::start();
     let work = tempfile::tempdir().unwrap();
     let (cfg, msgs) = example("tolerance");
-    let mport = free_port();
-    let cfg = cfg.replace("[gateway]\n", &format!("[gateway]\nmetrics_addr = \"127.0.0.1:{mport}\"\n"));
+    let (cfg, mport) = with_metrics_addr(&cfg);
     let (path, _) = live_config(&cfg, &broker, &broker, &work.path().join("state"));
     let gw = Gateway::start(&path);
     let healthy =
@@ -738,7 +721,7 @@ fn the_http_endpoint_serves_health_status_the_page_and_metrics() {
     assert!(wait_until(20, || metric(mport, "edgejoin_processed_total") == Some(msgs.len() as f64)));
 
     // /status: as of the last stats interval (1 s in the test config)
-    let status = || -> serde_json::Value { serde_json::from_str(&http(mport, "GET /status").2).unwrap() };
+    let status = || status_json(mport);
     assert!(wait_until(5, || status()["service"]["processed"] == msgs.len() as u64));
     let s = status();
     assert_eq!(s["health"]["healthy"], true, "{s}");
@@ -811,6 +794,16 @@ fn the_http_endpoint_serves_health_status_the_page_and_metrics() {
 /// Every publish on `filter` for `secs` (topic, payload, retained): what a
 /// new subscriber gets, retained messages first.
 fn listen(port: u16, filter: &str, secs: f64) -> Vec<(String, Vec<u8>, bool)> {
+    listen_until(port, filter, secs, |_| false)
+}
+
+/// [`listen`], ending early at the first message `done` accepts (or a connection error).
+fn listen_until(
+    port: u16,
+    filter: &str,
+    secs: f64,
+    done: impl Fn(&(String, Vec<u8>, bool)) -> bool,
+) -> Vec<(String, Vec<u8>, bool)> {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let id = format!("listener-{}", N.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
     let mut o = MqttOptions::new(id, "127.0.0.1", port);
@@ -820,8 +813,15 @@ fn listen(port: u16, filter: &str, secs: f64) -> Vec<(String, Vec<u8>, bool)> {
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let mut got = Vec::new();
     while Instant::now() < deadline {
-        if let Ok(Ok(Event::Incoming(Incoming::Publish(p)))) = conn.recv_timeout(Duration::from_millis(100)) {
-            got.push((p.topic.clone(), p.payload.to_vec(), p.retain));
+        match conn.recv_timeout(Duration::from_millis(100)) {
+            Ok(Ok(Event::Incoming(Incoming::Publish(p)))) => {
+                got.push((p.topic.clone(), p.payload.to_vec(), p.retain));
+                if done(got.last().unwrap()) {
+                    break;
+                }
+            }
+            Ok(Err(_)) => break,
+            _ => {}
         }
     }
     let _ = client.disconnect();

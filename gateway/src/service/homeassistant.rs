@@ -149,35 +149,21 @@ impl Discovery {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config;
-    use edgejoin_engine::engine::Engine;
 
     fn discover(example: &str, cfg: HomeAssistant) -> (Discovery, Vec<(String, Value)>) {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/examples");
-        let c = config::load(&dir.join(format!("{example}.toml"))).unwrap();
         let mut d = Discovery::new(cfg, "pi/kitchen", "gw/pi");
-        let mut e = Engine::new(c.plan, 1);
         let mut results = Vec::new();
-        let text = std::fs::read_to_string(dir.join(format!("{example}.jsonl"))).unwrap();
-        for line in text.lines() {
-            let v: Value = serde_json::from_str(line).unwrap();
-            let (recv, topic, payload) = (
-                v["recv_ms"].as_i64().unwrap(),
-                v["topic"].as_str().unwrap(),
-                v["payload"].as_str().unwrap(),
-            );
-            let mut enc = edgejoin_engine::output::JsonEncoder::new();
-            e.ingest(recv, topic, payload.as_bytes(), &mut |p: &Plan, out: Output<'_>| {
-                let key = match &out {
-                    Output::Window(r, _) => r.key.as_str().to_string(),
-                    Output::Join(r) => r.key.as_str().to_string(),
-                    Output::Late(_) => return,
-                };
-                let topic = format!("gw/pi/out/{key}");
-                d.note(p, &out, &topic);
-                results.push((topic, serde_json::from_slice(enc.encode(p, out)).unwrap()));
-            });
-        }
+        let mut enc = edgejoin_engine::output::JsonEncoder::new();
+        crate::test_util::replay_example(example, &mut |p: &Plan, out: Output<'_>| {
+            let key = match &out {
+                Output::Window(r, _) => r.key.as_str().to_string(),
+                Output::Join(r) => r.key.as_str().to_string(),
+                Output::Late(_) => return,
+            };
+            let topic = format!("gw/pi/out/{key}");
+            d.note(p, &out, &topic);
+            results.push((topic, serde_json::from_slice(enc.encode(p, out)).unwrap()));
+        });
         (d, results)
     }
 

@@ -343,26 +343,9 @@ pub fn samples(e: &Engine, c: &ServiceCounters, rate: f64, uptime: Duration) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config;
-    use edgejoin_engine::engine::Output;
-    use edgejoin_engine::Plan;
 
     fn engine() -> Engine {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/examples");
-        let c = config::load(&dir.join("tolerance.toml")).unwrap();
-        let mut e = Engine::new(c.plan, 1);
-        let text = std::fs::read_to_string(dir.join("tolerance.jsonl")).unwrap();
-        let mut sink = |_: &Plan, _: Output<'_>| {};
-        for line in text.lines() {
-            let v: Value = serde_json::from_str(line).unwrap();
-            let (recv, topic, payload) = (
-                v["recv_ms"].as_i64().unwrap(),
-                v["topic"].as_str().unwrap(),
-                v["payload"].as_str().unwrap(),
-            );
-            e.ingest(recv, topic, payload.as_bytes(), &mut sink);
-        }
-        e
+        crate::test_util::replay_example("tolerance", &mut |_, _| {})
     }
 
     fn exposition(openmetrics: bool) -> (Samples, String) {

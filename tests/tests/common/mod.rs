@@ -434,6 +434,17 @@ pub fn try_http(port: u16, request: &str) -> Option<(String, String, String)> {
     Some((status.to_string(), headers.to_string(), body.to_string()))
 }
 
+/// `cfg` with the HTTP endpoint on a free loopback port, and the port.
+pub fn with_metrics_addr(cfg: &str) -> (String, u16) {
+    let port = free_port();
+    (cfg.replace("[gateway]\n", &format!("[gateway]\nmetrics_addr = \"127.0.0.1:{port}\"\n")), port)
+}
+
+/// The gateway's `/status` JSON.
+pub fn status_json(port: u16) -> serde_json::Value {
+    serde_json::from_str(&http(port, "GET /status").2).unwrap()
+}
+
 /// A value from the gateway's Prometheus endpoint (`name` with its labels, as written).
 pub fn metric(port: u16, name: &str) -> Option<f64> {
     let (_, _, body) = try_http(port, "GET /metrics")?;
