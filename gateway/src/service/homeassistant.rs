@@ -27,6 +27,11 @@ fn path(value: &str, window_fields: bool) -> String {
     }
 }
 
+/// `s` as a single-quoted Jinja string literal (a key may hold quotes or backslashes).
+fn jinja_str(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
 /// `[a-zA-Z0-9_-]`, as Home Assistant wants object ids.
 fn object_id(s: &str) -> String {
     s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect()
@@ -93,7 +98,7 @@ impl Discovery {
             if shared {
                 template = format!(
                     "{{% if value_json['key'] == {} %}}{template}{{% else %}}{{{{ this.state }}}}{{% endif %}}",
-                    serde_json::to_string(key).unwrap_or_default().replace('"', "'")
+                    jinja_str(key)
                 );
             }
             let unit =
@@ -232,6 +237,12 @@ mod tests {
                 assert!(read(t, row).is_some(), "{t} on {row}");
             }
         }
+    }
+
+    #[test]
+    fn keys_are_quoted_for_the_template() {
+        assert_eq!(jinja_str("door"), "'door'");
+        assert_eq!(jinja_str("o'neil\\x"), "'o\\'neil\\\\x'");
     }
 
     #[test]
