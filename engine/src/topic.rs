@@ -127,6 +127,50 @@ impl TopicPattern {
         false
     }
 
+    /// The pattern as a Java/Python regular expression matching the same topics as
+    /// [`matches`](Self::matches), with one group per named capture: element `i` of the
+    /// second value is the group number of capture `i` (for `edgejoin export spark`).
+    pub fn regex(&self) -> (String, Vec<usize>) {
+        let mut re = String::from("^");
+        let mut groups = vec![0; self.names.len()];
+        let mut group = 0;
+        for (n, seg) in self.segs.iter().enumerate() {
+            let first = n == 0;
+            match seg {
+                Seg::Hash => {
+                    // `a/#` matches `a` too; a leading wildcard never matches a `$` topic
+                    if first {
+                        re.push_str("(?!\\$).*");
+                    } else {
+                        re.push_str("(?:/.*)?");
+                    }
+                    break;
+                }
+                _ if !first => re.push('/'),
+                _ => {}
+            }
+            match seg {
+                Seg::Literal(l) => {
+                    for c in l.chars() {
+                        if "\\.[]{}()<>*+-=!?^$|&,:#%'\"~`@;".contains(c) {
+                            re.push('\\');
+                        }
+                        re.push(c);
+                    }
+                }
+                Seg::Capture(i) => {
+                    group += 1;
+                    groups[*i] = group;
+                    re.push_str(if first { "((?!\\$)[^/]*)" } else { "([^/]*)" });
+                }
+                Seg::Plus => re.push_str(if first { "(?!\\$)[^/]*" } else { "[^/]*" }),
+                Seg::Hash => unreachable!("handled above"),
+            }
+        }
+        re.push('$');
+        (re, groups)
+    }
+
     /// Matches a concrete topic; returns the captures' byte ranges.
     pub fn matches(&self, topic: &str) -> Option<Captures> {
         if topic.len() > u16::MAX as usize {

@@ -12,6 +12,7 @@ mod backoff;
 pub mod cli;
 pub mod clock_report;
 pub mod config;
+pub mod export;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod service;

@@ -1,8 +1,9 @@
 //! The `edgejoin` command line: `run` ([`run`]), `check-config`
 //! ([`check_config`]), `replay` ([`replay`]), `tail` ([`tail`], results as
-//! [`show`] prints them) and `record` ([`record`]).
+//! [`show`] prints them), `record` ([`record`]) and `export` ([`export`]).
 
 pub(crate) mod check_config;
+mod export;
 mod record;
 mod replay;
 mod run;
@@ -103,6 +104,22 @@ enum Cmd {
         #[arg(long, value_name = "DIR")]
         clock_report: Option<PathBuf>,
     },
+    /// Write the config's pipeline as another engine's job (a site that outgrows one gateway).
+    #[command(subcommand)]
+    Export(ExportCmd),
+}
+
+#[derive(Subcommand)]
+enum ExportCmd {
+    /// A PySpark Structured Streaming job computing the same results (docs/FLEET.md).
+    Spark {
+        /// The gateway's config file (TOML; `man edgejoin` lists the docs).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Where the job goes (default: stdout).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
 }
 
 /// `check-config`'s report of a config (for the fuzz targets).
@@ -139,6 +156,7 @@ pub fn main() -> ExitCode {
         Cmd::Replay { config, input, output, stats, clock_report } => {
             replay::run(&config, &input, output.as_deref(), stats, clock_report.as_deref())
         }
+        Cmd::Export(ExportCmd::Spark { config, output }) => export::spark(&config, output.as_deref()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
