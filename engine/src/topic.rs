@@ -317,6 +317,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_pattern_as_a_regular_expression() {
+        let re = |t: &str| TopicPattern::parse(t).unwrap().regex();
+        assert_eq!(re("x/{k}/a"), ("^x/([^/]*)/a$".into(), vec![1]));
+        // captures numbered by name, groups by position
+        assert_eq!(re("{site}/+/{dev}/t.v"), ("^((?!\\$)[^/]*)/[^/]*/([^/]*)/t\\.v$".into(), vec![1, 2]));
+        assert_eq!(re("a/#"), ("^a(?:/.*)?$".into(), vec![]));
+        assert_eq!(re("#"), ("^(?!\\$).*$".into(), vec![]));
+        assert_eq!(re("+/x"), ("^(?!\\$)[^/]*/x$".into(), vec![]));
+    }
+
+    #[test]
     fn pattern_captures() {
         let p = TopicPattern::parse("sensors/{device}/temp").unwrap();
         assert_eq!(p.filter(), "sensors/+/temp");

@@ -158,9 +158,9 @@ fn every_example_runs_on_spark_with_edgejoins_rows() {
     }
     let input = |n: &str| root().join(format!("config/examples/{n}.jsonl"));
 
-    // the fixed command line, for one job
+    // the fixed command line, for one job (beside the driver below: two JVMs on two cores)
     let first = "tolerance";
-    let out = Command::new("timeout")
+    let cli = Command::new("timeout")
         .args(["600", "python3"])
         .arg(tmp.join(format!("jobs/job_{first}.py")))
         .arg("--input")
@@ -170,9 +170,10 @@ fn every_example_runs_on_spark_with_edgejoins_rows() {
         .arg("--checkpoint")
         .arg(tmp.join(format!("checkpoints/{first}")))
         .env("EDGEJOIN_SPARK_LOG", "ERROR")
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
-    assert!(out.status.success(), "python3 job_{first}.py: {}", String::from_utf8_lossy(&out.stderr));
 
     // the others in one driver: the same main(), one JVM
     let mut driver = String::from("import importlib.util, sys\nsys.path.insert(0, sys.argv[1])\n");
@@ -196,6 +197,8 @@ fn every_example_runs_on_spark_with_edgejoins_rows() {
         .output()
         .unwrap();
     assert!(out.status.success(), "driver: {}", String::from_utf8_lossy(&out.stderr));
+    let out = cli.wait_with_output().unwrap();
+    assert!(out.status.success(), "python3 job_{first}.py: {}", String::from_utf8_lossy(&out.stderr));
 
     let mut report = Vec::new();
     for n in &names {
@@ -249,6 +252,37 @@ fn every_example_runs_on_spark_with_edgejoins_rows() {
         ));
     }
     eprintln!("{}", report.join("\n"));
+}
+
+/// Without Spark too: every example exports, the job is valid Python, and `export` says where
+/// it wrote it; a config Spark cannot express is refused on stderr with a non-zero exit.
+#[test]
+fn every_example_exports_to_valid_python_and_refusals_say_why() {
+    let tmp = root().join("target/tmp/spark-compile");
+    std::fs::create_dir_all(&tmp).unwrap();
+    for n in examples() {
+        let job = tmp.join(format!("job_{n}.py"));
+        let out = edgejoin()
+            .args(["export", "spark", "-c"])
+            .arg(root().join(format!("config/examples/{n}.toml")))
+            .arg("--output")
+            .arg(&job)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{n}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("spark-submit"), "{n}");
+        let c = Command::new("python3").args(["-m", "py_compile"]).arg(&job).output().unwrap();
+        assert!(c.status.success(), "{n}: {}", String::from_utf8_lossy(&c.stderr));
+    }
+    let bad = tmp.join("postcard.toml");
+    let cfg = std::fs::read_to_string(root().join("config/examples/sliding.toml")).unwrap();
+    std::fs::write(&bad, cfg.replace("time_unit = \"ms\"", "time_unit = \"ms\"\nformat = \"postcard\""))
+        .unwrap();
+    let out = edgejoin().args(["export", "spark", "-c"]).arg(&bad).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("stream \"vibration\": format = \"postcard\" cannot be exported"), "{err}");
+    assert!(out.stdout.is_empty());
 }
 
 #[test]

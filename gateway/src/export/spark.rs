@@ -544,3 +544,69 @@ fn outputs(o: &mut String, p: &Plan) {
     }
     let _ = writeln!(o, "    return out");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        crate::config::parse(std::path::Path::new("t.toml"), text).unwrap()
+    }
+
+    const TWO: &str = r#"
+[gateway]
+id = "t"
+[[stream]]
+name = "a"
+topics = ["x/{k}/a", "y/+/{k}/#"]
+key = "{k}"
+values = ["v"]
+[[stream]]
+name = "b"
+topics = ["x/{k}/b"]
+key = "{k}"
+values = ["w"]
+"#;
+
+    #[test]
+    fn what_spark_cannot_express_is_refused_with_the_reason() {
+        let c = config(&TWO.replace("values = [\"w\"]", "values = [\"w\"]\nformat = \"postcard\""));
+        let e = job(&c, "t.toml").unwrap_err();
+        assert_eq!(e, ExportError::Postcard { stream: "b".into() });
+        assert!(e.to_string().contains("format = \"postcard\" cannot be exported"), "{e}");
+        let c = config(&format!(
+            "{TWO}[[window]]\nname = \"s\"\ninput = \"a\"\ngap = \"1m\"\naggregates = {{ n = \"count()\" }}\n\
+             [[window]]\nname = \"r\"\ninput = \"s\"\nsize = \"5m\"\naggregates = {{ n = \"sum(n)\" }}\ntopic = \"w/{{key}}\"\n"
+        ));
+        let e = job(&c, "t.toml").unwrap_err();
+        assert_eq!(e, ExportError::RollupOfSession { window: "r".into(), input: "s".into() });
+    }
+
+    #[test]
+    fn every_pattern_and_capture_of_a_stream_is_read() {
+        let j = job(&config(TWO), "t.toml").unwrap();
+        // both patterns, each with its capture's group
+        assert!(j.contains(r#"p0 = "^x/([^/]*)/a$""#), "{j}");
+        assert!(j.contains(r#"p1 = "^y/[^/]*/([^/]*)(?:/.*)?$""#), "{j}");
+        assert!(j.contains("F.when(topic.rlike(p0), F.regexp_extract(\"topic\", p0, 1)).when(topic.rlike(p1), F.regexp_extract(\"topic\", p1, 1))"), "{j}");
+        assert!(j.contains("GATEWAY = \"t\"") && j.contains("STREAMS = [\"a\", \"b\"]"), "{j}");
+    }
+
+    #[test]
+    fn the_flush_has_a_micro_batch_per_stateful_operator() {
+        let j = format!(
+            "{TWO}[[window]]\nname = \"m1\"\ninput = \"a\"\nsize = \"1m\"\naggregates = {{ n = \"count()\" }}\n\
+             [[window]]\nname = \"m5\"\ninput = \"m1\"\nsize = \"5m\"\naggregates = {{ n = \"sum(n)\" }}\n\
+             [[window]]\nname = \"b5\"\ninput = \"b\"\nsize = \"5m\"\naggregates = {{ n = \"count()\" }}\n\
+             [[join]]\nname = \"j\"\nstrategy = \"bucket\"\nleft = \"m5\"\nright = \"b5\"\n"
+        );
+        let c = config(&j);
+        assert_eq!(depth(&c.plan), 3, "window, rollup, join");
+        let out = job(&c, "t.toml").unwrap();
+        assert!(out.contains("FLUSH_BATCHES = 4\n"));
+        // the rollup's windows are shifted by the 1-minute windows' window_time (end - 1 µs)
+        assert!(out.contains("fixed_window(300000, 300000, 0, 59999999)"), "{out}");
+        // the bucket join: equal start, as a range of event times (the rollup's run 1 min − 1 µs ahead)
+        assert!(out.contains("et_between(-59999999, -59999999)"), "{out}");
+    }
+}
