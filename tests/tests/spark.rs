@@ -1,5 +1,6 @@
 //! `edgejoin export spark` (issue #16), verified by running the generated jobs: every example
-//! config is exported, each job runs in Spark's local mode over the example's recording (the
+//! config (and the test's own in tests/data/spark, over the examples' recordings: the
+//! aggregates, conditions and join types the examples leave out) is exported, each job runs in Spark's local mode over the example's recording (the
 //! fixed command line `python3 job.py --input … --output DIR` for one, the same `main` in one
 //! driver process for the rest, to pay for one JVM), and its rows are compared with
 //! `edgejoin replay`:
@@ -46,16 +47,37 @@ fn spark_available() -> bool {
     java && py
 }
 
-fn examples() -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(root().join("config/examples"))
-        .unwrap()
-        .filter_map(|e| {
-            let n = e.unwrap().file_name().into_string().unwrap();
-            n.strip_suffix(".toml").map(str::to_string)
-        })
-        .collect();
-    v.sort();
+/// Every example config, then the test's own configs over the examples' recordings
+/// (tests/data/spark/<recording>+<variant>.toml: the aggregates, conditions and join types the
+/// examples leave out): (name, config, recording).
+fn cases() -> Vec<(String, PathBuf, PathBuf)> {
+    let mut v = Vec::new();
+    for dir in ["config/examples", "tests/data/spark"] {
+        let mut names: Vec<String> = std::fs::read_dir(root().join(dir))
+            .unwrap()
+            .filter_map(|e| {
+                e.unwrap().file_name().into_string().unwrap().strip_suffix(".toml").map(str::to_string)
+            })
+            .collect();
+        names.sort();
+        for n in names {
+            let recording = n.split('+').next().unwrap().to_string();
+            v.push((
+                n.replace('+', "_"),
+                root().join(format!("{dir}/{n}.toml")),
+                root().join(format!("config/examples/{recording}.jsonl")),
+            ));
+        }
+    }
     v
+}
+
+fn examples() -> Vec<String> {
+    cases()
+        .into_iter()
+        .filter(|(_, c, _)| c.starts_with(root().join("config/examples")))
+        .map(|(n, ..)| n)
+        .collect()
 }
 
 /// Rows keyed by id, each without `emitted_ms`.
@@ -143,10 +165,13 @@ fn every_example_runs_on_spark_with_edgejoins_rows() {
     for d in ["jobs", "configs", "out", "checkpoints"] {
         std::fs::create_dir_all(tmp.join(d)).unwrap();
     }
-    let names = examples();
-    assert!(names.len() >= 10, "{names:?}");
+    let cases = cases();
+    assert!(cases.len() >= 13, "{cases:?}");
+    let names: Vec<String> = cases.iter().map(|c| c.0.clone()).collect();
+    let config = |n: &str| cases.iter().find(|c| c.0 == n).unwrap().1.clone();
+    let input = |n: &str| cases.iter().find(|c| c.0 == n).unwrap().2.clone();
     for n in &names {
-        let cfg = root().join(format!("config/examples/{n}.toml"));
+        let cfg = config(n);
         let out = edgejoin()
             .args(["export", "spark", "-c"])
             .arg(&cfg)
@@ -156,7 +181,6 @@ fn every_example_runs_on_spark_with_edgejoins_rows() {
             .unwrap();
         assert!(out.status.success(), "{n}: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let input = |n: &str| root().join(format!("config/examples/{n}.jsonl"));
 
     // the fixed command line, for one job (beside the driver below: two JVMs on two cores)
     let first = "tolerance";
@@ -202,7 +226,7 @@ fn every_example_runs_on_spark_with_edgejoins_rows() {
 
     let mut report = Vec::new();
     for n in &names {
-        let cfg = root().join(format!("config/examples/{n}.toml"));
+        let cfg = config(n);
         let job = std::fs::read_to_string(tmp.join(format!("jobs/job_{n}.py"))).unwrap();
         let s = spark_rows(&tmp.join(format!("out/{n}")));
         assert!(!s.is_empty(), "{n}: the job wrote no rows");

@@ -67,9 +67,11 @@ pub const RULES: &[(&str, &str)] = &[
     ),
     (
         "R10 float order",
-        "sums, means and stddev add in the order Spark reads the events; across several micro-batches or \
-         partitions Spark adds partial sums, so a non-integral sum can differ in its last bit, and then \
-         the row's id differs too. Over a recording read as one partition the order is edgejoin's.",
+        "sums and means of a stream's events add in the order Spark reads them; across several \
+         micro-batches or partitions Spark adds partial sums, so a non-integral sum can differ in its last \
+         bit, and then the row's id differs too. Over a recording read as one partition the order is \
+         edgejoin's. stddev, and every fold of a rollup's records, runs over the values in edgejoin's \
+         order (arrival; a rollup's records by start) and agrees to the bit.",
     ),
     ("R11 session joins", "a session join finds partners only for sessions up to --max-session long."),
     ("R12 emitted_ms", "emitted_ms is Spark's batch time (it is not part of the id)."),
@@ -348,17 +350,18 @@ fn shifts(p: &Plan) -> Vec<i64> {
 
 fn agg_expr(w: &WindowDef, a: &edgejoin_engine::plan::AggDef) -> String {
     let col = a.field.map(|f| format!("\"v{f}\"")).unwrap_or_default();
-    let _ = w;
+    // a rollup's records reach Spark in its state store's order: order-dependent folds sort them
+    let by_time = if matches!(w.input, Input::Window(_)) { "True" } else { "False" };
     match a.func {
         AggFunc::Count if a.field.is_none() => "F.count(F.lit(1))".into(),
         AggFunc::Count => format!("F.count({col})"),
-        AggFunc::Sum => format!("F.sum({col})"),
+        AggFunc::Sum => format!("sum_in_order({col}, {by_time})"),
         AggFunc::Min => format!("F.min({col})"),
         AggFunc::Max => format!("F.max({col})"),
-        AggFunc::Mean => format!("F.avg({col})"),
+        AggFunc::Mean => format!("mean_in_order({col}, {by_time})"),
         AggFunc::First => format!("first_by_time({col})"),
         AggFunc::Last => format!("last_by_time({col})"),
-        AggFunc::Stddev => format!("stddev_welford({col})"),
+        AggFunc::Stddev => format!("stddev_welford({col}, {by_time})"),
     }
 }
 

@@ -214,13 +214,37 @@ def last_by_time(v):
     return F.max_by(v, F.when(F.col(v).isNotNull(), F.struct("ts", "recv_ms")))
 
 
-def stddev_welford(v):
-    """Sample standard deviation by Welford's update, in arrival order, as edgejoin computes it."""
+def values_of(v, by_time):
+    """The present values, as edgejoin folds them: in arrival order; for a rollup's records in the
+    order their windows closed, which for one key is by start (Spark's order of a rollup's input
+    is its state store's, so those are sorted)."""
+    if not by_time:
+        return "collect_list(%s)" % v
+    return "transform(array_sort(filter(collect_list(struct(ts, %s AS v)), x -> x.v IS NOT NULL)), x -> x.v)" % v
+
+
+def sum_in_order(v, by_time):
+    """sum(): 0 + each value in order (a sum of doubles depends on the order)."""
+    if not by_time:
+        return F.sum(v)
+    return F.expr("aggregate(%s, CAST(NULL AS DOUBLE), (s, x) -> coalesce(s, 0D) + x)" % values_of(v, True))
+
+
+def mean_in_order(v, by_time):
+    """mean(): the in-order sum over the count."""
+    if not by_time:
+        return F.avg(v)
+    return F.expr("aggregate(%s, named_struct('n', 0D, 's', 0D), (a, x) -> named_struct('n', a.n + 1D, 's', a.s + x), "
+                  "a -> CASE WHEN a.n > 0 THEN a.s / a.n END)" % values_of(v, True))
+
+
+def stddev_welford(v, by_time):
+    """Sample standard deviation by Welford's update, in edgejoin's order, as edgejoin computes it."""
     return F.expr(
-        "aggregate(collect_list(%s), named_struct('n', 0D, 'a', 0D, 'b', 0D), "
+        "aggregate(%s, named_struct('n', 0D, 'a', 0D, 'b', 0D), "
         "(s, x) -> named_struct('n', s.n + 1D, 'a', s.a + (x - s.a) / (s.n + 1D), "
         "'b', s.b + (x - s.a) * (x - (s.a + (x - s.a) / (s.n + 1D)))), "
-        "s -> CASE WHEN s.n >= 2 THEN sqrt(greatest(s.b, 0D) / (s.n - 1D)) END)" % v)
+        "s -> CASE WHEN s.n >= 2 THEN sqrt(greatest(s.b, 0D) / (s.n - 1D)) END)" % values_of(v, by_time))
 
 
 def fixed_window(size_ms, slide_ms, offset_ms, shift_us):
