@@ -106,7 +106,7 @@ round() {
         sleep 0.05
     done
     [ "$p" -ge $((before + N)) ] || say "gateway took $((p - before)) of $N ($mode, QoS $q)"
-    local g_last=$(metric edgejoin_last_processed_timestamp_seconds | awk '{printf "%d", $1 * 1000}')
+    local g_last=$(metric edgejoin_last_processed_timestamp_seconds | awk '{printf "%.0f", $1 * 1000}')
     echo "$(( (c_last - s) / 1000 )) $(( g_last - s2 / 1000 ))"
 }
 median() { python3 -c "import sys,statistics; print(statistics.median(float(x) for x in sys.argv[1:]))" "$@"; }
