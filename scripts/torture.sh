@@ -21,6 +21,11 @@
 #       windows and joins open and a checkpoint every 150 ms, restarted each time; in the end
 #       its results must equal one uninterrupted run over the same input (none missing, none
 #       spurious, re-sent rows with the same id). Needs mosquitto. CI runs 5 kills over 12,000.
+#   scripts/torture.sh outage [seconds (default 600)]
+#       Long outages on real Mosquitto (tests/tests/faults.rs, CI: 8 s each): the upstream down
+#       while 1,000 results a second are produced, then back (every result, in order); a spool
+#       too small for the outage (drops the oldest, counts each; capped at 10 s); the source
+#       down while sensors hold their readings, then their backlog at once (nothing lost).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 part=${1:-}
@@ -34,6 +39,11 @@ kill)
     EDGEJOIN_TORTURE_KILLS=${2:-50} EDGEJOIN_TORTURE_KILL_MSGS=${3:-60000} \
         cargo test -q -p edgejoin-tests --test faults results_after_random_sigkills -- --nocapture 2>&1 \
         | grep -E "^sigkill:|panicked|FAILED|test result"
+    ;;
+outage)
+    EDGEJOIN_TORTURE_OUTAGE_SECS=${2:-600} \
+        cargo test -q -p edgejoin-tests --test faults -- an_upstream_outage a_full_spool a_source_outage \
+        --nocapture --test-threads 1 2>&1 | grep -E "^(upstream outage|full spool|source outage):|panicked|FAILED|test result"
     ;;
 fuzz)
     secs=${2:-600}
@@ -61,7 +71,7 @@ fuzz)
     done
     ;;
 *)
-    echo "usage: scripts/torture.sh fuzz [seconds per target] [targets…] | disk [cycles] [messages per cycle] | kill [kills] [messages]"
+    echo "usage: scripts/torture.sh fuzz [seconds per target] [targets…] | disk [cycles] [messages per cycle] | kill [kills] [messages] | outage [seconds]"
     exit 2
     ;;
 esac

@@ -312,6 +312,172 @@ fn results_after_random_sigkills_equal_an_uninterrupted_run() {
     gw.stop();
 }
 
+/// One reading a second from each of `keys` sensors for `secs` seconds (device time), paced in
+/// real time: with 1-second windows, `keys` results a second.
+fn steady_readings(keys: usize, secs: usize) -> Vec<(i64, String, Vec<u8>)> {
+    let base = 1_700_000_000_000i64;
+    (0..secs)
+        .flat_map(|j| {
+            (0..keys).map(move |k| {
+                let ts = base + j as i64 * 1000 + (k * 997 / keys) as i64;
+                (ts, format!("o/k{k}"), format!("{{\"ts\":{ts},\"v\":{}}}", (j + k) % 10).into_bytes())
+            })
+        })
+        .collect()
+}
+
+const OUTAGE_CFG: &str = "[gateway]\n\n[[stream]]\nname = \"s\"\ntopics = [\"o/{k}\"]\nkey = \"{k}\"\nlateness = \"0s\"\nmax_keys = 2048\nvalues = [\"v\"]\n\n\
+    [[window]]\nname = \"w\"\ninput = \"s\"\nsize = \"1s\"\nmax_keys = 2048\naggregates = { n = \"count()\", v = \"sum(v)\" }\ntopic = \"w/{key}\"\n";
+
+/// Publishes `msgs` a second's worth at a time (`per_sec` each), in real time.
+fn publish_paced(port: u16, msgs: &[(i64, String, Vec<u8>)], per_sec: usize) {
+    let started = Instant::now();
+    for (i, second) in msgs.chunks(per_sec).enumerate() {
+        publish(port, &to_publish(second));
+        let due = Duration::from_secs(i as u64 + 1);
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+}
+
+/// What the engine emits offline, in order.
+fn expected_in_order(p: &edgejoin_engine::plan::Plan, msgs: &[(i64, String, Vec<u8>)]) -> Vec<String> {
+    let mut e = edgejoin_engine::engine::Engine::new(p.clone(), 1);
+    let mut enc = edgejoin_engine::output::JsonEncoder::new();
+    let mut ids = Vec::new();
+    let mut sink = |p: &edgejoin_engine::plan::Plan, o: edgejoin_engine::engine::Output<'_>| {
+        let v: serde_json::Value = serde_json::from_slice(enc.encode(p, o)).unwrap();
+        ids.push(v["id"].as_str().unwrap().to_string());
+    };
+    for (recv, topic, payload) in msgs {
+        e.ingest(*recv, topic, payload, &mut sink);
+    }
+    ids
+}
+
+/// First arrivals, in arrival order.
+fn first_arrivals(ids: &[String]) -> Vec<String> {
+    let mut seen = std::collections::BTreeSet::new();
+    ids.iter().filter(|i| seen.insert((*i).clone())).cloned().collect()
+}
+
+fn outage_secs() -> usize {
+    std::env::var("EDGEJOIN_TORTURE_OUTAGE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(8)
+}
+
+/// Issue #17, part 3: the upstream broker down while 1,000 results a second are produced, then
+/// back: every result arrives, in the order the engine produced them, each id once among the
+/// first arrivals. CI: 8 s; `scripts/torture.sh outage 600` is the 10-minute campaign.
+#[test]
+fn an_upstream_outage_delivers_every_result_in_order() {
+    need_mosquitto!();
+    let secs = outage_secs();
+    let source = Broker::start();
+    let mut upstream = Broker::start();
+    let work = tempfile::tempdir().unwrap();
+    let cfg = OUTAGE_CFG.replace("[gateway]\n", "[gateway]\n").to_string();
+    let (path, p) = live_config(&cfg, &source, &upstream, &work.path().join("state"));
+    // a spool that holds the whole outage: 1,000 results of ~200 bytes a second
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("spool = \"4MiB\"", &format!("spool = \"{}MiB\"", 8 + secs / 2));
+    std::fs::write(&path, text).unwrap();
+    let msgs = steady_readings(1000, secs + 1);
+    let want = expected_in_order(&p, &msgs);
+    assert_eq!(want.len(), secs * 1000);
+    let collector = Collector::start(upstream.port, "gw/test/#");
+    let gw = Gateway::start(&path);
+    upstream.down();
+    let started = Instant::now();
+    publish_paced(source.port, &msgs, 1000);
+    let outage = started.elapsed();
+    upstream.up();
+    let wanted: std::collections::BTreeSet<String> = want.iter().cloned().collect();
+    let got = collector.wait_for(&wanted, 60 + secs as u64 / 5);
+    let ids = collector.ids.lock().unwrap().clone();
+    let order = first_arrivals(&ids);
+    eprintln!(
+        "upstream outage: {:.0?}, {} results produced, {} received ({} again after reconnects), {} distinct",
+        outage,
+        want.len(),
+        ids.len(),
+        ids.len() - order.len(),
+        got.len()
+    );
+    assert_eq!(got, wanted, "every result delivered after the outage, nothing else");
+    assert_eq!(order, want, "in the order the engine produced them");
+    gw.stop();
+}
+
+/// Issue #17, part 3: a spool too small for the outage drops its oldest results, and says
+/// exactly how many: what arrives is the newest results in order, and `spool_dropped` counts
+/// every one that did not.
+#[test]
+fn a_full_spool_drops_the_oldest_results_and_counts_each() {
+    need_mosquitto!();
+    let secs = outage_secs().min(10);
+    let source = Broker::start();
+    let mut upstream = Broker::start();
+    let work = tempfile::tempdir().unwrap();
+    let (cfg, mport) = with_metrics_addr(OUTAGE_CFG);
+    let (path, p) = live_config(&cfg, &source, &upstream, &work.path().join("state"));
+    let text = std::fs::read_to_string(&path).unwrap().replace("spool = \"4MiB\"", "spool = \"512KiB\"");
+    std::fs::write(&path, text).unwrap();
+    let msgs = steady_readings(1000, secs + 1);
+    let want = expected_in_order(&p, &msgs);
+    let collector = Collector::start(upstream.port, "gw/test/#");
+    let gw = Gateway::start(&path);
+    upstream.down();
+    publish_paced(source.port, &msgs, 1000);
+    assert!(wait_until(20, || metric(mport, "edgejoin_processed_total") == Some(msgs.len() as f64)));
+    upstream.up();
+    assert!(wait_until(60, || gw.logged("uplink: the spool is drained")), "{:?}", gw.log.lock().unwrap());
+    std::thread::sleep(Duration::from_millis(1500)); // one stats interval
+    let dropped = metric(mport, "edgejoin_spool_dropped_total").unwrap() as usize;
+    let order = first_arrivals(&collector.ids.lock().unwrap());
+    eprintln!("full spool: {} results, {} delivered, {dropped} dropped (counted)", want.len(), order.len());
+    assert!(dropped > 0, "the outage overflowed the spool");
+    assert_eq!(order.len() + dropped, want.len(), "every result delivered or counted as dropped");
+    // drop_oldest: what survived is the newest results, in order
+    assert_eq!(order[..], want[dropped..], "the newest results, in order");
+    gw.stop();
+}
+
+/// Issue #17, part 3: the source broker down while sensors hold their readings; back, they
+/// publish the backlog into the gateway's persistent session, maybe before it has reconnected
+/// (its retries back off): nothing is lost.
+#[test]
+fn a_source_outage_with_a_backlog_loses_nothing() {
+    need_mosquitto!();
+    let secs = outage_secs();
+    let mut source = Broker::start();
+    let upstream = Broker::start();
+    let work = tempfile::tempdir().unwrap();
+    let (path, p) = live_config(OUTAGE_CFG, &source, &upstream, &work.path().join("state"));
+    let msgs = steady_readings(200, secs * 5 + 1);
+    let want: std::collections::BTreeSet<String> = expected_in_order(&p, &msgs).into_iter().collect();
+    let collector = Collector::start(upstream.port, "gw/test/#");
+    let gw = Gateway::start(&path);
+    let half = msgs.len() / 2;
+    publish(source.port, &to_publish(&msgs[..half]));
+    source.down();
+    std::thread::sleep(Duration::from_secs(secs as u64));
+    source.up();
+    // the sensors' held readings, at once
+    publish(source.port, &to_publish(&msgs[half..]));
+    let got = collector.wait_for(&want, 60);
+    eprintln!(
+        "source outage: {secs} s, {} messages, {} results, {} delivered",
+        msgs.len(),
+        want.len(),
+        got.len()
+    );
+    assert_eq!(got, want, "nothing lost across the source's outage");
+    assert!(gw.logged("source connected after "), "{:?}", gw.log.lock().unwrap());
+    gw.stop();
+}
+
 fn unshare_works() -> bool {
     Command::new("unshare")
         .args(["--user", "--map-root-user", "--mount", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"])
