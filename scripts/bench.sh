@@ -205,6 +205,8 @@ NOWIN='t = "\n[[".join(p for p in t.split("\n[[") if not p.startswith("window]]"
 FAST='t = t.replace("[gateway]\n", "[gateway]\ndelivery = \"fast\"\n", 1)'
 
 peak_kb=$(awk '/VmHWM/ {print $2}' /proc/$GW/status)
+# SMAPS=FILE: the gateway's memory map after the rounds, for finding what is resident
+[ -z "${SMAPS:-}" ] || cat /proc/$GW/smaps > "$SMAPS"
 
 # steady 1,000 msg/s: the 4 streams × 1000 devices, a reading every 4 s each; CPU and RSS slope
 cat > "$work/steady.toml" <<EOT

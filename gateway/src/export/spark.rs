@@ -204,32 +204,35 @@ fn header(o: &mut String, c: &Config, source: &str) {
         output_names(p).join(", "),
     );
     for (name, text) in RULES {
-        let _ = writeln!(doc, "  {name}: {}", wrap(text, 92, "      "));
+        let _ = writeln!(doc, "  {name}: {}", wrap(text, 96, "      ", name.len() + 4));
     }
     let notes = notes(p);
     if !notes.is_empty() {
         doc.push_str("\nIn this pipeline:\n");
         for n in notes {
-            let _ = writeln!(doc, "  - {}", wrap(&n, 92, "    "));
+            let _ = writeln!(doc, "  - {}", wrap(&n, 96, "    ", 4));
         }
     }
     let _ = writeln!(o, "\"\"\"{}\"\"\"\n", doc.replace('\\', "\\\\").replace("\"\"\"", "\\\"\\\"\\\""));
 }
 
-fn wrap(text: &str, width: usize, indent: &str) -> String {
+/// `text` folded at `width` columns, continuation lines indented; the first line starts at `first`.
+fn wrap(text: &str, width: usize, indent: &str, first: usize) -> String {
     let mut out = String::new();
-    let mut line = 0;
+    let mut line = first;
+    let mut empty = true;
     for w in text.split_whitespace() {
-        if line > 0 && line + 1 + w.len() > width {
+        if !empty && line + 1 + w.len() > width {
             out.push('\n');
             out.push_str(indent);
             line = indent.len();
-        } else if line > 0 {
+        } else if !empty {
             out.push(' ');
             line += 1;
         }
         out.push_str(w);
         line += w.len();
+        empty = false;
     }
     out
 }
@@ -593,6 +596,10 @@ values = ["w"]
         assert!(j.contains(r#"p1 = "^y/[^/]*/([^/]*)(?:/.*)?$""#), "{j}");
         assert!(j.contains("F.when(topic.rlike(p0), F.regexp_extract(\"topic\", p0, 1)).when(topic.rlike(p1), F.regexp_extract(\"topic\", p1, 1))"), "{j}");
         assert!(j.contains("GATEWAY = \"t\"") && j.contains("STREAMS = [\"a\", \"b\"]"), "{j}");
+        // the header reads in a terminal: its rules folded under 100 columns
+        let header = &j[..j.find("\"\"\"\n\nGATEWAY").unwrap()];
+        assert!(header.lines().all(|l| l.chars().count() <= 100), "{header}");
+        assert!(header.contains("R10 float order:") && header.contains("R13 payloads:"));
     }
 
     #[test]
