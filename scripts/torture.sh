@@ -43,7 +43,7 @@ kill)
 outage)
     EDGEJOIN_TORTURE_OUTAGE_SECS=${2:-600} \
         cargo test -q -p edgejoin-tests --test faults -- an_upstream_outage a_full_spool a_source_outage \
-        --nocapture --test-threads 1 2>&1 | grep -E "^(upstream outage|full spool|source outage):|panicked|FAILED|test result"
+        --include-ignored --nocapture --test-threads 1 2>&1 | grep -E "^(upstream outage|full spool|source outage):|panicked|FAILED|test result"
     ;;
 fuzz)
     secs=${2:-600}
