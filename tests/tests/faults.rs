@@ -282,16 +282,10 @@ fn results_after_random_sigkills_equal_an_uninterrupted_run() {
         spurious_late.len()
     );
     if !missing.is_empty() || !spurious_late.is_empty() {
-        let mut e = edgejoin_engine::engine::Engine::new(p.clone(), 1);
-        let mut enc = edgejoin_engine::output::JsonEncoder::new();
-        let mut rows = BTreeMap::new();
-        let mut sink = |p: &edgejoin_engine::plan::Plan, o: edgejoin_engine::engine::Output<'_>| {
-            let v: serde_json::Value = serde_json::from_slice(enc.encode(p, o)).unwrap();
-            rows.insert(v["id"].as_str().unwrap().to_string(), v);
-        };
-        for (recv, topic, payload) in &msgs {
-            e.ingest(*recv, topic, payload, &mut sink);
-        }
+        let rows: BTreeMap<String, serde_json::Value> = expected_rows(&p, &msgs)
+            .into_iter()
+            .map(|v| (v["id"].as_str().unwrap().to_string(), v))
+            .collect();
         for m in missing.iter().take(6) {
             eprintln!("missing: {}", rows[*m]);
         }
@@ -341,19 +335,9 @@ fn publish_paced(port: u16, msgs: &[(i64, String, Vec<u8>)], per_sec: usize) {
     }
 }
 
-/// What the engine emits offline, in order.
+/// What the engine emits offline: the ids, in order.
 fn expected_in_order(p: &edgejoin_engine::plan::Plan, msgs: &[(i64, String, Vec<u8>)]) -> Vec<String> {
-    let mut e = edgejoin_engine::engine::Engine::new(p.clone(), 1);
-    let mut enc = edgejoin_engine::output::JsonEncoder::new();
-    let mut ids = Vec::new();
-    let mut sink = |p: &edgejoin_engine::plan::Plan, o: edgejoin_engine::engine::Output<'_>| {
-        let v: serde_json::Value = serde_json::from_slice(enc.encode(p, o)).unwrap();
-        ids.push(v["id"].as_str().unwrap().to_string());
-    };
-    for (recv, topic, payload) in msgs {
-        e.ingest(*recv, topic, payload, &mut sink);
-    }
-    ids
+    expected_rows(p, msgs).iter().map(|v| v["id"].as_str().unwrap().to_string()).collect()
 }
 
 /// First arrivals, in arrival order.

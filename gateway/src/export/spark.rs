@@ -442,11 +442,7 @@ fn join(o: &mut String, p: &Plan, j: &JoinDef, shifts: &[i64]) {
             );
         }
         Strategy::Asof { tolerance_ms } => {
-            let n = match j.right {
-                Input::Stream(s) => p.streams[s].values.len(),
-                Input::Window(w) => p.windows[w].aggregates.len(),
-            };
-            let _ = writeln!(o, "    return asof_join({l}, {r}, {tolerance_ms}, {n}, \"{kind}\")");
+            let _ = writeln!(o, "    return asof_join({l}, {r}, {tolerance_ms}, \"{kind}\")");
         }
         Strategy::Bucket => {
             let _ = writeln!(o, "    # the same bucket: equal start (both windows have one size and offset)");

@@ -303,7 +303,7 @@ def spark_join(left, right, cond, kind):
     return l.join(r, (F.col("l_key") == F.col("r_key")) & cond, "leftOuter" if kind == "left_outer" else "inner")
 
 
-def asof_join(left, right, tolerance_ms, n_right_values, kind):
+def asof_join(left, right, tolerance_ms, kind):
     """The right event with the greatest ts <= left.ts (ties: the later arrival) within tolerance.
     Spark has no streaming as-of join: a range join gives every candidate, then a streaming
     aggregation per left event keeps the greatest (ts, recv_ms) with max_by."""

@@ -379,19 +379,22 @@ pub fn live_config_with(
     (path, p)
 }
 
-/// What the engine computes offline from the same messages (no end-of-input flush: a live gateway does not flush).
-pub fn expected(p: &Plan, msgs: &[(i64, String, Vec<u8>)]) -> BTreeSet<String> {
+/// What the engine computes offline from the same messages (no end-of-input flush: a live gateway
+/// does not flush): its rows, in the order it emits them.
+pub fn expected_rows(p: &Plan, msgs: &[(i64, String, Vec<u8>)]) -> Vec<serde_json::Value> {
     let mut e = Engine::new(p.clone(), 1);
     let mut enc = JsonEncoder::new();
-    let mut ids = BTreeSet::new();
-    let mut sink = |p: &Plan, o: Output<'_>| {
-        let v: serde_json::Value = serde_json::from_slice(enc.encode(p, o)).unwrap();
-        ids.insert(v["id"].as_str().unwrap().to_string());
-    };
+    let mut rows = Vec::new();
+    let mut sink = |p: &Plan, o: Output<'_>| rows.push(serde_json::from_slice(enc.encode(p, o)).unwrap());
     for (recv, topic, payload) in msgs {
         e.ingest(*recv, topic, payload, &mut sink);
     }
-    ids
+    rows
+}
+
+/// The ids of [`expected_rows`].
+pub fn expected(p: &Plan, msgs: &[(i64, String, Vec<u8>)]) -> BTreeSet<String> {
+    expected_rows(p, msgs).iter().map(|v| v["id"].as_str().unwrap().to_string()).collect()
 }
 
 pub fn to_publish(msgs: &[(i64, String, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
