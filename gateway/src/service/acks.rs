@@ -23,55 +23,107 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-/// Identifies one barrier: (connection epoch, its number on that epoch's count).
-pub type Ticket = (u64, u64);
+/// Identifies one barrier: its number in the order the engine thread handed
+/// barriers to the MQTT client (the first is 1).
+pub type Ticket = u64;
 
 /// Where a barrier stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BarrierState {
-    /// Its answer came: every acknowledgement sent before it is processed.
+    /// Its answer came, and the engine has checked every message that came
+    /// before the answer: every acknowledgement sent before it is processed
+    /// by the broker, or the broker's redelivery of its message was seen.
     Answered,
+    /// Answered, but messages that came before the answer are still on
+    /// their way to the engine: it proves nothing until they are checked.
+    Unchecked,
     /// Not answered yet.
     Waiting,
-    /// The connection dropped since it was sent: it will never be answered.
+    /// It went out on a connection that dropped before its answer: it will
+    /// never be answered.
     Void,
 }
 
-/// Barriers sent and answered. Answers come in order, so the n-th answer is
-/// the n-th barrier's; a reconnect voids the barriers in flight (a new epoch).
+/// Barriers handed to the client, written to a connection, and answered.
+///
+/// The client writes barriers in the order they were handed to it, each
+/// once: one handed while the connection is down waits in its queue and is
+/// written on the next connection (rumqttc keeps queued requests across a
+/// reconnect). So the n-th UNSUBSCRIBE written is barrier n, and the k-th
+/// UNSUBACK on a connection answers the k-th barrier written on it — not
+/// the k-th handed since the reconnect (counting that way, the answer to a
+/// barrier left over from before a reconnect was taken for the next one's).
+///
+/// An UNSUBACK comes after every message the broker sent before it, but the
+/// source task sees it first: those messages are still on their way to the
+/// engine thread. After a reconnect they include the broker's redeliveries
+/// of messages whose acknowledgement the barrier "proves"; confirmed before
+/// the engine checked them, they were taken for new messages and counted
+/// twice (found by `faults.rs::a_source_outage_with_a_backlog_loses_nothing`).
+/// So an answer also records how many messages the source task had passed
+/// on, and counts only once the engine has checked as many.
 #[derive(Debug, Default)]
 pub struct Barriers {
+    /// Barriers handed to the client.
     sent: u64,
-    answers: u64,
-    epoch: u64,
+    /// Barriers the client wrote, on every connection.
+    written: u64,
+    /// Barriers written before the current connection.
+    before_here: u64,
+    /// Answers on the current connection.
+    answers_here: u64,
+    /// The last barrier answered.
+    answered: u64,
+    /// Messages passed to the engine before that answer came.
+    mark: u64,
+    /// Connections made.
+    connections: u64,
 }
 
 impl Barriers {
     /// The filter a barrier unsubscribes from (never subscribed).
     pub const FILTER: &'static str = "edgejoin/barrier/never-subscribed";
 
-    /// A barrier went out; its ticket.
+    /// A barrier was handed to the client; its ticket.
     pub fn sent(&mut self) -> Ticket {
         self.sent += 1;
-        (self.epoch, self.sent)
+        self.sent
     }
 
-    /// An UNSUBACK came.
-    pub fn answered(&mut self) {
-        self.answers += 1;
+    /// The client wrote a barrier (its `Outgoing::Unsubscribe` event).
+    pub fn written(&mut self) {
+        self.written += 1;
     }
 
-    /// The connection (re)connected: barriers in flight will not be answered.
+    /// An UNSUBACK came, after `passed` messages were passed to the engine.
+    pub fn answered(&mut self, passed: u64) {
+        self.answers_here += 1;
+        self.answered = (self.before_here + self.answers_here).min(self.written);
+        self.mark = self.mark.max(passed);
+    }
+
+    /// The connection (re)connected: barriers written before are answered or never will be.
     pub fn reconnected(&mut self) {
-        self.epoch += 1;
-        self.answers = self.sent;
+        self.before_here = self.written;
+        self.answers_here = 0;
+        self.connections += 1;
     }
 
-    pub fn state(&self, (epoch, n): Ticket) -> BarrierState {
-        if epoch != self.epoch {
+    /// Connections made so far.
+    pub fn connections(&self) -> u64 {
+        self.connections
+    }
+
+    /// Where barrier `n` stands once the engine has checked `checked` messages.
+    pub fn state(&self, n: Ticket, checked: u64) -> BarrierState {
+        if n <= self.answered {
+            if checked >= self.mark {
+                BarrierState::Answered
+            } else {
+                BarrierState::Unchecked
+            }
+        } else if n <= self.before_here {
             BarrierState::Void
-        } else if self.answers >= n {
-            BarrierState::Answered
         } else {
             BarrierState::Waiting
         }
@@ -96,9 +148,15 @@ impl SharedBarriers {
         self.lock().sent()
     }
 
-    /// The source task saw an UNSUBACK: wakes whoever waits for an answer.
-    pub fn answered(&self) {
-        self.lock().answered();
+    /// The source task saw the client write a barrier.
+    pub fn written(&self) {
+        self.lock().written();
+    }
+
+    /// The source task saw an UNSUBACK after passing `passed` messages to
+    /// the engine: wakes whoever waits for an answer.
+    pub fn answered(&self, passed: u64) {
+        self.lock().answered(passed);
         self.changed.notify_one();
     }
 
@@ -108,8 +166,14 @@ impl SharedBarriers {
         self.changed.notify_one();
     }
 
-    pub fn state(&self, t: Ticket) -> BarrierState {
-        self.lock().state(t)
+    /// Where barrier `t` stands once the engine has checked `checked` messages.
+    pub fn state(&self, t: Ticket, checked: u64) -> BarrierState {
+        self.lock().state(t, checked)
+    }
+
+    /// Connections made so far.
+    pub fn connections(&self) -> u64 {
+        self.lock().connections()
     }
 }
 
@@ -275,7 +339,7 @@ impl Acks {
                 self.pending = None;
                 None
             }
-            BarrierState::Waiting => None,
+            BarrierState::Waiting | BarrierState::Unchecked => None,
         }
     }
 
@@ -408,18 +472,24 @@ mod tests {
         assert!(a.barrier_due(now));
     }
 
+    /// A barrier handed to the client and written by it.
+    fn barrier(a: &mut Acks, b: &mut Barriers, now: Instant) {
+        a.barrier_sent(b.sent(), now);
+        b.written();
+    }
+
     #[test]
     fn a_barrier_confirms_what_was_handed_before_it_and_nothing_after() {
         let now = Instant::now();
         let (mut a, mut b) = (Acks::default(), Barriers::default());
         a.owe(1, 10);
         a.handed();
-        a.barrier_sent(b.sent(), now);
+        barrier(&mut a, &mut b, now);
         a.owe(2, 11);
         a.handed();
-        assert_eq!(a.answer(|t| b.state(t)), None, "not answered yet");
-        b.answered();
-        assert_eq!(a.answer(|t| b.state(t)), Some(10));
+        assert_eq!(a.answer(|t| b.state(t, 0)), None, "not answered yet");
+        b.answered(0);
+        assert_eq!(a.answer(|t| b.state(t, 0)), Some(10));
         assert!(a.unconfirmed(), "position 11 was handed after the barrier");
         assert!(a.barrier_due(now + Acks::BARRIER_EVERY));
     }
@@ -430,9 +500,9 @@ mod tests {
         let (mut a, mut b) = (Acks::default(), Barriers::default());
         a.owe(1, 1);
         a.handed();
-        a.barrier_sent(b.sent(), t0);
-        b.answered();
-        a.answer(|t| b.state(t));
+        barrier(&mut a, &mut b, t0);
+        b.answered(0);
+        a.answer(|t| b.state(t, 0));
         a.owe(2, 2);
         a.handed();
         assert!(!a.barrier_due(t0 + Duration::from_millis(99)));
@@ -445,42 +515,76 @@ mod tests {
         let (mut a, mut b) = (Acks::default(), Barriers::default());
         a.owe(1, 1);
         a.handed();
-        a.barrier_sent(b.sent(), t0);
+        barrier(&mut a, &mut b, t0);
         a.owe(2, 2);
         a.handed();
         assert!(!a.barrier_due(t0 + Duration::from_secs(5)), "the first is still unanswered");
     }
 
     #[test]
-    fn a_reconnect_voids_the_barrier_in_flight_and_a_new_one_goes_out() {
+    fn a_reconnect_voids_the_barrier_written_before_it_and_a_new_one_goes_out() {
         let t0 = Instant::now();
         let (mut a, mut b) = (Acks::default(), Barriers::default());
         a.owe(1, 1);
         a.handed();
-        a.barrier_sent(b.sent(), t0);
+        barrier(&mut a, &mut b, t0);
         b.reconnected();
-        // an UNSUBACK after the reconnect answers a barrier of the new connection, not the old one
-        b.answered();
-        assert_eq!(a.answer(|t| b.state(t)), None);
+        assert_eq!(a.answer(|t| b.state(t, 0)), None);
         assert!(a.unconfirmed(), "a voided barrier proves nothing");
         let later = t0 + Acks::BARRIER_EVERY;
         assert!(a.barrier_due(later));
-        a.barrier_sent(b.sent(), later);
-        b.answered();
-        assert_eq!(a.answer(|t| b.state(t)), Some(1));
+        barrier(&mut a, &mut b, later);
+        b.answered(0);
+        assert_eq!(a.answer(|t| b.state(t, 0)), Some(1));
+    }
+
+    #[test]
+    fn a_barrier_left_over_from_before_a_reconnect_is_answered_as_itself() {
+        let mut b = Barriers::default();
+        // handed while the connection was down: the client writes it on the next one
+        let stale = b.sent();
+        b.reconnected();
+        b.written();
+        let fresh = b.sent();
+        b.written();
+        b.answered(0);
+        assert_eq!(b.state(stale, 0), BarrierState::Answered);
+        assert_eq!(b.state(fresh, 0), BarrierState::Waiting, "the first answer was the left-over's");
+        b.answered(0);
+        assert_eq!(b.state(fresh, 0), BarrierState::Answered);
+    }
+
+    #[test]
+    fn an_answer_counts_once_the_engine_checked_what_came_before_it() {
+        let mut b = Barriers::default();
+        let t = b.sent();
+        b.written();
+        // 120 messages (redeliveries among them) came before the UNSUBACK
+        b.answered(120);
+        assert_eq!(b.state(t, 119), BarrierState::Unchecked);
+        assert_eq!(b.state(t, 120), BarrierState::Answered);
     }
 
     #[test]
     fn answers_are_matched_to_barriers_in_order() {
         let mut b = Barriers::default();
         let (first, second) = (b.sent(), b.sent());
-        b.answered();
-        assert_eq!(b.state(first), BarrierState::Answered);
-        assert_eq!(b.state(second), BarrierState::Waiting);
-        b.answered();
-        assert_eq!(b.state(second), BarrierState::Answered);
+        b.written();
+        b.written();
+        b.answered(0);
+        assert_eq!(b.state(first, 0), BarrierState::Answered);
+        assert_eq!(b.state(second, 0), BarrierState::Waiting);
+        let third = b.sent();
         b.reconnected();
-        assert_eq!(b.state(second), BarrierState::Void);
+        assert_eq!(b.state(second, 0), BarrierState::Void, "written before the reconnect, never answered");
+        assert_eq!(
+            b.state(third, 0),
+            BarrierState::Waiting,
+            "not written yet: it goes out on this connection"
+        );
+        b.written();
+        b.answered(0);
+        assert_eq!(b.state(third, 0), BarrierState::Answered);
     }
 
     #[test]

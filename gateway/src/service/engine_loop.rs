@@ -86,6 +86,9 @@ fn drop_redeliveries(
             skipped += 1;
             if durable && b.m.qos != QoS::AtMostOnce && pos <= last_seq {
                 acks.owe(b.m.pkid, last_seq);
+                // the entry lives until a barrier proves this acknowledgement processed, not the
+                // first one's (lost with a connection, as the redelivery shows)
+                recent.again(b.m.pkid, last_seq);
             }
             false
         }
@@ -125,6 +128,11 @@ pub(super) struct EngineLoop {
     /// Whether the batch is appended to the log (not necessarily written yet).
     batch_logged: bool,
     acks: Acks,
+    /// Messages taken from the intake (and checked for redeliveries): a
+    /// barrier's answer counts once this reaches its mark.
+    checked: u64,
+    /// Source connections seen ([`Self::notice_reconnect`]).
+    connection: u64,
     commit: GroupCommit,
     pause: Pause,
     out: ResultWriter,
@@ -163,6 +171,8 @@ impl EngineLoop {
             permits: None,
             batch_logged: false,
             acks: Acks::with_capacity(AckPipe::HIGH + 2 * BATCH + 64),
+            checked: 0,
+            connection: 0,
             commit,
             pause: Pause::new(),
             out,
@@ -245,8 +255,12 @@ impl EngineLoop {
     /// and sends the next barrier when one is due.
     fn send_acks(&mut self) -> Result<(), ServiceError> {
         self.hand_acks();
+        self.notice_reconnect()?;
         let barriers = &self.io.barriers;
-        if let Some(through) = self.acks.answer(|t| barriers.state(t)) {
+        let checked = self.checked;
+        if let Some(through) = self.acks.answer(|t| barriers.state(t, checked)) {
+            // a reconnect just before the answer is noticed before the answer is applied
+            self.notice_reconnect()?;
             tracing::debug!(
                 "barrier answered: acknowledgements through input {through} are processed by the broker"
             );
@@ -260,6 +274,20 @@ impl EngineLoop {
         if self.acks.barrier_due(now) {
             if let Some(ticket) = self.send_barrier() {
                 self.acks.barrier_sent(ticket, now);
+            }
+        }
+        Ok(())
+    }
+
+    /// Pins the unconfirmed redelivery entries when the source connection
+    /// changed since the last look (and logs that, so a recovery pins them too).
+    fn notice_reconnect(&mut self) -> Result<(), ServiceError> {
+        let now = self.io.barriers.connections();
+        if now != self.connection {
+            self.connection = now;
+            self.recent.pin();
+            if let Some(w) = self.wal.as_mut() {
+                w.append_reconnected().map_err(io_err("write-ahead log"))?;
             }
         }
         Ok(())
@@ -303,6 +331,7 @@ impl EngineLoop {
         });
         match first {
             Some(Some(m)) => {
+                self.checked += 1;
                 self.batch.push(m);
                 self.hold_permits(self.batch.len() - 1);
             }
@@ -343,7 +372,9 @@ impl EngineLoop {
         let ready = rx.len().min(BATCH - from);
         let closed = if ready > 0 {
             // messages are waiting: this returns at once
-            self.io.rt.block_on(rx.recv_many(&mut self.batch, ready)) == 0
+            let n = self.io.rt.block_on(rx.recv_many(&mut self.batch, ready));
+            self.checked += n as u64;
+            n == 0
         } else {
             self.batch.len() < BATCH && rx.is_closed() && rx.is_empty()
         };
@@ -500,25 +531,33 @@ impl EngineLoop {
             self.hand_acks();
         }
         if self.acks.unconfirmed() && self.pass_barrier(Duration::from_secs(1)) {
+            // what went out on a connection before the last is not proven by this barrier
+            if let Err(e) = self.notice_reconnect() {
+                tracing::warn!("{e}");
+                return;
+            }
             let through = self.acks.all_confirmed();
             self.recent.confirmed(through);
         }
     }
 
-    /// Sends a barrier and waits up to `timeout` for its answer.
+    /// Sends a barrier and waits up to `timeout` for its answer. Stopping,
+    /// the engine takes no more messages: an answer after messages it will
+    /// not check (redeliveries, perhaps) proves nothing, and the entries stay
+    /// for the next start.
     fn pass_barrier(&self, timeout: Duration) -> bool {
         let Some(ticket) = self.send_barrier() else { return false };
         let barriers = &self.io.barriers;
         let deadline = tokio::time::Instant::now() + timeout;
         self.io.rt.block_on(async {
             loop {
-                match barriers.state(ticket) {
+                match barriers.state(ticket, self.checked) {
                     BarrierState::Answered => return true,
-                    BarrierState::Void => return false,
+                    BarrierState::Void | BarrierState::Unchecked => return false,
                     BarrierState::Waiting => {}
                 }
                 if tokio::time::timeout_at(deadline, barriers.changed.notified()).await.is_err() {
-                    return barriers.state(ticket) == BarrierState::Answered;
+                    return barriers.state(ticket, self.checked) == BarrierState::Answered;
                 }
             }
         })
@@ -745,6 +784,25 @@ mod tests {
         // the kept messages are noted at the positions they are logged at
         assert_eq!(recent.original(true, 5, "s/a", b"x"), Some(11));
         assert_eq!(recent.original(true, 7, "s/a", b"z"), Some(12));
+    }
+
+    #[test]
+    fn a_redelivered_message_is_recognised_until_its_second_acknowledgement_is_confirmed() {
+        let (mut recent, mut acks) = (Redeliveries::default(), Acks::default());
+        recent.logged(5, 3, "s/a", b"x");
+        // its first acknowledgement was lost with a connection: the broker sends it again at input 8
+        let mut batch = vec![msg(5, true, "x")];
+        assert_eq!(drop_redeliveries(&mut batch, &mut recent, &mut acks, 8, true), 1);
+        // a barrier handed after the first acknowledgement (position 3), before the second (8)
+        recent.confirmed(3);
+        let mut again = vec![msg(5, true, "x")];
+        assert_eq!(
+            drop_redeliveries(&mut again, &mut recent, &mut acks, 9, true),
+            1,
+            "the second acknowledgement is not proven yet: still a redelivery"
+        );
+        recent.confirmed(9);
+        assert_eq!(recent.original(true, 5, "s/a", b"x"), None);
     }
 
     #[test]

@@ -65,6 +65,7 @@ pub(super) fn recover(
     let mut replayed = 0u64;
     let (wal, last, damage) = Wal::open(&dir.join("wal"), ckpt_seq, |rec| match rec {
         WalRecord::Acked { through } => recent.confirmed(through),
+        WalRecord::Reconnected => recent.pin(),
         WalRecord::Message { seq, recv_ms, pkid, topic: t, payload } => {
             replayed += 1;
             recent.logged(pkid, seq, &t, &payload);

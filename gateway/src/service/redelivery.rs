@@ -45,6 +45,13 @@ pub struct Redeliveries {
     seq_lo: Box<[u32]>,
     /// Live entries in log order: packet id << 48 | log position.
     order: VecDeque<u64>,
+    /// Live entries whose acknowledgement went out on an earlier connection
+    /// (or an earlier run) and was not proven processed there: no barrier of
+    /// a later connection proves it, so they are not confirmed by position.
+    /// One goes when its packet id carries a new message, when the broker
+    /// sends it again (it moves to `order`, acknowledged again) or, oldest
+    /// first, when the table is full.
+    pinned: VecDeque<u64>,
     /// The latest log position noted: live positions are rebuilt from their low bits below it.
     last: u64,
 }
@@ -55,6 +62,7 @@ impl Default for Redeliveries {
             hash: vec![0u32; 1 << 16].into_boxed_slice(),
             seq_lo: vec![0u32; 1 << 16].into_boxed_slice(),
             order: VecDeque::with_capacity(ORDER_START),
+            pinned: VecDeque::new(),
             last: 0,
         }
     }
@@ -81,9 +89,9 @@ impl Redeliveries {
 
     fn logged_hash(&mut self, pkid: u16, seq: u64, hash: u64) {
         let seq = seq & SEQ_MASK;
-        if self.order.len() == MAX_ORDER {
+        if self.order.len() + self.pinned.len() >= MAX_ORDER {
             // cannot happen with a conforming broker (65,535 ids); the oldest is the safest to forget
-            if let Some(e) = self.order.pop_front() {
+            if let Some(e) = self.pinned.pop_front().or_else(|| self.order.pop_front()) {
                 self.forget(e);
             }
         }
@@ -107,6 +115,34 @@ impl Redeliveries {
         }
     }
 
+    /// Whether entry `e` is its packet id's live one.
+    fn is_live(&self, e: u64) -> bool {
+        let (pkid, seq) = ((e >> SEQ_BITS) as u16, e & SEQ_MASK);
+        self.hash[pkid as usize] != 0 && self.seq_of(pkid) == seq
+    }
+
+    /// The source connection changed: every entry not confirmed so far had its
+    /// acknowledgement written (if at all) on a connection that is gone, and
+    /// the barriers of the new one do not prove it. The broker may still send
+    /// those messages again — Mosquitto, restarted, sends the redeliveries
+    /// beyond its in-flight window only after answering the first barriers.
+    pub fn pin(&mut self) {
+        let pinned = std::mem::take(&mut self.pinned);
+        let order = std::mem::take(&mut self.order);
+        let live: Vec<u64> = pinned.into_iter().chain(order).filter(|&e| self.is_live(e)).collect();
+        self.pinned.extend(live);
+        self.order.reserve(ORDER_START);
+    }
+
+    /// The live entry of `pkid` was redelivered and is acknowledged again at
+    /// log position `seq`: it now lives until that acknowledgement is confirmed.
+    pub fn again(&mut self, pkid: u16, seq: u64) {
+        let hash = self.hash[pkid as usize];
+        if hash != 0 && seq >= self.seq_of(pkid) {
+            self.logged_hash(pkid, seq, u64::from(hash));
+        }
+    }
+
     /// The broker processed the acknowledgements of every message logged up to `through`.
     pub fn confirmed(&mut self, through: u64) {
         while let Some(&e) = self.order.front() {
@@ -127,31 +163,57 @@ impl Redeliveries {
     }
 
     /// Live entries (packet id, content hash, log position), oldest first: what a checkpoint keeps.
-    pub fn live(&self) -> impl ExactSizeIterator<Item = (u16, u64, u64)> + '_ {
-        self.order.iter().map(|&e| {
-            let pkid = (e >> SEQ_BITS) as u16;
-            let seq = e & SEQ_MASK;
-            // an entry whose id carries a later message now: its hash is gone with it
-            let hash = if self.seq_of(pkid) == seq { u64::from(self.hash[pkid as usize]) } else { 0 };
-            (pkid, hash, seq)
-        })
+    pub fn live(&self) -> Live<'_> {
+        Live { entries: self.pinned.iter().chain(self.order.iter()), left: self.len(), table: self }
     }
 
-    /// Live entries.
-    #[cfg(test)]
+    /// Live entries (with any whose packet id carries a later message now).
     pub fn len(&self) -> usize {
-        self.order.len()
+        self.order.len() + self.pinned.len()
     }
 
-    /// Restores the entries a checkpoint kept.
+    /// Restores the entries a checkpoint kept: pinned, as their
+    /// acknowledgements went out before this run.
     pub fn restore(&mut self, entries: impl IntoIterator<Item = (u16, u64, u64)>) {
         for (pkid, hash, seq) in entries {
             if pkid != 0 && hash != 0 {
                 self.logged_hash(pkid, seq, hash);
             }
         }
+        self.pin();
     }
 }
+
+/// [`Redeliveries::live`]: pinned entries, then the others, oldest first.
+pub struct Live<'a> {
+    entries: std::iter::Chain<
+        std::collections::vec_deque::Iter<'a, u64>,
+        std::collections::vec_deque::Iter<'a, u64>,
+    >,
+    left: usize,
+    table: &'a Redeliveries,
+}
+
+impl Iterator for Live<'_> {
+    type Item = (u16, u64, u64);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let &e = self.entries.next()?;
+        self.left -= 1;
+        let pkid = (e >> SEQ_BITS) as u16;
+        let seq = e & SEQ_MASK;
+        // an entry whose id carries a later message now: its hash is gone with it
+        let t = self.table;
+        let hash = if t.seq_of(pkid) == seq { u64::from(t.hash[pkid as usize]) } else { 0 };
+        Some((pkid, hash, seq))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+
+impl ExactSizeIterator for Live<'_> {}
 
 #[cfg(test)]
 mod tests {
@@ -208,8 +270,36 @@ mod tests {
         s.restore(kept);
         assert!(s.original(true, 100, "t", &100u64.to_le_bytes()).is_some());
         assert!(s.original(true, 60, "t", &60u64.to_le_bytes()).is_none());
+        // their acknowledgements went out in an earlier run: no barrier of this one proves them
         s.confirmed(100);
-        assert_eq!(s.len(), 0);
+        assert_eq!(s.len(), 40);
+        assert!(s.original(true, 100, "t", &100u64.to_le_bytes()).is_some());
+    }
+
+    #[test]
+    fn entries_of_an_earlier_connection_outlive_the_later_connections_barriers() {
+        let mut r = Redeliveries::default();
+        for i in 1..=10u64 {
+            r.logged(i as u16, i, "t", &i.to_le_bytes());
+        }
+        r.confirmed(4);
+        r.pin();
+        r.logged(11, 11, "t", b"new");
+        // a barrier of the new connection covers positions 1..=11
+        r.confirmed(11);
+        assert!(r.original(true, 11, "t", b"new").is_none(), "acknowledged on this connection: proven");
+        for i in 5..=10u64 {
+            assert_eq!(r.original(true, i as u16, "t", &i.to_le_bytes()), Some(i), "pinned {i}");
+        }
+        // 5 comes again and is acknowledged again at 12: once that is proven, it goes
+        r.again(5, 12);
+        r.confirmed(12);
+        assert!(r.original(true, 5, "t", &5u64.to_le_bytes()).is_none());
+        // 6's id carries a new message: the pinned entry is gone with the next pin
+        r.logged(6, 13, "t", b"other");
+        r.confirmed(13);
+        r.pin();
+        assert_eq!(r.live().map(|(p, _, _)| p).collect::<Vec<_>>(), [7, 8, 9, 10]);
     }
 
     #[test]

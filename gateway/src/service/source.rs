@@ -4,14 +4,14 @@
 //! subscriptions from the streams' topic filters; reconnects with jittered
 //! backoff. Messages go to the engine thread over a channel bounded by count
 //! and by bytes (back-pressure: when the engine is behind, the broker holds
-//! the messages). UNSUBACKs answer the acknowledgement barriers
-//! ([`super::acks`]).
+//! the messages). The client's UNSUBSCRIBEs and the broker's UNSUBACKs
+//! are the acknowledgement barriers ([`super::acks`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, Event, EventLoop, Incoming, Publish, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, Incoming, Outgoing, Publish, QoS};
 use tokio::sync::Notify;
 
 use super::acks::SharedBarriers;
@@ -111,6 +111,8 @@ pub(super) async fn source_task(
     let mut announced = false;
     let mut log = logging::Every::new(Duration::from_secs(30));
     let mut down_since: Option<Instant> = None;
+    // messages passed to the engine thread: a barrier's answer counts once it checked as many
+    let mut passed = 0u64;
     loop {
         match ev.poll().await {
             Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
@@ -137,7 +139,8 @@ pub(super) async fn source_task(
                     }
                 }
             }
-            Ok(Event::Incoming(Incoming::UnsubAck(_))) => barriers.answered(),
+            Ok(Event::Outgoing(Outgoing::Unsubscribe(_))) => barriers.written(),
+            Ok(Event::Incoming(Incoming::UnsubAck(_))) => barriers.answered(passed),
             Ok(Event::Incoming(Incoming::SubAck(_))) => {
                 counters.source_connected.store(1, Ordering::Relaxed);
                 if !announced {
@@ -155,7 +158,9 @@ pub(super) async fn source_task(
                     continue;
                 };
                 let msg = Msg { m: publish, recv_ms: now_ms(), at: Instant::now(), permit: Some(permit) };
-                let _ = tx.send(msg).await;
+                if tx.send(msg).await.is_ok() {
+                    passed += 1;
+                }
                 if INTAKE - tx.capacity() >= wake.at.load(Ordering::Relaxed) {
                     wake.notify.notify_one();
                 }

@@ -42,6 +42,10 @@ pub enum WalRecord {
     Acked {
         through: u64,
     },
+    /// The source connection changed: acknowledgements of messages logged
+    /// so far that no barrier proved are not proven by later barriers
+    /// ([`super::redelivery::Redeliveries::pin`]).
+    Reconnected,
 }
 
 /// The same encoding, borrowed, for appending without copies.
@@ -62,6 +66,7 @@ enum WalRecordRef<'a> {
     Acked {
         through: u64,
     },
+    Reconnected,
 }
 
 impl WalRecord {
@@ -69,7 +74,7 @@ impl WalRecord {
     pub fn seq(&self) -> Option<u64> {
         match self {
             WalRecord::Message { seq, .. } | WalRecord::Tick { seq, .. } => Some(*seq),
-            WalRecord::Acked { .. } => None,
+            WalRecord::Acked { .. } | WalRecord::Reconnected => None,
         }
     }
 }
@@ -139,7 +144,7 @@ fn open_segment(dir: &Path, first: u64) -> io::Result<File> {
 }
 
 impl Wal {
-    /// Replays every input with `seq > after` (and every [`WalRecord::Acked`])
+    /// Replays every input with `seq > after` (and every [`WalRecord::Acked`] and [`WalRecord::Reconnected`])
     /// to `f`, in order, and opens the log for appending (a new segment).
     /// Torn tails are cut off; damaged records are skipped and reported.
     /// Returns the log, the highest sequence number found, and the damage.
@@ -221,6 +226,10 @@ impl Wal {
     /// Records that the broker confirmed the acknowledgements of the messages logged up to `through`.
     pub fn append_acked(&mut self, through: u64) -> io::Result<()> {
         self.append(&WalRecordRef::Acked { through })
+    }
+
+    pub fn append_reconnected(&mut self) -> io::Result<()> {
+        self.append(&WalRecordRef::Reconnected)
     }
 
     fn append(&mut self, rec: &WalRecordRef<'_>) -> io::Result<()> {
@@ -403,6 +412,19 @@ mod tests {
         OpenOptions::new().write(true).open(&seg).unwrap().set_len(len - 3).unwrap();
         let (v, _, last) = replay(dir.path(), 0);
         assert_eq!((v.len(), last), (1, 1));
+    }
+
+    #[test]
+    fn a_reconnect_record_is_replayed_in_its_place_whatever_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, mut w, _) = replay(dir.path(), 0);
+        w.append_message(1, 1, 7, "a/b", b"x").unwrap();
+        w.append_reconnected().unwrap();
+        w.append_acked(1).unwrap();
+        w.sync().unwrap();
+        drop(w);
+        let (v, _, _) = replay(dir.path(), 1);
+        assert_eq!(v, [WalRecord::Reconnected, WalRecord::Acked { through: 1 }]);
     }
 
     #[test]
