@@ -82,15 +82,6 @@ fn an_oversized_qos1_message_is_counted_acknowledged_and_passed() {
     gw.stop();
 }
 
-fn vm_hwm_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// Defect 2: intake memory is bounded by bytes, within what check-config prints.
 #[test]
 fn a_flood_of_large_payloads_stays_within_the_printed_memory_bound() {
