@@ -468,7 +468,8 @@ fn a_source_outage_with_a_backlog_loses_nothing() {
     source.up();
     // the sensors' held readings, at once
     publish(source.port, &to_publish(&msgs[half..]));
-    let got = collector.wait_for(&want, 60);
+    // a backlog of the whole outage is drained and its results delivered: time in proportion
+    let got = collector.wait_for(&want, 60 + secs as u64 / 2);
     // the counters as the stats interval (1 s) publishes them
     let all = msgs.len() as f64;
     wait_until(10, || metric(mport, "edgejoin_processed_total") == Some(all));
