@@ -154,6 +154,15 @@ struct State {
     global: GlobalCounters,
 }
 
+/// The gateway clock as the engine takes it: within the years event times
+/// may have (±[`MAX_ABS_TS_MS`](crate::decode::MAX_ABS_TS_MS)). A wall clock
+/// is always inside; a caller's absurd "now" (the fuzz harness draws it from
+/// any 8 bytes) would otherwise reach arithmetic sized for real times —
+/// found by the payload fuzz corpus of session 11 as overflows in debug builds.
+fn clamp_clock(ms: i64) -> i64 {
+    ms.clamp(-crate::decode::MAX_ABS_TS_MS, crate::decode::MAX_ABS_TS_MS)
+}
+
 pub struct Engine {
     p: Plan,
     st: State,
@@ -484,6 +493,7 @@ impl Engine {
     /// Advances the gateway clock (it never runs backwards); streams may turn
     /// idle and let joins advance.
     pub fn tick(&mut self, now_ms: i64, sink: &mut impl Sink) {
+        let now_ms = clamp_clock(now_ms);
         let Engine { p, st } = self;
         st.set_now(now_ms);
         st.advance_device_streams(p, sink);
@@ -500,6 +510,7 @@ impl Engine {
         payload: &[u8],
         sink: &mut impl Sink,
     ) -> Option<Skipped> {
+        let recv_ms = clamp_clock(recv_ms);
         let Engine { p, st } = self;
         let mut skipped = None;
         st.set_now(recv_ms);

@@ -105,9 +105,13 @@ fn drift_allowance(dx: i64) -> f64 {
     dx.unsigned_abs() as f64 * DRIFT_ALLOWANCE_PPM as f64 / 1e6
 }
 
+/// The cross product of `o→a` and `o→b`. Differences are taken in i128
+/// (points saturate at the ends of i64: absurd receive times reach them) and
+/// the products saturate: never an overflow, exact for any sane clock.
 #[inline]
 fn cross(o: Pt, a: Pt, b: Pt) -> i128 {
-    (a.x - o.x) as i128 * (b.y - o.y) as i128 - (a.y - o.y) as i128 * (b.x - o.x) as i128
+    let d = |p: i64, q: i64| i128::from(p) - i128::from(q);
+    d(a.x, o.x).saturating_mul(d(b.y, o.y)).saturating_sub(d(a.y, o.y).saturating_mul(d(b.x, o.x)))
 }
 
 impl Hull {
@@ -214,7 +218,8 @@ impl Hull {
         let v = self.verts();
         let i = v.partition_point(|q| q.x <= x).clamp(1, v.len() - 1);
         let (a, b) = (v[i - 1], v[i]);
-        a.y as f64 + (b.y - a.y) as f64 * (x - a.x) as f64 / (b.x - a.x) as f64
+        // differences in f64: exact for any sane clock, no overflow at the ends of i64
+        a.y as f64 + (b.y as f64 - a.y as f64) * (x as f64 - a.x as f64) / (b.x as f64 - a.x as f64)
     }
 
     /// The hull's line: its mean slope over the middle half of its span,
@@ -229,12 +234,13 @@ impl Hull {
                 // its span: its mean slope over the middle half (the edges near
                 // the ends rest on few samples and lean up)
                 let (lo, hi) = (v[0].x, v[v.len() - 1].x);
-                let (q1, q3) = (lo + (hi - lo) / 4, hi - (hi - lo) / 4);
+                let quarter = ((i128::from(hi) - i128::from(lo)) / 4) as i64;
+                let (q1, q3) = (lo.saturating_add(quarter), hi.saturating_sub(quarter));
                 if q3 <= q1 {
                     return Some((v[0].y as f64, 0.0));
                 }
                 let (y1, y3) = (self.at(q1), self.at(q3));
-                let slope = (y3 - y1) / (q3 - q1) as f64;
+                let slope = (y3 - y1) / (q3 as f64 - q1 as f64);
                 Some((y1 - slope * q1 as f64, slope))
             }
         }
@@ -696,5 +702,27 @@ impl SkewTable {
     /// Reports per device, most recently heard first.
     pub fn reports(&self) -> impl Iterator<Item = (&Key, SkewReport)> + '_ {
         self.keys.iter_mru().map(|s| (self.keys.key(s), self.est[s as usize].report()))
+    }
+}
+
+#[cfg(test)]
+mod overflow_tests {
+    use super::*;
+
+    /// Found by the fuzz corpus (session 11): receive and device times far
+    /// apart made the hull's cross product overflow (a panic in debug builds,
+    /// a wrong hull in release).
+    #[test]
+    fn absurd_receive_times_never_overflow_the_hull() {
+        let far = Pt { x: i64::MAX, y: i64::MIN };
+        assert!(cross(Pt { x: i64::MIN, y: i64::MAX }, far, Pt { x: 0, y: 0 }) != 0);
+        // the engine takes times within ±year 9999 (event times by decoding, "now" by clamping)
+        let m = crate::decode::MAX_ABS_TS_MS;
+        let mut e = Estimator::default();
+        for (i, recv) in [0, m, -m, 1, m - 1, -5, 1 - m, 7].into_iter().enumerate() {
+            let ts = [-m, 0, m][i % 3];
+            let c = e.correct(ts, recv);
+            assert!(c <= recv, "a corrected time is never later than its receive time");
+        }
     }
 }
