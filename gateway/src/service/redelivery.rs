@@ -109,9 +109,8 @@ impl Redeliveries {
 
     /// Clears the entry `e` of `order` unless its packet id carries a later message now.
     fn forget(&mut self, e: u64) {
-        let (pkid, seq) = ((e >> SEQ_BITS) as u16, e & SEQ_MASK);
-        if self.hash[pkid as usize] != 0 && self.seq_of(pkid) == seq {
-            self.hash[pkid as usize] = 0;
+        if self.is_live(e) {
+            self.hash[(e >> SEQ_BITS) as usize] = 0;
         }
     }
 
@@ -127,11 +126,10 @@ impl Redeliveries {
     /// those messages again — Mosquitto, restarted, sends the redeliveries
     /// beyond its in-flight window only after answering the first barriers.
     pub fn pin(&mut self) {
-        let pinned = std::mem::take(&mut self.pinned);
-        let order = std::mem::take(&mut self.order);
-        let live: Vec<u64> = pinned.into_iter().chain(order).filter(|&e| self.is_live(e)).collect();
-        self.pinned.extend(live);
-        self.order.reserve(ORDER_START);
+        let (mut pinned, mut order) = (std::mem::take(&mut self.pinned), std::mem::take(&mut self.order));
+        pinned.retain(|&e| self.is_live(e));
+        pinned.extend(order.drain(..).filter(|&e| self.is_live(e)));
+        (self.pinned, self.order) = (pinned, order);
     }
 
     /// The live entry of `pkid` was redelivered and is acknowledged again at
