@@ -477,3 +477,64 @@ pub fn vm_hwm_kib(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
 }
+
+/// A TCP relay between the gateway and a broker that can stop passing on what the gateway sends
+/// (its acknowledgements, barriers, pings) while still passing everything the broker sends: what a
+/// broker that dies before reading its socket sees. Each accepted connection gets its own
+/// connection to the broker; when either side closes, both do.
+pub struct Relay {
+    pub port: u16,
+    hold: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Relay {
+    pub fn start(broker_port: u16) -> Relay {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hold = Arc::new(AtomicBool::new(false));
+        let hold2 = hold.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().map_while(Result::ok) {
+                let Ok(broker) = std::net::TcpStream::connect(("127.0.0.1", broker_port)) else {
+                    continue; // the broker is down: the client sees its connection closed
+                };
+                let pipe = |mut from: std::net::TcpStream,
+                            mut to: std::net::TcpStream,
+                            hold: Option<Arc<AtomicBool>>| {
+                    std::thread::spawn(move || {
+                        use std::io::{Read, Write};
+                        let mut buf = [0u8; 16 * 1024];
+                        loop {
+                            match from.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => {
+                                    if hold.as_ref().is_some_and(|h| h.load(Ordering::SeqCst)) {
+                                        continue;
+                                    }
+                                    if to.write_all(&buf[..n]).is_err() {
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                };
+                pipe(client.try_clone().unwrap(), broker.try_clone().unwrap(), Some(hold2.clone()));
+                pipe(broker, client, None);
+            }
+        });
+        Relay { port, hold }
+    }
+
+    /// While on, what clients send is dropped instead of passed to the broker.
+    pub fn hold(&self, on: bool) {
+        self.hold.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
