@@ -140,6 +140,9 @@ pub(super) async fn source_task(
                 }
             }
             Ok(Event::Outgoing(Outgoing::Unsubscribe(_))) => barriers.written(),
+            // the stop's disconnect went out: the broker closing the connection now is no fault
+            // to log (the task is aborted next; on a busy machine it could poll once more first)
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
             Ok(Event::Incoming(Incoming::UnsubAck(_))) => barriers.answered(passed),
             Ok(Event::Incoming(Incoming::SubAck(_))) => {
                 counters.source_connected.store(1, Ordering::Relaxed);
