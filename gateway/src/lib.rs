@@ -15,6 +15,7 @@ pub mod config;
 pub mod export;
 #[doc(hidden)]
 pub mod fuzz;
+mod libcalls;
 pub mod service;
 pub mod sources;
 #[cfg(test)]
