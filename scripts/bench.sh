@@ -232,6 +232,8 @@ n=len(pts); mx=sum(p[0] for p in pts)/n; my=sum(p[1] for p in pts)/n
 b=sum((p[0]-mx)*(p[1]-my) for p in pts)/max(1e-9,sum((p[0]-mx)**2 for p in pts))
 print(round(b*60,1), round(pts[0][1]/1024,1), round(pts[-1][1]/1024,1))")  # KiB per minute
 
+# the whole run's peak, the steady phase included (its 4,000 devices touch more engine state)
+end_peak_kb=$(awk '/VmHWM/ {print $2}' /proc/$GW/status)
 # the latency variants, each alone with the broker (the main gateway is done)
 kill "$GW"; wait "$GW" 2>/dev/null || true
 read jn_n jn50 jn90 jn99 < <(variant_latency join "$NOWIN")
@@ -256,6 +258,7 @@ cat <<EOT
 | the same without the two windows (join results only), $jn_n results | p50 $jn50 µs, p90 $jn90 µs, p99 $jn99 µs |
 | the same, join only, \`delivery = "fast"\` (no write-ahead log), $jf_n results | p50 $jf50 µs, p90 $jf90 µs, p99 $jf99 µs |
 | peak RSS (4 streams × 1000 keys × 256 slots; engine bound $bound) | $(python3 -c "print(round($peak_kb/1024,1))") MiB |
+| peak RSS at the end, after the steady phase | $(python3 -c "print(round($end_peak_kb/1024,2))") MiB |
 | CPU at 1,000 msg/s over ${STEADY} s | $cpu_pct % of one core |
 | RSS at 1,000 msg/s: first / last sample, slope | $rss_first MiB / $rss_last MiB, $slope KiB/min |
 EOT
