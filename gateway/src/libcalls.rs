@@ -1,6 +1,6 @@
 //! The three C math functions the binary calls (`log`, `log10`, `pow`: from
-//! the metrics library's histogram buckets, plot axes and number formatting
-//! in dependencies), defined here from the `libm` crate so that the linker
+//! dependencies — prometheus-client's histogram buckets, plotters' axes and
+//! number labels in the clock report), defined here from the `libm` crate so that the linker
 //! (`--as-needed`) leaves the system's libm out. Loading glibc's libm costs
 //! about 0.5 MiB of resident memory whatever is called (its IFUNC resolvers
 //! run at load and the kernel maps its code in 64 KiB runs around each page
