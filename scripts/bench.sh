@@ -17,7 +17,8 @@
 #     10,000 msg/s beside a counting subscriber, and idle CPU.
 # Needs mosquitto, curl, python3, strace, GNU time.
 # Usage: scripts/bench.sh [steady-seconds (default 600)]   (ROUNDS=3 by default;
-#        MODES=drain INTAKE_ONLY=1: the intake rounds of those modes only, then stop)
+#        MODES=drain INTAKE_ONLY=1: the intake rounds of those modes only, then stop;
+#        GATEWAY_EXTRA='commit_delay = "0s"': more lines for the gateway's [gateway] table)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEADY=${1:-600}
@@ -32,6 +33,7 @@ pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill -CONT "$p" 2>/dev/null || true; kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    [ -n "${KEEP_LOG:-}" ] && cp "$work/gw.log" "$KEEP_LOG"
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -47,7 +49,7 @@ sleep 0.5
 URL="mqtt://127.0.0.1:$port"
 
 mport=$(free_port)
-sed "s#state_dir = \"BENCH\"#state_dir = \"$work/state\"\nmetrics_addr = \"127.0.0.1:$mport\"#" config/scenarios/bench-gateway.toml > "$work/gw.toml"
+sed "s#state_dir = \"BENCH\"#state_dir = \"$work/state\"\nmetrics_addr = \"127.0.0.1:$mport\"\n${GATEWAY_EXTRA:-}#" config/scenarios/bench-gateway.toml > "$work/gw.toml"
 printf '\n[source]\nurl = "%s"\n\n[upstream]\nurl = "%s"\ntopic_prefix = "gw/bench"\nspool = "256MiB"\n' "$URL" "$URL" >> "$work/gw.toml"
 
 metrics() { curl -s "http://127.0.0.1:$mport/metrics" 2>/dev/null || true; }
@@ -55,7 +57,7 @@ metric() { metrics | awk -v k="$1" '$1==k {print $2}'; }
 
 # start to READY
 t0=$(date +%s%N)
-EDGEJOIN_LOG=info "$EJ" run --config "$work/gw.toml" 2> "$work/gw.log" & GW=$!; pids+=($GW)
+EDGEJOIN_LOG=${EDGEJOIN_LOG:-info} "$EJ" run --config "$work/gw.toml" 2> "$work/gw.log" & GW=$!; pids+=($GW)
 until grep -q "subscribed; ready" "$work/gw.log"; do sleep 0.002; done
 ready_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
 

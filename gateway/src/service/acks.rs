@@ -279,6 +279,9 @@ pub fn puback(pkid: u16, out: &mut Vec<u8>) {
 /// some handed acknowledgement is unproven.
 #[derive(Debug, Default)]
 pub struct Acks {
+    /// Acknowledgements of messages (and redeliveries) not yet in the fsynced
+    /// log, in log order: owed once the log's fsync covers them.
+    held: VecDeque<(u16, u64)>,
     owed: VecDeque<(u16, u64)>,
     /// Log position of the last acknowledgement handed to the client.
     handed: u64,
@@ -296,15 +299,35 @@ impl Acks {
     /// engine thread's: they gather only while the source connection is down
     /// or the filter cannot write them out; reading stops at
     /// [`AckPipe::HIGH`], and what was already read still comes after).
-    pub fn with_capacity(n: usize) -> Self {
-        Acks { owed: VecDeque::with_capacity(n), ..Acks::default() }
+    pub fn with_capacity(n: usize, held: usize) -> Self {
+        Acks { owed: VecDeque::with_capacity(n), held: VecDeque::with_capacity(held), ..Acks::default() }
     }
 
     /// The message with packet id `pkid` at log position `pos` is in the
     /// fsynced log (or is a redelivery of one that is): it is owed an
     /// acknowledgement.
+    #[cfg(test)]
     pub fn owe(&mut self, pkid: u16, pos: u64) {
         self.owed.push_back((pkid, pos));
+    }
+
+    /// The message with packet id `pkid` is logged at `pos` (or is a
+    /// redelivery of one logged at or before `pos`) but the log is not yet
+    /// fsynced: its acknowledgement waits for [`synced`](Self::synced), behind
+    /// those held before it.
+    pub fn hold(&mut self, pkid: u16, pos: u64) {
+        self.held.push_back((pkid, pos));
+    }
+
+    /// Acknowledgements waiting for the log's fsync.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// The log is fsynced through everything logged so far: the held
+    /// acknowledgements are owed, in order.
+    pub fn synced(&mut self) {
+        self.owed.extend(self.held.drain(..));
     }
 
     /// Acknowledgements owed and not yet handed to the client.
@@ -381,6 +404,21 @@ mod tests {
             a.handed();
         }
         out
+    }
+
+    #[test]
+    fn held_acknowledgements_are_owed_only_after_the_fsync_in_log_order() {
+        let mut a = Acks::default();
+        a.owe(1, 1);
+        a.hold(2, 2);
+        a.hold(9, 2); // a redelivery seen after message 2 was logged
+        a.hold(3, 3);
+        assert_eq!((a.owed(), a.held()), (1, 3));
+        assert_eq!(hand_all(&mut a), [1], "what waits for the fsync is not handed");
+        a.synced();
+        assert_eq!(a.held(), 0);
+        assert_eq!(hand_all(&mut a), [2, 9, 3]);
+        assert!(a.unconfirmed());
     }
 
     #[test]
