@@ -408,7 +408,8 @@ impl EngineLoop {
             self.io.counters.redeliveries_skipped.fetch_add(skipped, Ordering::Relaxed);
             if self.durable && self.acks.held() > 0 {
                 // their acknowledgements wait for the fsync like those of new messages
-                self.waiting.get_or_insert_with(|| Waiting::new(Instant::now())).redelivered += skipped as usize;
+                self.waiting.get_or_insert_with(|| Waiting::new(Instant::now())).redelivered +=
+                    skipped as usize;
             }
         }
         stop
@@ -482,7 +483,7 @@ impl EngineLoop {
                     let _ = w.write();
                 }
             }
-            self.io.spool.lock().expect("spool lock").hold();
+            self.out.hold();
             for (i, b) in self.batch.iter().enumerate() {
                 if b.m.qos != QoS::AtMostOnce {
                     self.acks.hold(b.m.pkid, first + i as u64);
@@ -493,7 +494,7 @@ impl EngineLoop {
         for b in &self.batch {
             self.seq += 1;
             oldest = oldest.min(b.recv_ms);
-            let mut sink = self.out.sink(self.seq, None);
+            let mut sink = self.out.sink_at(self.seq, b.at);
             let skipped = self.engine.ingest(b.recv_ms, &b.m.topic, &b.m.payload, &mut sink);
             if let Some((first, end)) = sink.appended {
                 self.io.marks.mark(first, end, b.at);
@@ -505,7 +506,7 @@ impl EngineLoop {
                 }
             }
         }
-        let held_bytes = self.io.spool.lock().expect("spool lock").pending_bytes();
+        let held_bytes = self.out.held_bytes();
         let w = self.waiting.get_or_insert_with(|| Waiting::new(first_at));
         w.processed += self.batch.len();
         w.last = self.batch.last().map_or(w.last, |b| b.at);
@@ -538,9 +539,8 @@ impl EngineLoop {
             if let Some(w) = self.wal.as_mut() {
                 w.sync().map_err(|e| ("write-ahead log", e))?;
             }
-            let mut spool = self.io.spool.lock().expect("spool lock");
-            spool.release();
-            spool.flush().map_err(|e| ("spool", e))
+            self.out.release(&self.io.marks);
+            self.io.spool.lock().expect("spool lock").flush().map_err(|e| ("spool", e))
         })();
         match res {
             Ok(()) => {
@@ -564,7 +564,8 @@ impl EngineLoop {
                     c.processed.fetch_add(w.processed as u64, Ordering::Relaxed);
                     let now = now_ms();
                     c.last_processed_unix_ms.store(now as u64, Ordering::Relaxed);
-                    c.processing_delay_ms.store(now.saturating_sub(w.oldest_recv_ms).max(0) as u64, Ordering::Relaxed);
+                    c.processing_delay_ms
+                        .store(now.saturating_sub(w.oldest_recv_ms).max(0) as u64, Ordering::Relaxed);
                 }
                 Ok(Stored::Yes)
             }
@@ -612,7 +613,9 @@ impl EngineLoop {
         let unlogged = self.waiting.as_ref().map_or(0, Waiting::len);
         self.pause.full(&e, what, unlogged + queued, &self.io.counters);
         if stop {
-            tracing::warn!("stopping while state_dir is full: the messages not yet logged stay with the broker");
+            tracing::warn!(
+                "stopping while state_dir is full: the messages not yet logged stay with the broker"
+            );
             return Ok(Stored::GiveUp);
         }
         self.watchdog.ping();

@@ -13,9 +13,7 @@
 //! results it held counted as dropped (`damaged`) and logged, and the
 //! damaged file kept aside. Appends go to a buffer in memory and reach the
 //! file at [`Spool::flush`]; a flush that fails (a full disk) keeps them for
-//! the next one. While [held](Spool::hold) (their inputs are not yet in
-//! the fsynced write-ahead log) appended results stay in memory, unwritten
-//! and unseen by the uplink, until [`Spool::release`].
+//! the next one.
 //!
 //! Two halves: [`Spool`], the writer, belongs to the engine thread (appends,
 //! flushes, fsyncs, drops and deletes segments, saves the delivered
@@ -116,8 +114,6 @@ pub struct Spool {
     buf: Vec<u8>,
     /// Bytes written to segment files since start.
     pub bytes_written: u64,
-    /// Appended results wait in memory: their inputs are not yet durable.
-    held: bool,
 }
 
 /// The delivered and flushed positions, cheap to ask and to move (no IO).
@@ -267,7 +263,6 @@ impl Spool {
             damage,
             buf: good,
             bytes_written: 0,
-            held: false,
         })
     }
 
@@ -327,9 +322,9 @@ impl Spool {
                     return Ok(false);
                 }
                 FullPolicy::DropOldest => {
-                    if self.segments.len() == 1 && (self.held || self.start_segment().is_err()) {
-                        // the disk is full (or the results are held) and the oldest segment is
-                        // the one being written: over budget until it can be written out
+                    if self.segments.len() == 1 && self.start_segment().is_err() {
+                        // the disk is full and the oldest segment is the one being written:
+                        // over budget until it can be written out
                         break;
                     }
                     let old = self.segments.pop_front().expect("two segments");
@@ -345,11 +340,11 @@ impl Spool {
                 }
             }
         }
-        if !self.held && self.segments.back().is_some_and(|s| s.bytes > 0 && s.bytes + size > self.segment_max) {
+        if self.segments.back().is_some_and(|s| s.bytes > 0 && s.bytes + size > self.segment_max) {
             // when the disk is full the segment grows past its size until a flush succeeds
             let _ = self.start_segment();
         }
-        if !self.held && self.pending.len() >= super::wal::WRITE_AT {
+        if self.pending.len() >= super::wal::WRITE_AT {
             // bounds the buffer; a failure (a full disk) keeps it for the turn's flush
             let _ = self.flush();
         }
@@ -405,30 +400,11 @@ impl Spool {
         Ok(())
     }
 
-    /// From now on appended results stay in memory, not written and not
-    /// readable, until [`release`](Self::release): the engine thread holds the
-    /// results of inputs not yet in the fsynced log, so a crash can never
-    /// leave the upstream (or the spool file) with a result of an input the
-    /// log lost. What is held is bounded by the caller.
-    pub fn hold(&mut self) {
-        self.held = true;
-    }
-
-    /// The held results' inputs are durable: the next flush writes them.
-    pub fn release(&mut self) {
-        self.held = false;
-    }
-
-    /// Bytes appended and not yet written (held or waiting for a flush).
-    pub fn pending_bytes(&self) -> usize {
-        self.pending.len()
-    }
-
-    /// Hands appended results to readers (no fsync); while they are held it
-    /// does nothing. On failure (a full disk) the file is cut back to its
-    /// last whole record and the results stay pending for the next flush.
+    /// Hands appended results to readers (no fsync). On failure (a full disk)
+    /// the file is cut back to its last whole record and the results stay
+    /// pending for the next flush.
     pub fn flush(&mut self) -> io::Result<()> {
-        if self.pending.is_empty() || self.held {
+        if self.pending.is_empty() {
             return Ok(());
         }
         // the file holds the segment's bytes but the pending ones (no fstat per flush)
@@ -448,8 +424,7 @@ impl Spool {
         }
     }
 
-    /// Makes everything appended durable, but what is held (its inputs are
-    /// not in the log: a stop while the disk is full leaves them to the broker).
+    /// Makes everything appended durable.
     pub fn sync(&mut self) -> io::Result<()> {
         self.flush()?;
         self.file.sync_data()?;
