@@ -279,10 +279,11 @@ pub fn puback(pkid: u16, out: &mut Vec<u8>) {
 /// some handed acknowledgement is unproven.
 #[derive(Debug, Default)]
 pub struct Acks {
-    /// Acknowledgements of messages (and redeliveries) not yet in the fsynced
-    /// log, in log order: owed once the log's fsync covers them.
-    held: VecDeque<(u16, u64)>,
-    owed: VecDeque<(u16, u64)>,
+    /// In log order: the owed acknowledgements, then the `held` last ones —
+    /// of messages (and redeliveries) not yet in the fsynced log, owed once
+    /// the log's fsync covers them. One queue: an fsync moves nothing.
+    queue: VecDeque<(u16, u64)>,
+    held: usize,
     /// Log position of the last acknowledgement handed to the client.
     handed: u64,
     /// Every acknowledgement up to this log position is processed by the broker.
@@ -299,8 +300,8 @@ impl Acks {
     /// engine thread's: they gather only while the source connection is down
     /// or the filter cannot write them out; reading stops at
     /// [`AckPipe::HIGH`], and what was already read still comes after).
-    pub fn with_capacity(n: usize, held: usize) -> Self {
-        Acks { owed: VecDeque::with_capacity(n), held: VecDeque::with_capacity(held), ..Acks::default() }
+    pub fn with_capacity(n: usize) -> Self {
+        Acks { queue: VecDeque::with_capacity(n), ..Acks::default() }
     }
 
     /// The message with packet id `pkid` at log position `pos` is in the
@@ -308,7 +309,8 @@ impl Acks {
     /// acknowledgement.
     #[cfg(test)]
     pub fn owe(&mut self, pkid: u16, pos: u64) {
-        self.owed.push_back((pkid, pos));
+        assert_eq!(self.held, 0, "owed before held ones");
+        self.queue.push_back((pkid, pos));
     }
 
     /// The message with packet id `pkid` is logged at `pos` (or is a
@@ -316,33 +318,37 @@ impl Acks {
     /// fsynced: its acknowledgement waits for [`synced`](Self::synced), behind
     /// those held before it.
     pub fn hold(&mut self, pkid: u16, pos: u64) {
-        self.held.push_back((pkid, pos));
+        self.queue.push_back((pkid, pos));
+        self.held += 1;
     }
 
     /// Acknowledgements waiting for the log's fsync.
     pub fn held(&self) -> usize {
-        self.held.len()
+        self.held
     }
 
     /// The log is fsynced through everything logged so far: the held
     /// acknowledgements are owed, in order.
     pub fn synced(&mut self) {
-        self.owed.extend(self.held.drain(..));
+        self.held = 0;
     }
 
     /// Acknowledgements owed and not yet handed to the client.
     pub fn owed(&self) -> usize {
-        self.owed.len()
+        self.queue.len() - self.held
     }
 
     /// The acknowledgement to hand the client next (the oldest owed).
     pub fn next_ack(&self) -> Option<u16> {
-        self.owed.front().map(|&(pkid, _)| pkid)
+        self.queue.front().filter(|_| self.owed() > 0).map(|&(pkid, _)| pkid)
     }
 
     /// The client took the acknowledgement [`next_ack`](Self::next_ack) named.
     pub fn handed(&mut self) {
-        if let Some((_, pos)) = self.owed.pop_front() {
+        if self.owed() == 0 {
+            return;
+        }
+        if let Some((_, pos)) = self.queue.pop_front() {
             self.handed = self.handed.max(pos);
         }
     }

@@ -105,10 +105,12 @@ fn drop_redeliveries(
 /// Most messages processed between two fsyncs of the log (their
 /// acknowledgements wait in a ledger, 16 bytes each): with at most 100
 /// fsyncs a second, a drain is bounded at 819,200 messages a second.
-const UNSYNCED: usize = 4 * BATCH;
+const UNSYNCED: usize = 8 * BATCH;
 
-/// Most bytes of results held in memory for inputs not yet fsynced; with
-/// more, intake waits for the next fsync.
+/// Most bytes of results held in memory for inputs not yet fsynced: with
+/// more after a batch intake waits for the next fsync, within one the log is
+/// fsynced at once (after the gap). One message's own results (a watermark
+/// step that closes every key's window) can go beyond it.
 const HELD_RESULTS: usize = 256 << 10;
 
 /// What waits for the log's next fsync: messages processed since the last
@@ -205,7 +207,7 @@ impl EngineLoop {
             batch: Vec::with_capacity(BATCH),
             permits: None,
             waiting: None,
-            acks: Acks::with_capacity(AckPipe::HIGH + BATCH + 64, UNSYNCED + BATCH),
+            acks: Acks::with_capacity(AckPipe::HIGH + UNSYNCED + 2 * BATCH),
             checked: 0,
             connection: 0,
             commit,
@@ -491,8 +493,9 @@ impl EngineLoop {
             }
         }
         let mut oldest = i64::MAX;
-        for b in &self.batch {
+        for i in 0..self.batch.len() {
             self.seq += 1;
+            let b = &self.batch[i];
             oldest = oldest.min(b.recv_ms);
             let mut sink = self.out.sink_at(self.seq, b.at);
             let skipped = self.engine.ingest(b.recv_ms, &b.m.topic, &b.m.payload, &mut sink);
@@ -505,6 +508,9 @@ impl EngineLoop {
                     tracing::warn!("{line}");
                 }
             }
+            if self.out.held_bytes() >= HELD_RESULTS {
+                self.spill();
+            }
         }
         let held_bytes = self.out.held_bytes();
         let w = self.waiting.get_or_insert_with(|| Waiting::new(first_at));
@@ -515,6 +521,30 @@ impl EngineLoop {
         self.batch.clear();
         self.permits = None; // and with it, the messages' share of the intake budget
         Ok(())
+    }
+
+    /// The results held for the next fsync reached their bound within a
+    /// batch: fsyncs the log now (the whole batch is appended to it), after
+    /// the group commit's gap, and lets them and the held acknowledgements
+    /// go; the rest of the batch is held again. A failure (a full disk)
+    /// leaves them held: the commit after the batch pauses intake.
+    fn spill(&mut self) {
+        let Some(w) = self.wal.as_mut() else { return };
+        let now = Instant::now();
+        std::thread::sleep(self.commit.gap_at(now).saturating_duration_since(now));
+        let started = Instant::now();
+        let unacked = self.acks.held() + self.acks.owed();
+        if w.sync().is_err() {
+            return;
+        }
+        self.out.release(&self.io.marks);
+        // a failure keeps them in the spool's memory: the commit after the batch flushes or pauses
+        let _ = self.io.spool.lock().expect("spool lock").flush();
+        self.out.hold();
+        self.acks.synced();
+        self.hand_acks();
+        self.commit.synced(started, unacked);
+        self.io.counters.commits.fetch_add(1, Ordering::Relaxed);
     }
 
     /// When the group commit is due (at once in fast mode, or when intake

@@ -23,6 +23,9 @@ use edgejoin_engine::output::JsonEncoder;
 use edgejoin_engine::plan::{LatePolicy, Plan};
 use edgejoin_engine::topic::TemplateVars;
 
+/// Bytes of the held results' buffer kept between fsyncs (more is given back).
+const HELD_KEEP: usize = 32 << 10;
+
 /// Encodes results and appends them to the spool; reuses its buffers.
 pub(super) struct ResultWriter {
     spool: Arc<Mutex<Spool>>,
@@ -100,6 +103,8 @@ impl ResultWriter {
             marks.mark(first, end, t);
         }
         self.held.clear();
+        // a drain's burst does not stay resident
+        self.held.shrink_to(HELD_KEEP);
     }
 
     /// Announces each output's sensors for each key to Home Assistant as well.
