@@ -18,7 +18,8 @@
 # Needs mosquitto, curl, python3, strace, GNU time.
 # Usage: scripts/bench.sh [steady-seconds (default 600)]   (ROUNDS=3 by default;
 #        MODES=drain INTAKE_ONLY=1: the intake rounds of those modes only, then stop;
-#        GATEWAY_EXTRA='commit_delay = "0s"': more lines for the gateway's [gateway] table)
+#        GATEWAY_EXTRA='commit_delay = "0s"': more lines for the gateway's [gateway] table;
+#        EDGEJOIN_LOG=edgejoin=debug KEEP_LOG=FILE: the gateway's log, kept as FILE)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEADY=${1:-600}
@@ -33,7 +34,7 @@ pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill -CONT "$p" 2>/dev/null || true; kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    [ -n "${KEEP_LOG:-}" ] && cp "$work/gw.log" "$KEEP_LOG"
+    if [ -n "${KEEP_LOG:-}" ]; then cp "$work/gw.log" "$KEEP_LOG"; fi
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -49,7 +50,14 @@ sleep 0.5
 URL="mqtt://127.0.0.1:$port"
 
 mport=$(free_port)
-sed "s#state_dir = \"BENCH\"#state_dir = \"$work/state\"\nmetrics_addr = \"127.0.0.1:$mport\"\n${GATEWAY_EXTRA:-}#" config/scenarios/bench-gateway.toml > "$work/gw.toml"
+# GATEWAY_EXTRA goes in as given (awk, not a sed replacement: '#', '&' and '/' stay literal)
+awk -v dir="$work/state" -v maddr="127.0.0.1:$mport" -v extra="${GATEWAY_EXTRA:-}" '
+    $0 == "state_dir = \"BENCH\"" {
+        print "state_dir = \"" dir "\""; print "metrics_addr = \"" maddr "\""
+        if (extra != "") print extra
+        next
+    }
+    { print }' config/scenarios/bench-gateway.toml > "$work/gw.toml"
 printf '\n[source]\nurl = "%s"\n\n[upstream]\nurl = "%s"\ntopic_prefix = "gw/bench"\nspool = "256MiB"\n' "$URL" "$URL" >> "$work/gw.toml"
 
 metrics() { curl -s "http://127.0.0.1:$mport/metrics" 2>/dev/null || true; }
