@@ -82,7 +82,9 @@ impl ResultWriter {
             return;
         }
         let mut spool = self.spool.lock().expect("spool lock");
-        let (mut rest, mut run): (&[u8], Option<(u64, u64, u64, Instant)>) = (&self.held, None);
+        // the run of results of one input: (input, first, end, delivered)
+        let mut run: Option<(u64, u64, u64, Instant)> = None;
+        let mut rest = &self.held[..];
         while let Some(r) = HeldRecord::split(&mut rest) {
             let at = spool.end();
             if !append(&mut spool, &self.counters, r.input_seq, r.idx, r.topic, r.payload) {
