@@ -171,43 +171,49 @@ impl TopicPattern {
         (re, groups)
     }
 
-    /// Matches a concrete topic; returns the captures' byte ranges.
+    /// Matches a concrete topic; returns the captures' byte ranges. Runs on
+    /// every message for every stream's patterns, so it walks the bytes once:
+    /// a literal level is compared in place, a wildcard level scanned to its `/`.
     pub fn matches(&self, topic: &str) -> Option<Captures> {
         if topic.len() > u16::MAX as usize {
             return None;
         }
+        let b = topic.as_bytes();
         let mut caps = Captures::default();
-        let mut levels = topic.split('/');
-        let mut pos = 0usize;
+        // `pos`: where the next level starts; `rest`: whether one does (an
+        // empty topic, or one ending in `/`, has an empty level there)
+        let (mut pos, mut rest) = (0usize, true);
         for seg in &self.segs {
             if let Seg::Hash = seg {
                 // MQTT: `a/#` also matches `a` itself; `$`-topics are never matched by wildcards.
-                return (!topic.starts_with('$') || pos > 0).then_some(caps);
+                return (pos > 0 || b.first() != Some(&b'$')).then_some(caps);
             }
-            let level = levels.next()?;
+            if !rest {
+                return None;
+            }
             let start = pos;
-            pos += level.len() + 1;
-            match seg {
+            let end = match seg {
                 Seg::Literal(l) => {
-                    if l != level {
+                    let end = start + l.len();
+                    if !b[start..].starts_with(l.as_bytes()) || b.get(end).is_some_and(|&c| c != b'/') {
                         return None;
                     }
+                    end
                 }
-                Seg::Capture(i) => {
-                    if start == 0 && level.starts_with('$') {
+                _ => {
+                    if start == 0 && b.first() == Some(&b'$') {
                         return None;
                     }
-                    caps.ranges[*i] = (start as u16, (start + level.len()) as u16);
+                    b[start..].iter().position(|&c| c == b'/').map_or(b.len(), |i| start + i)
                 }
-                Seg::Plus => {
-                    if start == 0 && level.starts_with('$') {
-                        return None;
-                    }
-                }
-                Seg::Hash => unreachable!("handled above"),
+            };
+            if let Seg::Capture(i) = seg {
+                caps.ranges[*i] = (start as u16, end as u16);
             }
+            rest = end < b.len();
+            pos = end + 1;
         }
-        levels.next().is_none().then_some(caps)
+        (!rest).then_some(caps)
     }
 }
 
@@ -350,6 +356,56 @@ mod tests {
         assert!(TopicPattern::parse("a/x{y}").is_err());
         assert!(TopicPattern::parse("a/{x}/{x}").is_err());
         assert!(TopicPattern::parse("#").unwrap().matches("$SYS/x").is_none());
+    }
+
+    /// The simple model: split the topic into levels and compare them one by one.
+    fn model(p: &TopicPattern, topic: &str) -> Option<Vec<(u16, u16)>> {
+        let mut caps = vec![(0u16, 0u16); p.names.len()];
+        let mut levels = topic.split('/');
+        let mut pos = 0usize;
+        for seg in &p.segs {
+            if let Seg::Hash = seg {
+                return (!topic.starts_with('$') || pos > 0).then_some(caps);
+            }
+            let level = levels.next()?;
+            let start = pos;
+            pos += level.len() + 1;
+            match seg {
+                Seg::Literal(l) if l != level => return None,
+                Seg::Capture(_) | Seg::Plus if start == 0 && level.starts_with('$') => return None,
+                Seg::Capture(i) => caps[*i] = (start as u16, (start + level.len()) as u16),
+                _ => {}
+            }
+        }
+        levels.next().is_none().then_some(caps)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn matching_agrees_with_splitting_into_levels(
+            pat in proptest::collection::vec(0u8..6, 1..5),
+            hash in proptest::bool::ANY,
+            topic in "[ab$/]{0,9}",
+        ) {
+            let mut text: Vec<String> = pat
+                .iter()
+                .enumerate()
+                .map(|(i, k)| match k {
+                    0 => "a".into(),
+                    1 => "ab".into(),
+                    2 => "$a".into(),
+                    3 => "+".into(),
+                    4 => "".into(),
+                    _ => format!("{{c{i}}}"),
+                })
+                .collect();
+            if hash {
+                text.push("#".into());
+            }
+            let Ok(p) = TopicPattern::parse(&text.join("/")) else { return Ok(()) };
+            let got = p.matches(&topic).map(|c| c.ranges[..p.names.len()].to_vec());
+            proptest::prop_assert_eq!(got, model(&p, &topic), "pattern {} topic {:?}", p.text(), topic);
+        }
     }
 
     #[test]

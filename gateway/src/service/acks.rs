@@ -281,8 +281,11 @@ pub fn puback(pkid: u16, out: &mut Vec<u8>) {
 pub struct Acks {
     /// In log order: the owed acknowledgements, then the `held` last ones —
     /// of messages (and redeliveries) not yet in the fsynced log, owed once
-    /// the log's fsync covers them. One queue: an fsync moves nothing.
-    queue: VecDeque<(u16, u64)>,
+    /// the log's fsync covers them. One queue: an fsync moves nothing. Each
+    /// is packet id << 48 | log position (8 bytes: a drain cycles through
+    /// the whole ring, so all of it is resident; a gateway logs fewer than
+    /// 2^48 messages in its life).
+    queue: VecDeque<u64>,
     held: usize,
     /// Log position of the last acknowledgement handed to the client.
     handed: u64,
@@ -291,6 +294,14 @@ pub struct Acks {
     /// The barrier in flight: its ticket and the position handed before it.
     pending: Option<(Ticket, u64)>,
     last_barrier: Option<Instant>,
+}
+
+/// Log position bits of an [`Acks`] entry.
+const POS_BITS: u32 = 48;
+const POS_MASK: u64 = (1 << POS_BITS) - 1;
+
+fn pack(pkid: u16, pos: u64) -> u64 {
+    u64::from(pkid) << POS_BITS | pos & POS_MASK
 }
 
 impl Acks {
@@ -310,7 +321,7 @@ impl Acks {
     #[cfg(test)]
     pub fn owe(&mut self, pkid: u16, pos: u64) {
         assert_eq!(self.held, 0, "owed before held ones");
-        self.queue.push_back((pkid, pos));
+        self.queue.push_back(pack(pkid, pos));
     }
 
     /// The message with packet id `pkid` is logged at `pos` (or is a
@@ -318,7 +329,7 @@ impl Acks {
     /// fsynced: its acknowledgement waits for [`synced`](Self::synced), behind
     /// those held before it.
     pub fn hold(&mut self, pkid: u16, pos: u64) {
-        self.queue.push_back((pkid, pos));
+        self.queue.push_back(pack(pkid, pos));
         self.held += 1;
     }
 
@@ -340,7 +351,7 @@ impl Acks {
 
     /// The acknowledgement to hand the client next (the oldest owed).
     pub fn next_ack(&self) -> Option<u16> {
-        self.queue.front().filter(|_| self.owed() > 0).map(|&(pkid, _)| pkid)
+        self.queue.front().filter(|_| self.owed() > 0).map(|&e| (e >> POS_BITS) as u16)
     }
 
     /// The client took the acknowledgement [`next_ack`](Self::next_ack) named.
@@ -348,8 +359,8 @@ impl Acks {
         if self.owed() == 0 {
             return;
         }
-        if let Some((_, pos)) = self.queue.pop_front() {
-            self.handed = self.handed.max(pos);
+        if let Some(e) = self.queue.pop_front() {
+            self.handed = self.handed.max(e & POS_MASK);
         }
     }
 
@@ -551,6 +562,17 @@ mod tests {
         a.handed();
         assert!(!a.barrier_due(t0 + Duration::from_millis(99)));
         assert!(a.barrier_due(t0 + Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn an_entry_keeps_its_packet_id_and_a_position_past_32_bits() {
+        let mut a = Acks::default();
+        let pos = (1 << 40) + 7;
+        a.owe(0xfedc, pos);
+        assert_eq!(a.next_ack(), Some(0xfedc));
+        a.handed();
+        assert!(a.unconfirmed());
+        assert_eq!(a.all_confirmed(), pos);
     }
 
     #[test]
