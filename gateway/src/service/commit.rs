@@ -33,8 +33,6 @@ pub struct Gathered {
     pub unacked: usize,
     pub first: Instant,
     pub last: Instant,
-    /// No room for more before the fsync (messages or held results at their bound).
-    pub full: bool,
 }
 
 /// What to do now.
@@ -86,13 +84,12 @@ impl GroupCommit {
         }
         let gap_at = self.last_sync.map_or(now, |t| t + self.gap);
         let due_at = (b.first + self.delay).max(gap_at);
-        let full = b.full || b.len >= self.batch;
-        if full || b.len >= self.flood {
+        if b.len >= self.flood {
             if now >= gap_at {
                 return Next::Commit;
             }
             // a full batch waits for the gap (the source waits meanwhile); one that is not keeps taking
-            let more = if full { usize::MAX } else { (self.batch / 8).max(1) };
+            let more = if b.len >= self.batch { usize::MAX } else { (self.batch / 8).max(1) };
             return Next::Wait { until: gap_at, more };
         }
         let window_full = self.window > 0 && b.unacked >= self.window;
@@ -114,11 +111,6 @@ impl GroupCommit {
         Next::Wait { until: due_at, more: more.max(1) }
     }
 
-    /// When the next fsync may start: the gap after the last one, or `now`.
-    pub fn gap_at(&self, now: Instant) -> Instant {
-        self.last_sync.map_or(now, |t| (t + self.gap).max(now))
-    }
-
     /// An fsync started at `at` with `unacked` messages in flight: learns the window.
     pub fn synced(&mut self, at: Instant, unacked: usize) {
         self.last_sync = Some(at);
@@ -133,7 +125,7 @@ mod tests {
     const MS: Duration = Duration::from_millis(1);
 
     fn gathered(t0: Instant, len: usize, first_ms: u32, last_ms: u32) -> Gathered {
-        Gathered { len, unacked: len, first: t0 + first_ms * MS, last: t0 + last_ms * MS, full: false }
+        Gathered { len, unacked: len, first: t0 + first_ms * MS, last: t0 + last_ms * MS }
     }
 
     #[test]
@@ -158,17 +150,6 @@ mod tests {
         let full = gathered(t0, 4096, 0, 5);
         assert_eq!(g.next(t0 + 5 * MS, full), Next::Wait { until: t0 + 10 * MS, more: usize::MAX });
         assert_eq!(g.next(t0 + 10 * MS, full), Next::Commit);
-    }
-
-    #[test]
-    fn a_batch_with_no_room_left_waits_only_for_the_gap() {
-        let t0 = Instant::now();
-        let mut g = GroupCommit::new(50 * MS, 4096);
-        g.synced(t0, 0);
-        // few messages, but their held results fill the room: nothing more is taken before the fsync
-        let b = Gathered { full: true, ..gathered(t0, 10, 0, 1) };
-        assert_eq!(g.next(t0 + MS, b), Next::Wait { until: t0 + 10 * MS, more: usize::MAX });
-        assert_eq!(g.next(t0 + 10 * MS, b), Next::Commit);
     }
 
     #[test]
