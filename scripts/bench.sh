@@ -117,7 +117,9 @@ round() {
     fi
     local c_last=$(awk '/^last_message_unix_us/ {print $2}' "$work/count.out")
     local c_got=$(awk '/messages in/ {print $1}' "$work/count.out")
-    [ "$c_got" = "$N" ] || say "counter took $c_got of $N ($mode, QoS $q)"
+    local c_ms=$(( (c_last - s) / 1000 ))
+    # a counter short of N has no last message to time: its round is left out of the median
+    [ "$c_got" = "$N" ] || { say "counter took ${c_got:-none} of $N ($mode, QoS $q): round left out"; c_ms=-; }
     local deadline=$(( $(date +%s) + 120 )) p=0
     while [ "$(date +%s)" -lt "$deadline" ]; do
         p=$(metric edgejoin_processed_total); p=${p:-0}
@@ -126,7 +128,7 @@ round() {
     done
     [ "$p" -ge $((before + N)) ] || say "gateway took $((p - before)) of $N ($mode, QoS $q)"
     local g_last=$(metric edgejoin_last_processed_timestamp_seconds | awk '{printf "%.0f", $1 * 1000}')
-    echo "$(( (c_last - s) / 1000 )) $(( g_last - s2 / 1000 ))"
+    echo "$c_ms $(( g_last - s2 / 1000 ))"
 }
 median() { python3 -c "import sys,statistics; print(statistics.median(float(x) for x in sys.argv[1:]))" "$@"; }
 
@@ -137,8 +139,10 @@ for mode in ${MODES:-live drain}; do
         for r in $(seq 1 "$ROUNDS"); do
             read c g < <(round "$mode" "$q")
             say "$mode QoS $q round $r: counter $c ms, edgejoin $g ms"
-            cs+=("$c"); gs+=("$g")
+            [ "$c" = - ] || cs+=("$c")
+            gs+=("$g")
         done
+        [ ${#cs[@]} -gt 0 ] || { say "no round of $mode QoS $q had a whole counter"; exit 1; }
         C[$mode$q]=$(median "${cs[@]}"); G[$mode$q]=$(median "${gs[@]}")
     done
 done
