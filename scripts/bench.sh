@@ -80,6 +80,15 @@ fresh() {
 }
 sleep 1.5   # one stats interval, so metrics are served
 
+# waits for the counter, at most 120 s: one short of N (a QoS 0 message the
+# broker dropped) must not hang the run; round() says so
+wait_counter() {
+    local i
+    for i in $(seq 1 12000); do kill -0 "$1" 2>/dev/null || break; sleep 0.01; done
+    kill "$1" 2>/dev/null || true
+    wait "$1" || true
+}
+
 # one intake round: $1 = drain | live, $2 = QoS; prints "counter_ms gateway_ms"
 #   drain: both subscribers paused while the N messages are published, then
 #          resumed one after the other, each timed from its resume to its last
@@ -87,14 +96,6 @@ sleep 1.5   # one stats interval, so metrics are served
 #   live:  both subscribed while the simulator publishes as fast as the broker
 #          takes, each timed from the start of publishing to its last message
 #          (sustained intake behind a fast publisher).
-# waits for the counter, at most 120 s: one short of N (a QoS 0 message the
-# broker dropped) must not hang the run; the check below says so
-wait_counter() {
-    local i
-    for i in $(seq 1 12000); do kill -0 "$1" 2>/dev/null || break; sleep 0.01; done
-    kill "$1" 2>/dev/null || true
-    wait "$1" || true
-}
 round() {
     local mode=$1 q=$2 before
     before=$(metric edgejoin_processed_total); before=${before:-0}
