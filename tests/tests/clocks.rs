@@ -168,12 +168,15 @@ fn the_fleet_of_the_issue_within_target_on_every_device() {
         assert_eq!(results.len(), 16);
         for r in &results {
             eprintln!(
-                "seed {seed} {:>10}: p99 {:>3} ms, target {:>3} ms, margin {:>3}, {} measured, steps {}/{}",
+                "seed {seed} {:>10}: p99 {:>3} ms (oracle {:>3}), target {:>3} ms, margin {:>3}, {} measured ({} early, {} late), steps {}/{}",
                 r.device,
                 r.p99,
+                r.oracle_p99,
                 r.d_min + 2,
                 r.margin(),
                 r.measured,
+                r.early,
+                r.late,
                 r.steps_found,
                 r.steps_true
             );
