@@ -114,11 +114,6 @@ impl GroupCommit {
         Next::Wait { until: due_at, more: more.max(1) }
     }
 
-    /// When the next fsync may start: the gap after the last one, or `now`.
-    pub fn gap_at(&self, now: Instant) -> Instant {
-        self.last_sync.map_or(now, |t| (t + self.gap).max(now))
-    }
-
     /// An fsync started at `at` with `unacked` messages in flight: learns the window.
     pub fn synced(&mut self, at: Instant, unacked: usize) {
         self.last_sync = Some(at);

@@ -107,12 +107,6 @@ fn drop_redeliveries(
 /// fsyncs a second, a drain is bounded at 819,200 messages a second.
 const UNSYNCED: usize = 8 * BATCH;
 
-/// Most bytes of results held in memory for inputs not yet fsynced: with
-/// more after a batch intake waits for the next fsync, within one the log is
-/// fsynced at once (after the gap). One message's own results (a watermark
-/// step that closes every key's window) can go beyond it.
-const HELD_RESULTS: usize = 256 << 10;
-
 /// What waits for the log's next fsync: messages processed since the last
 /// one (their acknowledgements and results held) and redeliveries (their
 /// acknowledgements held).
@@ -124,13 +118,11 @@ struct Waiting {
     last: Instant,
     /// The oldest receive time among them (the processing-delay gauge).
     oldest_recv_ms: i64,
-    /// Result bytes held in the spool's memory.
-    held_bytes: usize,
 }
 
 impl Waiting {
     fn new(first: Instant) -> Self {
-        Waiting { processed: 0, redelivered: 0, first, last: first, oldest_recv_ms: i64::MAX, held_bytes: 0 }
+        Waiting { processed: 0, redelivered: 0, first, last: first, oldest_recv_ms: i64::MAX }
     }
 
     fn len(&self) -> usize {
@@ -451,10 +443,11 @@ impl EngineLoop {
         }
     }
 
-    /// Whether intake may take more before the next fsync: the messages and
-    /// the results held for it are bounded ([`UNSYNCED`], [`HELD_RESULTS`]).
+    /// Whether intake may take more before the next fsync: the messages
+    /// processed for it are bounded ([`UNSYNCED`]; their results wait in the
+    /// spool's file, not in memory).
     fn room(&self) -> bool {
-        self.waiting.as_ref().is_none_or(|w| w.len() < UNSYNCED && w.held_bytes < HELD_RESULTS)
+        self.waiting.as_ref().is_none_or(|w| w.len() < UNSYNCED)
     }
 
     /// What waits for the fsync, as the group commit sees it.
@@ -497,7 +490,7 @@ impl EngineLoop {
             self.seq += 1;
             let b = &self.batch[i];
             oldest = oldest.min(b.recv_ms);
-            let mut sink = self.out.sink_at(self.seq, b.at);
+            let mut sink = self.out.sink(self.seq, None);
             let skipped = self.engine.ingest(b.recv_ms, &b.m.topic, &b.m.payload, &mut sink);
             if let Some((first, end)) = sink.appended {
                 self.io.marks.mark(first, end, b.at);
@@ -508,49 +501,20 @@ impl EngineLoop {
                     tracing::warn!("{line}");
                 }
             }
-            if self.out.held_bytes() >= HELD_RESULTS {
-                self.spill();
-            }
         }
-        let held_bytes = self.out.held_bytes();
         let w = self.waiting.get_or_insert_with(|| Waiting::new(first_at));
         w.processed += self.batch.len();
         w.last = self.batch.last().map_or(w.last, |b| b.at);
         w.oldest_recv_ms = w.oldest_recv_ms.min(oldest);
-        w.held_bytes = held_bytes;
         self.batch.clear();
         self.permits = None; // and with it, the messages' share of the intake budget
         Ok(())
     }
 
-    /// The results held for the next fsync reached their bound within a
-    /// batch: fsyncs the log now (the whole batch is appended to it), after
-    /// the group commit's gap, and lets them and the held acknowledgements
-    /// go; the rest of the batch is held again. A failure (a full disk)
-    /// leaves them held: the commit after the batch pauses intake.
-    fn spill(&mut self) {
-        let Some(w) = self.wal.as_mut() else { return };
-        let now = Instant::now();
-        std::thread::sleep(self.commit.gap_at(now).saturating_duration_since(now));
-        let started = Instant::now();
-        let unacked = self.acks.held() + self.acks.owed();
-        if w.sync().is_err() {
-            return;
-        }
-        self.out.release(&self.io.marks);
-        // a failure keeps them in the spool's memory: the commit after the batch flushes or pauses
-        let _ = self.io.spool.lock().expect("spool lock").flush();
-        self.out.hold();
-        self.acks.synced();
-        self.hand_acks();
-        self.commit.synced(started, unacked);
-        self.io.counters.commits.fetch_add(1, Ordering::Relaxed);
-    }
-
     /// When the group commit is due (at once in fast mode, or when intake
     /// has no room left, or stopping): fsyncs the log, then owes the held
-    /// acknowledgements and lets the held results into the spool's file for
-    /// the uplink. Pauses intake while the state directory is full.
+    /// acknowledgements and lets the uplink read the held results (already
+    /// in the spool's file). Pauses intake while the state directory is full.
     fn commit(&mut self, stop: bool, queued: usize) -> Result<Stored, ServiceError> {
         let Some(w) = self.waiting.as_ref() else { return self.idle_write(stop, queued) };
         if self.durable && !stop && !self.pause.active() {
@@ -569,7 +533,7 @@ impl EngineLoop {
             if let Some(w) = self.wal.as_mut() {
                 w.sync().map_err(|e| ("write-ahead log", e))?;
             }
-            self.out.release(&self.io.marks);
+            self.out.release();
             self.io.spool.lock().expect("spool lock").flush().map_err(|e| ("spool", e))
         })();
         match res {

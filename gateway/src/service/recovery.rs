@@ -90,6 +90,16 @@ pub(super) fn recover(
     if replayed > 0 {
         tracing::info!("replayed {replayed} logged inputs after the checkpoint (up to input {last})");
     }
+    // results of inputs the log does not hold (written while held, their inputs lost before
+    // the log's fsync) were never delivered; the broker sends those inputs again
+    let cut =
+        spool.lock().expect("spool lock").cut_inputs_after(last.max(ckpt_seq)).map_err(io_err("spool"))?;
+    if cut > 0 {
+        tracing::warn!(
+            "spool: removed {cut} undelivered results of inputs after {} that the write-ahead log lost (a crash before its fsync); the broker redelivers what was not acknowledged",
+            last.max(ckpt_seq)
+        );
+    }
     spool.lock().expect("spool lock").flush().map_err(io_err("spool"))?;
     Ok(Recovered { engine, last_seq: last.max(ckpt_seq), wal: Some(wal), recent, carry })
 }
