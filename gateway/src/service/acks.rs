@@ -279,7 +279,14 @@ pub fn puback(pkid: u16, out: &mut Vec<u8>) {
 /// some handed acknowledgement is unproven.
 #[derive(Debug, Default)]
 pub struct Acks {
-    owed: VecDeque<(u16, u64)>,
+    /// In log order: the owed acknowledgements, then the `held` last ones —
+    /// of messages (and redeliveries) not yet in the fsynced log, owed once
+    /// the log's fsync covers them. One queue: an fsync moves nothing. Each
+    /// is packet id << 48 | log position (8 bytes: a drain cycles through
+    /// the whole ring, so all of it is resident; a gateway logs fewer than
+    /// 2^48 messages in its life).
+    queue: VecDeque<u64>,
+    held: usize,
     /// Log position of the last acknowledgement handed to the client.
     handed: u64,
     /// Every acknowledgement up to this log position is processed by the broker.
@@ -287,6 +294,14 @@ pub struct Acks {
     /// The barrier in flight: its ticket and the position handed before it.
     pending: Option<(Ticket, u64)>,
     last_barrier: Option<Instant>,
+}
+
+/// Log position bits of an [`Acks`] entry.
+const POS_BITS: u32 = 48;
+const POS_MASK: u64 = (1 << POS_BITS) - 1;
+
+fn pack(pkid: u16, pos: u64) -> u64 {
+    u64::from(pkid) << POS_BITS | pos & POS_MASK
 }
 
 impl Acks {
@@ -297,30 +312,55 @@ impl Acks {
     /// or the filter cannot write them out; reading stops at
     /// [`AckPipe::HIGH`], and what was already read still comes after).
     pub fn with_capacity(n: usize) -> Self {
-        Acks { owed: VecDeque::with_capacity(n), ..Acks::default() }
+        Acks { queue: VecDeque::with_capacity(n), ..Acks::default() }
     }
 
     /// The message with packet id `pkid` at log position `pos` is in the
     /// fsynced log (or is a redelivery of one that is): it is owed an
     /// acknowledgement.
+    #[cfg(test)]
     pub fn owe(&mut self, pkid: u16, pos: u64) {
-        self.owed.push_back((pkid, pos));
+        assert_eq!(self.held, 0, "owed before held ones");
+        self.queue.push_back(pack(pkid, pos));
+    }
+
+    /// The message with packet id `pkid` is logged at `pos` (or is a
+    /// redelivery of one logged at or before `pos`) but the log is not yet
+    /// fsynced: its acknowledgement waits for [`synced`](Self::synced), behind
+    /// those held before it.
+    pub fn hold(&mut self, pkid: u16, pos: u64) {
+        self.queue.push_back(pack(pkid, pos));
+        self.held += 1;
+    }
+
+    /// Acknowledgements waiting for the log's fsync.
+    pub fn held(&self) -> usize {
+        self.held
+    }
+
+    /// The log is fsynced through everything logged so far: the held
+    /// acknowledgements are owed, in order.
+    pub fn synced(&mut self) {
+        self.held = 0;
     }
 
     /// Acknowledgements owed and not yet handed to the client.
     pub fn owed(&self) -> usize {
-        self.owed.len()
+        self.queue.len() - self.held
     }
 
     /// The acknowledgement to hand the client next (the oldest owed).
     pub fn next_ack(&self) -> Option<u16> {
-        self.owed.front().map(|&(pkid, _)| pkid)
+        self.queue.front().filter(|_| self.owed() > 0).map(|&e| (e >> POS_BITS) as u16)
     }
 
     /// The client took the acknowledgement [`next_ack`](Self::next_ack) named.
     pub fn handed(&mut self) {
-        if let Some((_, pos)) = self.owed.pop_front() {
-            self.handed = self.handed.max(pos);
+        if self.owed() == 0 {
+            return;
+        }
+        if let Some(e) = self.queue.pop_front() {
+            self.handed = self.handed.max(e & POS_MASK);
         }
     }
 
@@ -381,6 +421,21 @@ mod tests {
             a.handed();
         }
         out
+    }
+
+    #[test]
+    fn held_acknowledgements_are_owed_only_after_the_fsync_in_log_order() {
+        let mut a = Acks::default();
+        a.owe(1, 1);
+        a.hold(2, 2);
+        a.hold(9, 2); // a redelivery seen after message 2 was logged
+        a.hold(3, 3);
+        assert_eq!((a.owed(), a.held()), (1, 3));
+        assert_eq!(hand_all(&mut a), [1], "what waits for the fsync is not handed");
+        a.synced();
+        assert_eq!(a.held(), 0);
+        assert_eq!(hand_all(&mut a), [2, 9, 3]);
+        assert!(a.unconfirmed());
     }
 
     #[test]
@@ -507,6 +562,17 @@ mod tests {
         a.handed();
         assert!(!a.barrier_due(t0 + Duration::from_millis(99)));
         assert!(a.barrier_due(t0 + Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn an_entry_keeps_its_packet_id_and_a_position_past_32_bits() {
+        let mut a = Acks::default();
+        let pos = (1 << 40) + 7;
+        a.owe(0xfedc, pos);
+        assert_eq!(a.next_ack(), Some(0xfedc));
+        a.handed();
+        assert!(a.unconfirmed());
+        assert_eq!(a.all_confirmed(), pos);
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub struct Gathered {
     pub unacked: usize,
     pub first: Instant,
     pub last: Instant,
+    /// No room for more before the fsync (messages or held results at their bound).
+    pub full: bool,
 }
 
 /// What to do now.
@@ -84,12 +86,13 @@ impl GroupCommit {
         }
         let gap_at = self.last_sync.map_or(now, |t| t + self.gap);
         let due_at = (b.first + self.delay).max(gap_at);
-        if b.len >= self.flood {
+        let full = b.full || b.len >= self.batch;
+        if full || b.len >= self.flood {
             if now >= gap_at {
                 return Next::Commit;
             }
             // a full batch waits for the gap (the source waits meanwhile); one that is not keeps taking
-            let more = if b.len >= self.batch { usize::MAX } else { (self.batch / 8).max(1) };
+            let more = if full { usize::MAX } else { (self.batch / 8).max(1) };
             return Next::Wait { until: gap_at, more };
         }
         let window_full = self.window > 0 && b.unacked >= self.window;
@@ -125,7 +128,7 @@ mod tests {
     const MS: Duration = Duration::from_millis(1);
 
     fn gathered(t0: Instant, len: usize, first_ms: u32, last_ms: u32) -> Gathered {
-        Gathered { len, unacked: len, first: t0 + first_ms * MS, last: t0 + last_ms * MS }
+        Gathered { len, unacked: len, first: t0 + first_ms * MS, last: t0 + last_ms * MS, full: false }
     }
 
     #[test]
@@ -150,6 +153,17 @@ mod tests {
         let full = gathered(t0, 4096, 0, 5);
         assert_eq!(g.next(t0 + 5 * MS, full), Next::Wait { until: t0 + 10 * MS, more: usize::MAX });
         assert_eq!(g.next(t0 + 10 * MS, full), Next::Commit);
+    }
+
+    #[test]
+    fn a_batch_with_no_room_left_waits_only_for_the_gap() {
+        let t0 = Instant::now();
+        let mut g = GroupCommit::new(50 * MS, 4096);
+        g.synced(t0, 0);
+        // few messages, but their held results fill the room: nothing more is taken before the fsync
+        let b = Gathered { full: true, ..gathered(t0, 10, 0, 1) };
+        assert_eq!(g.next(t0 + MS, b), Next::Wait { until: t0 + 10 * MS, more: usize::MAX });
+        assert_eq!(g.next(t0 + 10 * MS, b), Next::Commit);
     }
 
     #[test]

@@ -81,20 +81,29 @@ use spool::Spool;
 /// arena is enough: the engine thread does not allocate per event, so the
 /// only threads that allocate per message are the two tokio workers (a drain
 /// of the bench ran as fast with one arena as with two, 0.3 MiB smaller).
+/// The mmap threshold is fixed at 64 KiB (glibc otherwise raises it to the
+/// largest block freed, up to 32 MiB, and big buffers then stay in the heap
+/// after they are freed), and the heap's free top is given back above
+/// 128 KiB: bursts (a drain's held results, the uplink's buffers) do not
+/// leave their peak resident (0.2–0.3 MiB less at a drain's peak).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn limit_malloc_arenas() {
+fn tune_malloc() {
     extern "C" {
         fn mallopt(param: i32, value: i32) -> i32;
     }
     const M_ARENA_MAX: i32 = -8;
-    // SAFETY: mallopt is thread-safe and only sets a limit for arenas created later.
+    const M_TRIM_THRESHOLD: i32 = -1;
+    const M_MMAP_THRESHOLD: i32 = -3;
+    // SAFETY: mallopt is thread-safe and only sets limits for what is allocated later.
     unsafe {
         mallopt(M_ARENA_MAX, 1);
+        mallopt(M_MMAP_THRESHOLD, 64 << 10);
+        mallopt(M_TRIM_THRESHOLD, 128 << 10);
     }
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn limit_malloc_arenas() {}
+fn tune_malloc() {}
 
 /// What of the checkpoint in `state_dir` a pipeline `p` would keep
 /// (`check-config --against`): `None` without a checkpoint, else the input
@@ -131,7 +140,7 @@ enum Ended {
 /// did not change carries over through the checkpoint), a bad one is logged
 /// and the running one stays.
 pub fn run(c: Config, reload: impl Fn() -> Result<Config, String>) -> Result<(), ServiceError> {
-    limit_malloc_arenas();
+    tune_malloc();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         // one thread for blocking work: the uplink's spool reads (more would only add stacks and arenas)

@@ -90,6 +90,16 @@ pub(super) fn recover(
     if replayed > 0 {
         tracing::info!("replayed {replayed} logged inputs after the checkpoint (up to input {last})");
     }
+    // results of inputs the log does not hold (written while held, their inputs lost before
+    // the log's fsync) were never delivered; the broker sends those inputs again
+    let cut =
+        spool.lock().expect("spool lock").cut_inputs_after(last.max(ckpt_seq)).map_err(io_err("spool"))?;
+    if cut > 0 {
+        tracing::warn!(
+            "spool: removed {cut} undelivered results of inputs after {} that the write-ahead log lost (a crash before its fsync); the broker redelivers what was not acknowledged",
+            last.max(ckpt_seq)
+        );
+    }
     spool.lock().expect("spool lock").flush().map_err(io_err("spool"))?;
     Ok(Recovered { engine, last_seq: last.max(ckpt_seq), wal: Some(wal), recent, carry })
 }
@@ -133,5 +143,55 @@ pub(super) fn report_spool_damage(spool: &Spool, counters: &ServiceCounters) {
     }
     if let Some(why) = &d.acked_refused {
         tracing::error!("spool: {why} (results already delivered go again, with the same ids)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::config::FullPolicy;
+
+    /// A crash after results were written (held) to the spool but before the
+    /// log had their inputs: start-up replays the log and cuts those results,
+    /// so the uplink never sends a result of an input nothing holds.
+    #[test]
+    fn start_up_cuts_results_whose_inputs_the_log_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = format!(
+            "[gateway]\nstate_dir = \"{}\"\n\n[[stream]]\nname = \"s\"\ntopics = [\"t/{{k}}\"]\nkey = \"{{k}}\"\nmax_keys = 8\nvalues = [\"v\"]\n\n[[window]]\nname = \"w\"\ninput = \"s\"\nsize = \"1s\"\naggregates = {{ s = \"sum(v)\" }}\n",
+            dir.path().display()
+        );
+        let c = crate::config::parse(Path::new("c.toml"), &cfg).unwrap();
+        // the log holds inputs 1..=5; the spool has results of inputs 1..=8
+        let (mut wal, last, _) = Wal::open(&dir.path().join("wal"), 0, |_| {}).unwrap();
+        assert_eq!(last, 0);
+        for seq in 1..=5u64 {
+            let payload = format!(r#"{{"ts":{},"v":1}}"#, seq * 1000);
+            wal.append_message(seq, seq as i64 * 1000, 0, "t/a", payload.as_bytes()).unwrap();
+        }
+        wal.sync().unwrap();
+        drop(wal);
+        let mut spool = Spool::open(&dir.path().join("spool"), 1 << 20, FullPolicy::DropOldest).unwrap();
+        for input in 1..=8u64 {
+            spool.append(input, 0, "gw/w/a", b"{}").unwrap();
+        }
+        spool.flush().unwrap();
+        drop(spool);
+
+        let spool = Arc::new(Mutex::new(
+            Spool::open(&dir.path().join("spool"), 1 << 20, FullPolicy::DropOldest).unwrap(),
+        ));
+        let counters = Arc::new(ServiceCounters::default());
+        let r = recover(&c, 1, &spool, &counters).unwrap();
+        assert_eq!(r.last_seq, 5);
+        let s = spool.lock().unwrap();
+        assert_eq!(s.last_input(), Some((5, 0)), "the results of inputs 6..=8 are gone");
+        assert_eq!(s.end(), 6);
+        let mut read = Vec::new();
+        s.reader().read(1, usize::MAX, &mut read).unwrap();
+        assert_eq!(read.iter().map(|r| r.input_seq).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
     }
 }

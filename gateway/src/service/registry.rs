@@ -91,7 +91,7 @@ macro_rules! families {
 families! {
     // the service
     RECEIVED: Some("service.received"), Some("received"), Counter, One, "Messages received from the source broker.";
-    PROCESSED: Some("service.processed"), Some("processed"), Counter, One, "Messages run through the engine.";
+    PROCESSED: Some("service.processed"), Some("processed"), Counter, One, "Messages run through the engine (durable mode: counted once the log's fsync holds them and their results are spooled).";
     REDELIVERIES_SKIPPED: Some("service.redeliveries_skipped"), Some("redeliveries_skipped"), Counter, One, "Broker redeliveries of messages already logged: acknowledged again, not processed twice.";
     ACKS_DEFERRED: Some("service.acks_deferred"), Some("acks_deferred"), Counter, One, "Turns the acknowledgement queue was full and acknowledgements waited in the ledger (all are sent later, in order).";
     INTAKE_HELD: Some("service.intake_held"), Some("intake_held"), Counter, One, "Times reading from the source broker stopped until owed acknowledgements went out (a flood outran them).";
@@ -110,16 +110,16 @@ families! {
     SOURCE_ERRORS: Some("service.source_errors"), Some("source_errors"), Counter, One, "Errors of the source connection.";
     UPLINK_CONNECTS: Some("service.uplink_connects"), Some("uplink_connects"), Counter, One, "Connections made to the upstream broker.";
     UPLINK_ERRORS: Some("service.uplink_errors"), Some("uplink_errors"), Counter, One, "Errors of the upstream connection.";
-    PROCESSING_DELAY_MS: Some("service.processing_delay_ms"), Some("processing_delay"), Gauge, Ms, "Receipt of the last batch's oldest message to its results spooled.";
+    PROCESSING_DELAY_MS: Some("service.processing_delay_ms"), Some("processing_delay"), Gauge, Ms, "Receipt of the oldest message of the last commit to its results spooled.";
     I2C_ERRORS: Some("service.i2c_errors"), Some("i2c_errors"), Counter, One, "Failed reads or opens of local I2C sensors.";
-    LAST_PROCESSED_UNIX_MS: Some("service.last_processed_unix_ms"), Some("last_processed_timestamp"), Gauge, Ms, "Wall clock when the engine last finished a batch (Unix time).";
+    LAST_PROCESSED_UNIX_MS: Some("service.last_processed_unix_ms"), Some("last_processed_timestamp"), Gauge, Ms, "Wall clock when the engine last spooled the results of messages (durable mode: at their fsync) (Unix time).";
     PAYLOAD_TRUNCATED: Some("service.payload_truncated"), Some("payload_truncated"), Counter, One, "Source messages over max_payload, cut before the MQTT client read them.";
     WAL_LOST_INPUTS: Some("service.wal_lost_inputs"), Some("wal_lost_inputs"), Counter, One, "Logged inputs lost to damaged write-ahead log records (found at start).";
     SPOOL_DAMAGED: Some("service.spool_damaged"), Some("spool_damaged"), Counter, One, "Undelivered results lost to damaged spool records (found at start).";
     STORAGE_FULL_PAUSES: Some("service.storage_full_pauses"), Some("storage_full_pauses"), Counter, One, "Times the state directory was full and intake paused.";
     STORAGE_PAUSED: Some("service.storage_paused"), Some("storage_paused"), Gauge, One, "1 while intake is paused because the state directory is full.";
     METRICS_REFUSED: Some("service.metrics_connections_refused"), Some("metrics_connections_refused"), Counter, One, "Metrics connections turned away (over the limit of open connections).";
-    COMMITS: Some("service.commits"), Some("commits"), Counter, One, "Group commits: fsyncs of the write-ahead log that made a batch durable (then acknowledged).";
+    COMMITS: Some("service.commits"), Some("commits"), Counter, One, "Group commits: fsyncs of the write-ahead log that made the messages processed since the last durable (then acknowledged, their results spooled).";
     BROKER_WINDOW: Some("service.broker_window"), Some("broker_window"), Gauge, One, "The source broker's QoS 1 in-flight window as the group commit learned it (most unacknowledged messages held at a commit).";
     STATE_BYTES_WRITTEN: Some("service.state_bytes_written"), Some("state_written"), Counter, Bytes, "Bytes written to the write-ahead log and the spool (what reaches the disk is this plus the file system's overhead).";
     SOURCE_CONNECTED: Some("service.source_connected"), Some("source_connected"), Gauge, One, "1 while connected and subscribed to the source broker.";

@@ -1,7 +1,11 @@
 //! Results into the spool: the engine's [`Sink`] in the service. Each
 //! result gets its topic (`<topic_prefix>/<rendered template>`) and its JSON
 //! row, and is appended with its (input, index) position; while the log is
-//! replayed at start, results the spool already holds are skipped.
+//! replayed at start, results the spool already holds are skipped. While
+//! [held](ResultWriter::hold) (their inputs are not yet in the fsynced
+//! write-ahead log) results go to the spool's file at once but not to its
+//! reader ([`Spool::hold`]): the upstream never gets a result of an input a
+//! crash could lose from the log, and held results cost no memory.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -43,6 +47,16 @@ impl ResultWriter {
             clocks: None,
             discovery: None,
         }
+    }
+
+    /// From now on results are held back from the uplink until [`release`](Self::release).
+    pub(super) fn hold(&mut self) {
+        self.spool.lock().expect("spool lock").hold();
+    }
+
+    /// The held results' inputs are durable: the uplink may read them.
+    pub(super) fn release(&mut self) {
+        self.spool.lock().expect("spool lock").release();
     }
 
     /// Announces each output's sensors for each key to Home Assistant as well.

@@ -21,19 +21,17 @@ use super::logging;
 use crate::backoff::Backoff;
 use crate::config::Config;
 
-/// Most messages the engine thread logs (one fsync), acknowledges and
-/// processes at a time: with at most 100 fsyncs a second, this bounds a
-/// backlog's drain to 204,800 messages a second. 4,096 (with the intake at
-/// 2,048) drains the bench's backlog ~25 % faster but holds 0.3–0.5 MiB more
-/// at peak, over the 10 MiB the bench config promises (docs/BENCHMARKS.md,
-/// session 8).
-pub(super) const BATCH: usize = 2048;
+/// Most messages the engine thread takes from the intake at a time (logs
+/// and processes at once; one fsync carries up to 8 batches,
+/// `engine_loop::UNSYNCED`). Its slots (~100 bytes each) are the batch's
+/// memory; 1,024 drains the bench's backlog as fast as 2,048 did.
+pub(super) const BATCH: usize = 1024;
 
-/// Messages waiting for the engine thread, at most (one batch: the engine
-/// takes them while it gathers a batch for the group commit, and the source
-/// fills the channel again meanwhile — a smaller channel slows a drain; the
-/// broker holds the rest). Each slot costs ~100 bytes once a backlog filled it.
-pub(super) const INTAKE: usize = BATCH;
+/// Messages waiting for the engine thread, at most (two batches: the source
+/// fills the channel while the engine processes one — a smaller channel
+/// slows a drain; the broker holds the rest). Each slot costs ~100 bytes
+/// once a backlog filled it.
+pub(super) const INTAKE: usize = 2048;
 
 /// Capacity of the source client's request queue (acknowledgements,
 /// subscriptions, barriers). More acknowledgements than fit wait in the

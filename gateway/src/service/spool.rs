@@ -100,6 +100,10 @@ pub struct Spool {
     pending: Vec<u8>,
     pending_count: u64,
     next_seq: u64,
+    /// Readers see no result at or after this position (`u64::MAX`: no
+    /// limit): results of inputs the write-ahead log has not fsynced yet are
+    /// written to the file but held back ([`Spool::hold`]).
+    limit: u64,
     last_input: Option<(u64, u32)>,
     acked_saved: u64,
     /// When the delivered position was last saved: at most once a second (an fsync
@@ -255,6 +259,7 @@ impl Spool {
             pending: super::wal::append_buffer(),
             pending_count: 0,
             next_seq,
+            limit: u64::MAX,
             last_input,
             acked_saved: acked,
             acked_saved_at: std::time::Instant::now(),
@@ -414,7 +419,7 @@ impl Spool {
                 self.bytes_written += self.pending.len() as u64;
                 super::wal::reset_append_buffer(&mut self.pending);
                 self.pending_count = 0;
-                self.shared().flushed = self.next_seq;
+                self.shared().flushed = self.next_seq.min(self.limit);
                 Ok(())
             }
             Err(e) => {
@@ -422,6 +427,88 @@ impl Spool {
                 Err(e)
             }
         }
+    }
+
+    /// From now on results appended reach the file but not the readers,
+    /// until [`release`](Self::release): their inputs are not yet in the
+    /// fsynced write-ahead log, and a crash could lose those inputs (start-up
+    /// then cuts their results, [`cut_inputs_after`](Self::cut_inputs_after)).
+    pub fn hold(&mut self) {
+        self.limit = self.limit.min(self.next_seq);
+    }
+
+    /// The held results' inputs are durable: readers may read every result
+    /// written to the file (and, after the next flush, the rest).
+    pub fn release(&mut self) {
+        self.limit = u64::MAX;
+        let written = self.next_seq - self.pending_count;
+        let mut sh = self.shared();
+        sh.flushed = sh.flushed.max(written);
+    }
+
+    /// Start-up, after the write-ahead log was read up to input
+    /// `last_input`: removes the results of later inputs — results written
+    /// while held whose inputs the log lost (a power cut before its fsync, or
+    /// a full disk that refused the log and not the spool). None of them was
+    /// ever readable. Returns how many were removed.
+    pub fn cut_inputs_after(&mut self, last_input: u64) -> io::Result<u64> {
+        if self.last_input.is_none_or(|(i, _)| i <= last_input) {
+            return Ok(0);
+        }
+        self.flush()?;
+        let mut cut = 0u64;
+        while let Some(seg) = self.segments.back() {
+            let path = segment_path(&self.dir, seg.first);
+            // the segment's records: where the first one to cut starts, and the last kept
+            let mut r = BufReader::new(File::open(&path)?);
+            let (mut offset, mut at, mut count) = (0u64, None, 0u64);
+            let mut last_kept = None;
+            while read_record(&mut r, &mut self.buf)? {
+                let rec: SpoolRecord = postcard::from_bytes(&self.buf).map_err(io::Error::other)?;
+                if at.is_none() && rec.input_seq > last_input {
+                    at = Some(offset);
+                }
+                if at.is_some() {
+                    count += 1;
+                } else {
+                    last_kept = Some((rec.input_seq, rec.idx, rec.seq));
+                }
+                offset += 8 + self.buf.len() as u64;
+            }
+            let Some(at) = at else {
+                self.last_input = last_kept.map(|(i, x, _)| (i, x));
+                break;
+            };
+            cut += count;
+            let first = seg.first;
+            if at == 0 && self.segments.len() > 1 {
+                // the whole segment goes; the one before becomes the one written
+                fs::remove_file(&path)?;
+                let gone = self.segments.pop_back().expect("checked");
+                self.bytes -= gone.bytes;
+                self.shared().firsts.pop_back();
+                let prev = self.segments.back().expect("checked").first;
+                self.file = OpenOptions::new().append(true).open(segment_path(&self.dir, prev))?;
+                self.next_seq = first;
+                continue;
+            }
+            OpenOptions::new().write(true).open(&path)?.set_len(at)?;
+            let seg = self.segments.back_mut().expect("checked");
+            self.bytes -= seg.bytes - at;
+            seg.bytes = at;
+            self.file = OpenOptions::new().append(true).open(&path)?;
+            self.next_seq = last_kept.map_or(first, |(_, _, seq)| seq + 1);
+            self.last_input = last_kept.map(|(i, x, _)| (i, x));
+            break;
+        }
+        let mut sh = self.shared();
+        sh.flushed = self.next_seq;
+        sh.acked = sh.acked.min(self.next_seq);
+        drop(sh);
+        if cut > 0 {
+            sync_dir(&self.dir)?;
+        }
+        Ok(cut)
     }
 
     /// Makes everything appended durable.
@@ -599,6 +686,90 @@ mod tests {
         assert_eq!(read_all(&mut s, 1), vec![1, 2]);
         s.append(8, 0, "r/t", b"d").unwrap();
         assert_eq!(read_all(&mut s, 1), vec![1, 2, 3]);
+    }
+
+    /// Results of input i: i % 3 of them (some inputs have none).
+    fn append_inputs(s: &mut Spool, inputs: std::ops::Range<u64>) {
+        for i in inputs {
+            for k in 0..i % 3 {
+                assert!(s.append(i, k as u32, "r/t", &[b'x'; 200]).unwrap());
+            }
+        }
+    }
+
+    fn inputs_read(r: &mut SpoolReader, from: u64) -> Vec<(u64, u64)> {
+        let mut v = Vec::new();
+        r.read(from, usize::MAX, &mut v).unwrap();
+        v.iter().map(|x| (x.seq, x.input_seq)).collect()
+    }
+
+    #[test]
+    fn held_results_reach_the_file_but_not_the_reader_until_released() {
+        let dir = tempfile::tempdir().unwrap();
+        // small segments (4 KiB): the held results span several
+        let mut s = Spool::open(dir.path(), 32 << 10, FullPolicy::DropOldest).unwrap();
+        let mut r = s.reader();
+        append_inputs(&mut s, 1..4); // 0 + 1 + 2 + 0 results... inputs 1, 2, 3: 1 + 2 + 0
+        s.flush().unwrap();
+        assert_eq!(inputs_read(&mut r, 1), [(1, 1), (2, 2), (3, 2)]);
+        s.hold();
+        append_inputs(&mut s, 4..40);
+        s.flush().unwrap();
+        assert!(s.pending.is_empty(), "written to the file");
+        assert!(inputs_read(&mut r, 4).is_empty(), "held: not readable");
+        assert_eq!(r.state().depth(), 3, "the three released results only");
+        s.hold(); // holding again does not move the limit
+        s.release();
+        let got = inputs_read(&mut r, 4);
+        assert_eq!(got.len() as u64, s.end() - 4);
+        assert_eq!(got.last().unwrap().1, 38);
+        // released: later appends are readable at the next flush
+        append_inputs(&mut s, 40..42);
+        s.flush().unwrap();
+        assert_eq!(inputs_read(&mut r, s.end() - 1), [(s.end() - 1, 41)]);
+    }
+
+    #[test]
+    fn start_up_cuts_the_results_of_inputs_the_log_lost() {
+        for last_logged in [0u64, 3, 17, 29, 50] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut s = Spool::open(dir.path(), 32 << 10, FullPolicy::DropOldest).unwrap();
+            append_inputs(&mut s, 1..10);
+            s.flush().unwrap();
+            s.hold();
+            append_inputs(&mut s, 10..30); // ~20 results of 218 bytes: several segments
+            s.flush().unwrap();
+            drop(s); // killed before the log's fsync: the log holds inputs up to `last_logged`
+            let mut s = Spool::open(dir.path(), 32 << 10, FullPolicy::DropOldest).unwrap();
+            let before = s.end() - 1;
+            let cut = s.cut_inputs_after(last_logged).unwrap();
+            let kept: Vec<(u64, u64)> = (1..30)
+                .flat_map(|i| (0..i % 3).map(move |_| i))
+                .filter(|&i| i <= last_logged)
+                .zip(1..)
+                .map(|(i, q)| (q, i))
+                .collect();
+            assert_eq!(cut, before - kept.len() as u64, "after input {last_logged}");
+            let mut r = s.reader();
+            assert_eq!(inputs_read(&mut r, 1), kept, "after input {last_logged}");
+            assert_eq!(s.end(), kept.len() as u64 + 1);
+            assert_eq!(s.last_input().map(|l| l.0), kept.last().map(|k| k.1));
+            // the spool goes on from there, and a restart finds the same
+            append_inputs(&mut s, 100..102);
+            s.flush().unwrap();
+            assert_eq!(inputs_read(&mut r, 1).len(), kept.len() + 3, "1 + 2 results of inputs 100 and 101");
+            assert_eq!(
+                s.disk_bytes(),
+                s.segments
+                    .iter()
+                    .map(|g| fs::metadata(segment_path(dir.path(), g.first)).unwrap().len())
+                    .sum::<u64>()
+            );
+            drop(s);
+            let mut s = Spool::open(dir.path(), 32 << 10, FullPolicy::DropOldest).unwrap();
+            assert_eq!(s.cut_inputs_after(101).unwrap(), 0);
+            assert_eq!(inputs_read(&mut s.reader(), 1).last().map(|x| x.1), Some(101));
+        }
     }
 
     fn spool_with(n: u64) -> (tempfile::TempDir, PathBuf) {

@@ -187,6 +187,9 @@ impl Wal {
                 // a torn tail: the write a crash interrupted (never acknowledged)
                 OpenOptions::new().write(true).open(&path)?.set_len(scan.valid_end)?;
             }
+            // what a killed process wrote but did not fsync is replayed now, and its
+            // results go out: it must outlast a power cut from here on
+            file.sync_data()?;
         }
         let next = last + 1;
         let file = open_segment(dir, next)?;
