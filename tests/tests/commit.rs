@@ -230,3 +230,109 @@ fn a_result_waits_for_the_fsync_of_its_input() {
     );
     gw.stop();
 }
+
+/// Publishes one message at QoS 0 (lost for good if the gateway loses it).
+fn publish_qos0(port: u16, topic: &str, payload: &[u8]) {
+    use rumqttc::{Client, Event, MqttOptions, Outgoing, QoS};
+    let o = MqttOptions::new(format!("qos0-{port}-{}", free_port()), "127.0.0.1", port);
+    let (client, mut conn) = Client::new(o, 10);
+    client.publish(topic, QoS::AtMostOnce, false, payload.to_vec()).unwrap();
+    client.disconnect().unwrap();
+    for ev in conn.iter() {
+        if matches!(ev, Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_)) {
+            break;
+        }
+    }
+}
+
+/// A power cut's effect on the log: the frames from the first one holding
+/// `needle` on are gone (written, never fsynced). Returns the bytes cut.
+fn cut_log_at(wal_dir: &Path, needle: &[u8]) -> u64 {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(wal_dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    for f in files.iter().rev() {
+        let bytes = std::fs::read(f).unwrap();
+        // frames: [u32 len][u32 crc][len bytes]
+        let mut at = 0usize;
+        while at + 8 <= bytes.len() {
+            let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+            let body = &bytes[at + 8..(at + 8 + len).min(bytes.len())];
+            if body.windows(needle.len()).any(|w| w == needle) {
+                std::fs::OpenOptions::new().write(true).open(f).unwrap().set_len(at as u64).unwrap();
+                return (bytes.len() - at) as u64;
+            }
+            at += 8 + len;
+        }
+    }
+    panic!("no log record holds {:?}", String::from_utf8_lossy(needle));
+}
+
+/// A power cut while an fsync of the log is under way: the results computed
+/// ahead of it are in the spool's file (held from the uplink), the input they
+/// came from is not in the log any more. Start-up must remove those results:
+/// here the input was QoS 0 (the broker does not send it again), so the
+/// windows it closed stay open, take more readings, and close with other
+/// counts — a held result let through would be a row that never was.
+#[test]
+fn a_power_cut_before_the_fsync_leaves_no_result_of_the_lost_input() {
+    need_mosquitto!();
+    let broker = Broker::start();
+    let work = tempfile::tempdir().unwrap();
+    let lib = shim(work.path());
+    let delay = work.path().join("fsync_ms");
+    std::fs::write(&delay, "0").unwrap();
+    let mport = free_port();
+    let cfg = format!(
+        "[gateway]\nmetrics_addr = \"127.0.0.1:{mport}\"\n\n[[stream]]\nname = \"s\"\ntopics = [\"load/{{k}}\"]\nkey = \"{{k}}\"\nlateness = \"0s\"\nvalues = [\"v\"]\n\n[[window]]\nname = \"w\"\ninput = \"s\"\nsize = \"10s\"\naggregates = {{ n = \"count()\" }}\ntopic = \"w/{{key}}\"\n"
+    );
+    let state = work.path().join("state");
+    let (path, _) = live_config_with(&cfg, &broker, &broker, &state, "30s");
+    let collector = Collector::start(broker.port, "gw/test/#");
+    let start = || {
+        let mut cmd = Gateway::command(&path);
+        cmd.env("LD_PRELOAD", &lib).env("EDGEJOIN_TEST_FSYNC_MS_FILE", &delay);
+        Gateway::spawn(cmd).ready_within(20).unwrap_or_else(|(st, log)| panic!("not ready ({st:?}): {log:?}"))
+    };
+    let reading = |k: usize, ts: u64| (format!("load/k{k}"), format!("{{\"ts\":{ts},\"v\":1}}").into_bytes());
+    let rows = || collector.rows.lock().unwrap().clone();
+
+    // 1,000 windows at 1,000,000 closed by 1,000 readings at 1,020,000 (all durable, all out)
+    let gw = start();
+    publish(broker.port, &(0..1000).map(|k| reading(k, 1_000_000)).collect::<Vec<_>>());
+    publish(broker.port, &(0..1000).map(|k| reading(k, 1_020_000)).collect::<Vec<_>>());
+    assert!(wait_until(10, || rows().len() == 1000), "{} of 1000", rows().len());
+    // the delivered position is saved (an fsync) at most once a second: let that one pass first
+    std::thread::sleep(Duration::from_millis(1500));
+    // the fsync now hangs; a QoS 0 reading closes the 1,000 windows at 1,020,000: their
+    // results (~150 KiB) go to the spool's file, held; the power goes before the fsync ends
+    std::fs::write(&delay, "4000").unwrap();
+    publish_qos0(broker.port, "load/k0", br#"{"ts":1040000,"v":1}"#);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(rows().len(), 1000, "held results went upstream before their input's fsync");
+    gw.kill();
+    let cut = cut_log_at(&state.join("wal"), br#""ts":1040000"#);
+    assert!(cut > 0);
+
+    std::fs::write(&delay, "0").unwrap();
+    let gw = start();
+    assert!(
+        gw.logged("spool: removed"),
+        "start-up did not cut the held results: {:?}",
+        gw.log.lock().unwrap()
+    );
+    // the lost reading never happened: each window at 1,020,000 takes one more and closes at 1,060,000
+    publish(broker.port, &(0..1000).map(|k| reading(k, 1_020_500)).collect::<Vec<_>>());
+    publish(broker.port, &[reading(0, 1_060_000)]);
+    assert!(wait_until(20, || rows().len() >= 2000), "{} of 2000", rows().len());
+    std::thread::sleep(Duration::from_millis(500));
+    let mut counts = std::collections::BTreeMap::new();
+    for r in rows().values() {
+        *counts.entry((r["start"].as_u64().unwrap(), r["values"]["n"].as_u64().unwrap())).or_insert(0) += 1;
+    }
+    assert_eq!(
+        counts.into_iter().collect::<Vec<_>>(),
+        [((1_000_000, 1), 1000), ((1_020_000, 2), 1000)],
+        "no row of the lost input's windows (n = 1 at 1,020,000)"
+    );
+    gw.stop();
+}
