@@ -163,6 +163,66 @@ fn at_1000_messages_a_second_fsyncs_are_grouped_at_most_100_a_second() {
     gw.stop();
 }
 
+/// A gateway on a disk whose fsyncs take as long as a file says (the shim
+/// reads it at each call; 0 at first), counting readings of `load/<key>` in
+/// 10-second windows per key, its results collected upstream.
+struct SlowDisk {
+    collector: Collector,
+    path: PathBuf,
+    mport: u16,
+    delay: PathBuf,
+    lib: PathBuf,
+    work: tempfile::TempDir,
+    broker: Broker,
+}
+
+impl SlowDisk {
+    fn new() -> SlowDisk {
+        let broker = Broker::start();
+        let work = tempfile::tempdir().unwrap();
+        let lib = shim(work.path());
+        let delay = work.path().join("fsync_ms");
+        std::fs::write(&delay, "0").unwrap();
+        let mport = free_port();
+        let cfg = format!(
+            "[gateway]\nmetrics_addr = \"127.0.0.1:{mport}\"\n\n[[stream]]\nname = \"s\"\ntopics = [\"load/{{k}}\"]\nkey = \"{{k}}\"\nlateness = \"0s\"\nvalues = [\"v\"]\n\n[[window]]\nname = \"w\"\ninput = \"s\"\nsize = \"10s\"\naggregates = {{ n = \"count()\" }}\ntopic = \"w/{{key}}\"\n"
+        );
+        let (path, _) = live_config_with(&cfg, &broker, &broker, &work.path().join("state"), "30s");
+        let collector = Collector::start(broker.port, "gw/test/#");
+        SlowDisk { collector, path, mport, delay, lib, work, broker }
+    }
+
+    /// Every fsync from now on takes `ms`.
+    fn fsync_ms(&self, ms: u64) {
+        std::fs::write(&self.delay, ms.to_string()).unwrap();
+    }
+
+    fn start(&self) -> Gateway {
+        let mut cmd = Gateway::command(&self.path);
+        cmd.env("LD_PRELOAD", &self.lib).env("EDGEJOIN_TEST_FSYNC_MS_FILE", &self.delay);
+        Gateway::spawn(cmd).ready_within(20).unwrap_or_else(|(st, log)| panic!("not ready ({st:?}): {log:?}"))
+    }
+
+    fn rows(&self) -> std::collections::BTreeMap<String, serde_json::Value> {
+        self.collector.rows.lock().unwrap().clone()
+    }
+
+    /// How many rows came per (window start, count).
+    fn window_counts(&self) -> Vec<((u64, u64), usize)> {
+        let mut counts = std::collections::BTreeMap::new();
+        for r in self.rows().values() {
+            *counts.entry((r["start"].as_u64().unwrap(), r["values"]["n"].as_u64().unwrap())).or_insert(0) +=
+                1;
+        }
+        counts.into_iter().collect()
+    }
+}
+
+/// A reading of key `k<k>` at `ts`, for [`SlowDisk`].
+fn load_reading(k: usize, ts: u64) -> (String, Vec<u8>) {
+    (format!("load/k{k}"), format!("{{\"ts\":{ts},\"v\":1}}").into_bytes())
+}
+
 /// Processing runs ahead of the fsync; what it produces may not: while the log's fsync hangs
 /// (4 s here), the result of a message it will make durable stays in the gateway — none
 /// reaches upstream, where a crash could leave a result of an input the log lost — and goes
@@ -172,61 +232,40 @@ fn at_1000_messages_a_second_fsyncs_are_grouped_at_most_100_a_second() {
 #[test]
 fn a_result_waits_for_the_fsync_of_its_input() {
     need_mosquitto!();
-    let broker = Broker::start();
-    let work = tempfile::tempdir().unwrap();
-    let lib = shim(work.path());
-    let delay = work.path().join("fsync_ms");
-    std::fs::write(&delay, "0").unwrap();
-    let mport = free_port();
-    let cfg = format!(
-        "[gateway]\nmetrics_addr = \"127.0.0.1:{mport}\"\n\n[[stream]]\nname = \"s\"\ntopics = [\"load/{{k}}\"]\nkey = \"{{k}}\"\nlateness = \"0s\"\nvalues = [\"v\"]\n\n[[window]]\nname = \"w\"\ninput = \"s\"\nsize = \"10s\"\naggregates = {{ n = \"count()\" }}\ntopic = \"w/{{key}}\"\n"
-    );
-    let (path, _) = live_config_with(&cfg, &broker, &broker, &work.path().join("state"), "30s");
-    let collector = Collector::start(broker.port, "gw/test/#");
-    let start = || {
-        let mut cmd = Gateway::command(&path);
-        cmd.env("LD_PRELOAD", &lib).env("EDGEJOIN_TEST_FSYNC_MS_FILE", &delay);
-        Gateway::spawn(cmd).ready_within(20).unwrap_or_else(|(st, log)| panic!("not ready ({st:?}): {log:?}"))
-    };
-    let reading = |k: usize, ts: u64| (format!("load/k{k}"), format!("{{\"ts\":{ts},\"v\":1}}").into_bytes());
-    let rows = || collector.rows.lock().unwrap().clone();
+    let t = SlowDisk::new();
 
     // 1,000 keys' windows open; their results (~150 KiB) are more than the spool keeps in
     // memory before it writes them to its file, where the uplink reads
-    let gw = start();
-    publish(broker.port, &(0..1000).map(|k| reading(k, 1_000_000)).collect::<Vec<_>>());
-    assert!(wait_until(10, || metric(mport, "edgejoin_processed_total") == Some(1000.0)));
+    let gw = t.start();
+    publish(t.broker.port, &(0..1000).map(|k| load_reading(k, 1_000_000)).collect::<Vec<_>>());
+    assert!(wait_until(10, || metric(t.mport, "edgejoin_processed_total") == Some(1000.0)));
     // from now on an fsync takes 4 s; the next reading closes the 1,000 windows (the metrics
     // page is rendered by the engine thread, which waits in the fsync: only time can tell)
-    std::fs::write(&delay, "4000").unwrap();
-    publish(broker.port, &[reading(0, 1_020_000)]);
+    t.fsync_ms(4000);
+    publish(t.broker.port, &[load_reading(0, 1_020_000)]);
     std::thread::sleep(Duration::from_millis(2000));
     let checked_ms = unix_ms() as u64;
-    assert!(rows().is_empty(), "{} results went upstream before their input's fsync", rows().len());
-    assert!(wait_until(10, || rows().len() == 1000), "{} of 1000", rows().len());
-    let emitted = rows().values().map(|r| r["emitted_ms"].as_u64().unwrap()).max().unwrap();
+    assert!(t.rows().is_empty(), "{} results went upstream before their input's fsync", t.rows().len());
+    assert!(wait_until(10, || t.rows().len() == 1000), "{} of 1000", t.rows().len());
+    let emitted = t.rows().values().map(|r| r["emitted_ms"].as_u64().unwrap()).max().unwrap();
     assert!(
         emitted < checked_ms,
         "computed at {emitted}, before the check at {checked_ms}: they waited for the fsync"
     );
 
     // the next window's result waits for its fsync too; the gateway dies meanwhile
-    publish(broker.port, &[reading(0, 1_040_000)]);
+    publish(t.broker.port, &[load_reading(0, 1_040_000)]);
     std::thread::sleep(Duration::from_millis(2000));
-    assert_eq!(rows().len(), 1000);
+    assert_eq!(t.rows().len(), 1000);
     gw.kill();
 
-    std::fs::write(&delay, "0").unwrap();
-    let gw = start();
-    publish(broker.port, &[reading(0, 1_060_000)]);
-    assert!(wait_until(20, || rows().len() >= 1002), "{} of 1002", rows().len());
+    t.fsync_ms(0);
+    let gw = t.start();
+    publish(t.broker.port, &[load_reading(0, 1_060_000)]);
+    assert!(wait_until(20, || t.rows().len() >= 1002), "{} of 1002", t.rows().len());
     std::thread::sleep(Duration::from_millis(500));
-    let mut counts = std::collections::BTreeMap::new();
-    for r in rows().values() {
-        *counts.entry((r["start"].as_u64().unwrap(), r["values"]["n"].as_u64().unwrap())).or_insert(0) += 1;
-    }
     assert_eq!(
-        counts.into_iter().collect::<Vec<_>>(),
+        t.window_counts(),
         [((1_000_000, 1), 1000), ((1_020_000, 1), 1), ((1_040_000, 1), 1)],
         "each window once, each reading counted once"
     );
@@ -278,61 +317,39 @@ fn cut_log_at(wal_dir: &Path, needle: &[u8]) -> u64 {
 #[test]
 fn a_power_cut_before_the_fsync_leaves_no_result_of_the_lost_input() {
     need_mosquitto!();
-    let broker = Broker::start();
-    let work = tempfile::tempdir().unwrap();
-    let lib = shim(work.path());
-    let delay = work.path().join("fsync_ms");
-    std::fs::write(&delay, "0").unwrap();
-    let mport = free_port();
-    let cfg = format!(
-        "[gateway]\nmetrics_addr = \"127.0.0.1:{mport}\"\n\n[[stream]]\nname = \"s\"\ntopics = [\"load/{{k}}\"]\nkey = \"{{k}}\"\nlateness = \"0s\"\nvalues = [\"v\"]\n\n[[window]]\nname = \"w\"\ninput = \"s\"\nsize = \"10s\"\naggregates = {{ n = \"count()\" }}\ntopic = \"w/{{key}}\"\n"
-    );
-    let state = work.path().join("state");
-    let (path, _) = live_config_with(&cfg, &broker, &broker, &state, "30s");
-    let collector = Collector::start(broker.port, "gw/test/#");
-    let start = || {
-        let mut cmd = Gateway::command(&path);
-        cmd.env("LD_PRELOAD", &lib).env("EDGEJOIN_TEST_FSYNC_MS_FILE", &delay);
-        Gateway::spawn(cmd).ready_within(20).unwrap_or_else(|(st, log)| panic!("not ready ({st:?}): {log:?}"))
-    };
-    let reading = |k: usize, ts: u64| (format!("load/k{k}"), format!("{{\"ts\":{ts},\"v\":1}}").into_bytes());
-    let rows = || collector.rows.lock().unwrap().clone();
+    let t = SlowDisk::new();
 
     // 1,000 windows at 1,000,000 closed by 1,000 readings at 1,020,000 (all durable, all out)
-    let gw = start();
-    publish(broker.port, &(0..1000).map(|k| reading(k, 1_000_000)).collect::<Vec<_>>());
-    publish(broker.port, &(0..1000).map(|k| reading(k, 1_020_000)).collect::<Vec<_>>());
-    assert!(wait_until(10, || rows().len() == 1000), "{} of 1000", rows().len());
+    let gw = t.start();
+    publish(t.broker.port, &(0..1000).map(|k| load_reading(k, 1_000_000)).collect::<Vec<_>>());
+    publish(t.broker.port, &(0..1000).map(|k| load_reading(k, 1_020_000)).collect::<Vec<_>>());
+    assert!(wait_until(10, || t.rows().len() == 1000), "{} of 1000", t.rows().len());
     // the delivered position is saved (an fsync) at most once a second: let that one pass first
     std::thread::sleep(Duration::from_millis(1500));
     // the fsync now hangs; a QoS 0 reading closes the 1,000 windows at 1,020,000: their
     // results (~150 KiB) go to the spool's file, held; the power goes before the fsync ends
-    std::fs::write(&delay, "4000").unwrap();
-    publish_qos0(broker.port, "load/k0", br#"{"ts":1040000,"v":1}"#);
+    t.fsync_ms(4000);
+    publish_qos0(t.broker.port, "load/k0", br#"{"ts":1040000,"v":1}"#);
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(rows().len(), 1000, "held results went upstream before their input's fsync");
+    assert_eq!(t.rows().len(), 1000, "held results went upstream before their input's fsync");
     gw.kill();
-    let cut = cut_log_at(&state.join("wal"), br#""ts":1040000"#);
+    let cut = cut_log_at(&t.work.path().join("state/wal"), br#""ts":1040000"#);
     assert!(cut > 0);
 
-    std::fs::write(&delay, "0").unwrap();
-    let gw = start();
+    t.fsync_ms(0);
+    let gw = t.start();
     assert!(
         gw.logged("spool: removed"),
         "start-up did not cut the held results: {:?}",
         gw.log.lock().unwrap()
     );
     // the lost reading never happened: each window at 1,020,000 takes one more and closes at 1,060,000
-    publish(broker.port, &(0..1000).map(|k| reading(k, 1_020_500)).collect::<Vec<_>>());
-    publish(broker.port, &[reading(0, 1_060_000)]);
-    assert!(wait_until(20, || rows().len() >= 2000), "{} of 2000", rows().len());
+    publish(t.broker.port, &(0..1000).map(|k| load_reading(k, 1_020_500)).collect::<Vec<_>>());
+    publish(t.broker.port, &[load_reading(0, 1_060_000)]);
+    assert!(wait_until(20, || t.rows().len() >= 2000), "{} of 2000", t.rows().len());
     std::thread::sleep(Duration::from_millis(500));
-    let mut counts = std::collections::BTreeMap::new();
-    for r in rows().values() {
-        *counts.entry((r["start"].as_u64().unwrap(), r["values"]["n"].as_u64().unwrap())).or_insert(0) += 1;
-    }
     assert_eq!(
-        counts.into_iter().collect::<Vec<_>>(),
+        t.window_counts(),
         [((1_000_000, 1), 1000), ((1_020_000, 2), 1000)],
         "no row of the lost input's windows (n = 1 at 1,020,000)"
     );
