@@ -176,17 +176,23 @@ struct SlowDisk {
     broker: Broker,
 }
 
+/// [`SlowDisk`]'s pipeline: keys `load/{k}`, 10-second windows counting readings.
+const LOAD_WINDOWS: &str = "[[stream]]\nname = \"s\"\ntopics = [\"load/{k}\"]\nkey = \"{k}\"\nlateness = \"0s\"\nvalues = [\"v\"]\n\n[[window]]\nname = \"w\"\ninput = \"s\"\nsize = \"10s\"\naggregates = { n = \"count()\" }\ntopic = \"w/{key}\"\n";
+
 impl SlowDisk {
     fn new() -> SlowDisk {
+        Self::with("", LOAD_WINDOWS)
+    }
+
+    /// With more `[gateway]` settings and another pipeline.
+    fn with(gateway: &str, pipeline: &str) -> SlowDisk {
         let broker = Broker::start();
         let work = tempfile::tempdir().unwrap();
         let lib = shim(work.path());
         let delay = work.path().join("fsync_ms");
         std::fs::write(&delay, "0").unwrap();
         let mport = free_port();
-        let cfg = format!(
-            "[gateway]\nmetrics_addr = \"127.0.0.1:{mport}\"\n\n[[stream]]\nname = \"s\"\ntopics = [\"load/{{k}}\"]\nkey = \"{{k}}\"\nlateness = \"0s\"\nvalues = [\"v\"]\n\n[[window]]\nname = \"w\"\ninput = \"s\"\nsize = \"10s\"\naggregates = {{ n = \"count()\" }}\ntopic = \"w/{{key}}\"\n"
-        );
+        let cfg = format!("[gateway]\nmetrics_addr = \"127.0.0.1:{mport}\"\n{gateway}\n{pipeline}");
         let (path, _) = live_config_with(&cfg, &broker, &broker, &work.path().join("state"), "30s");
         let collector = Collector::start(broker.port, "gw/test/#");
         SlowDisk { collector, path, mport, delay, lib, work, broker }
@@ -353,5 +359,41 @@ fn a_power_cut_before_the_fsync_leaves_no_result_of_the_lost_input() {
         [((1_000_000, 1), 1000), ((1_020_000, 2), 1000)],
         "no row of the lost input's windows (n = 1 at 1,020,000)"
     );
+    gw.stop();
+}
+
+/// Time alone closes windows too: on a stream with a watermark per device, a
+/// device that falls silent leaves the minimum after `idle_timeout`, and the
+/// tick that notices it closes the windows the others' readings passed. Such
+/// a result waits for the fsync of the tick's log record like a message's:
+/// before it, a power cut could take the tick from the log, late readings
+/// after the restart would then enter those windows, and upstream would hold
+/// a row the gateway never produces again.
+#[test]
+fn a_result_of_time_passing_waits_for_the_fsync_of_the_tick() {
+    need_mosquitto!();
+    let t = SlowDisk::with(
+        "tick = \"100ms\"",
+        &LOAD_WINDOWS
+            .replace("lateness = \"0s\"", "lateness = \"0s\"\nwatermark = \"device\"\nidle_timeout = \"3s\""),
+    );
+    let gw = t.start();
+    let t0 = std::time::Instant::now();
+    publish(t.broker.port, &[load_reading(1, 1_000_000), load_reading(2, 1_000_000)]);
+    std::thread::sleep(Duration::from_millis(1000));
+    // k2's reading passes its window (a window's worth ahead: windows are kept for the
+    // stream's lateness, not for a device far ahead); k1, silent, holds the watermark back
+    publish(t.broker.port, &[load_reading(2, 1_010_000)]);
+    assert!(wait_until(10, || metric(t.mport, "edgejoin_processed_total") == Some(3.0)));
+    assert!(t0.elapsed() < Duration::from_millis(2500), "too slow to tell: {:?}", t0.elapsed());
+    t.fsync_ms(4000);
+    // ~3 s after its reading k1 is idle: a tick moves the watermark to k2's and closes both
+    // windows; the tick's fsync then hangs 4 s
+    std::thread::sleep(Duration::from_millis(4500).saturating_sub(t0.elapsed()));
+    assert!(t.rows().is_empty(), "{} results of a tick went upstream before its fsync", t.rows().len());
+    assert!(wait_until(10, || t.rows().len() == 2), "{} of 2: {:?}", t.rows().len(), t.rows());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(t.window_counts(), [((1_000_000, 1), 2)], "both windows, once each");
+    t.fsync_ms(0);
     gw.stop();
 }

@@ -108,11 +108,12 @@ fn drop_redeliveries(
 const UNSYNCED: usize = 8 * BATCH;
 
 /// What waits for the log's next fsync: messages processed since the last
-/// one (their acknowledgements and results held) and redeliveries (their
-/// acknowledgements held).
+/// one (their acknowledgements and results held), redeliveries (their
+/// acknowledgements held) and a tick that emitted results (held).
 struct Waiting {
     processed: usize,
     redelivered: usize,
+    ticks: usize,
     /// When the broker delivered the first and the last of them.
     first: Instant,
     last: Instant,
@@ -122,11 +123,11 @@ struct Waiting {
 
 impl Waiting {
     fn new(first: Instant) -> Self {
-        Waiting { processed: 0, redelivered: 0, first, last: first, oldest_recv_ms: i64::MAX }
+        Waiting { processed: 0, redelivered: 0, ticks: 0, first, last: first, oldest_recv_ms: i64::MAX }
     }
 
     fn len(&self) -> usize {
-        self.processed + self.redelivered
+        self.processed + self.redelivered + self.ticks
     }
 }
 
@@ -255,13 +256,22 @@ impl EngineLoop {
                 self.last_acks();
             }
             if self.waiting.is_none() {
-                // everything processed is in the fsynced log: time may pass, results go out,
-                // and a checkpoint covers only what the log holds
+                // everything processed is in the fsynced log: a checkpoint covers only what the
+                // log holds, time may pass, results go out
+                if self.last_ckpt.elapsed() >= self.d.service.checkpoint && !stop {
+                    self.last_ckpt = Instant::now();
+                    self.checkpoint();
+                }
                 self.tick(stop)?;
+                if stop && self.waiting.is_some() {
+                    // the last tick's results wait for its fsync: now, not at a next turn
+                    if let Stored::GiveUp | Stored::Paused = self.commit(true, 0)? {
+                        break;
+                    }
+                }
                 self.flush_spool()?;
                 self.io.spool_ready.notify_one();
-                if self.last_ckpt.elapsed() >= self.d.service.checkpoint || stop {
-                    self.last_ckpt = Instant::now();
+                if stop {
                     self.checkpoint();
                 }
             }
@@ -604,7 +614,7 @@ impl EngineLoop {
                 source: e,
             });
         }
-        let unlogged = self.waiting.as_ref().map_or(0, Waiting::len);
+        let unlogged = self.waiting.as_ref().map_or(0, |w| w.processed + w.redelivered);
         self.pause.full(&e, what, unlogged + queued, &self.io.counters);
         if stop {
             tracing::warn!(
@@ -664,7 +674,11 @@ impl EngineLoop {
         })
     }
 
-    /// Time passing alone (idleness, ticks), logged like an input.
+    /// Time passing alone (idleness, ticks), logged like an input. Its
+    /// results (windows an idle input lets close, join timeouts) wait for the
+    /// fsync of its log record like a batch's: upstream must not see a row
+    /// whose tick a power cut could take from the log, and late readings
+    /// after a restart could then change.
     fn tick(&mut self, stop: bool) -> Result<(), ServiceError> {
         if self.last_tick.elapsed() < self.d.service.tick && !stop {
             return Ok(());
@@ -672,10 +686,20 @@ impl EngineLoop {
         self.last_tick = Instant::now();
         self.seq += 1;
         let now = now_ms();
+        // durable mode (fast mode has no log, and results do not wait)
+        let logged = self.wal.is_some();
         if let Some(w) = self.wal.as_mut() {
             w.append_tick(self.seq, now).map_err(io_err("write-ahead log"))?;
+            self.out.hold();
         }
-        self.engine.tick(now, &mut self.out.sink(self.seq, None));
+        let mut sink = self.out.sink(self.seq, None);
+        self.engine.tick(now, &mut sink);
+        let emitted = sink.appended.is_some();
+        if logged && emitted {
+            self.waiting.get_or_insert_with(|| Waiting::new(self.last_tick)).ticks += 1;
+        } else if logged {
+            self.out.release();
+        }
         Ok(())
     }
 
