@@ -339,7 +339,7 @@ fn random_fleets(seeds: u64, family: Family) -> (usize, Option<(i64, String, u64
 /// `EDGEJOIN_FLEETS=N` for other than the default 300 (about a minute).
 #[test]
 fn random_fleets_within_target_on_every_device() {
-    let seeds: u64 = std::env::var("EDGEJOIN_FLEETS").ok().and_then(|s| s.parse().ok()).unwrap_or(300);
+    let seeds = fleets();
     let (devices, worst, failures) = random_fleets(seeds, WIDE);
     eprintln!("{devices} devices over {seeds} fleets; worst margin {worst:?}");
     assert!(failures.is_empty(), "{} of {devices} devices missed:\n{}", failures.len(), failures.join("\n"));
@@ -352,12 +352,22 @@ fn random_fleets_within_target_on_every_device() {
 #[test]
 #[ignore]
 fn survey_wider_fleets() {
-    let seeds: u64 = std::env::var("EDGEJOIN_FLEETS").ok().and_then(|s| s.parse().ok()).unwrap_or(300);
-    let (devices, worst, failures) = random_fleets(seeds, Family { d_min_ms: (1.0, 60.0), ..WIDE });
+    survey(Family { d_min_ms: (1.0, 60.0), ..WIDE });
+}
+
+/// `EDGEJOIN_FLEETS` fleets of `family` (300 by default): reports each miss, asserts nothing.
+fn survey(family: Family) {
+    let seeds = fleets();
+    let (devices, worst, failures) = random_fleets(seeds, family);
     eprintln!("{devices} devices over {seeds} fleets; worst margin {worst:?}; {} missed", failures.len());
     for f in failures {
         eprintln!("{f}");
     }
+}
+
+/// How many fleets: `EDGEJOIN_FLEETS`, or 300.
+fn fleets() -> u64 {
+    std::env::var("EDGEJOIN_FLEETS").ok().and_then(|s| s.parse().ok()).unwrap_or(300)
 }
 
 /// The issue's own family at random (a reading a second, drift to ±300 ppm,
@@ -368,12 +378,7 @@ fn survey_wider_fleets() {
 #[test]
 #[ignore]
 fn survey_issue_family() {
-    let seeds: u64 = std::env::var("EDGEJOIN_FLEETS").ok().and_then(|s| s.parse().ok()).unwrap_or(300);
-    let (devices, worst, failures) = random_fleets(seeds, Family { issue: true, ..WIDE });
-    eprintln!("{devices} devices over {seeds} fleets; worst margin {worst:?}; {} missed", failures.len());
-    for f in failures {
-        eprintln!("{f}");
-    }
+    survey(Family { issue: true, ..WIDE });
 }
 
 /// `edgejoin replay --clock-report DIR` over the fleet's recording (as

@@ -694,11 +694,12 @@ impl EngineLoop {
         }
         let mut sink = self.out.sink(self.seq, None);
         self.engine.tick(now, &mut sink);
-        let emitted = sink.appended.is_some();
-        if logged && emitted {
-            self.waiting.get_or_insert_with(|| Waiting::new(self.last_tick)).ticks += 1;
-        } else if logged {
-            self.out.release();
+        if logged {
+            if sink.appended.is_some() {
+                self.waiting.get_or_insert_with(|| Waiting::new(self.last_tick)).ticks += 1;
+            } else {
+                self.out.release();
+            }
         }
         Ok(())
     }
