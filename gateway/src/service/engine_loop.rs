@@ -22,7 +22,7 @@ use super::metrics;
 use super::redelivery::Redeliveries;
 use super::results::ResultWriter;
 use super::shutdown::Stage;
-use super::source::{IntakeWake, Msg, BATCH};
+use super::source::{Backlog, IntakeWake, Msg, BATCH};
 use super::spool::Spool;
 use super::systemd::{self, Watchdog};
 use super::uplink::LatencyMarks;
@@ -42,6 +42,8 @@ pub(super) struct Links {
     /// Acknowledgements go out through it (written by the source filter).
     pub ack_pipe: Arc<AckPipe>,
     pub intake_wake: Arc<IntakeWake>,
+    /// Tells the uplink when the intake is behind.
+    pub backlog: Arc<Backlog>,
     /// The source client: acknowledgements and barriers go out through it.
     pub src: AsyncClient,
     pub spool: Arc<Mutex<Spool>>,
@@ -241,10 +243,12 @@ impl EngineLoop {
                 self.send_acks()?;
             }
             stop = *self.io.shutdown.borrow() >= Stage::StopIntake;
+            let taken = self.checked;
             if !stop && !self.pause.active() && self.room() {
                 stop = self.take_batch(&mut rx);
                 self.process_batch()?;
             }
+            self.note_backlog(self.checked - taken, rx.len());
             match self.commit(stop, rx.len())? {
                 Stored::Yes => {}
                 Stored::Paused => continue,
@@ -456,6 +460,16 @@ impl EngineLoop {
     /// Whether intake may take more before the next fsync: the messages
     /// processed for it are bounded ([`UNSYNCED`]; their results wait in the
     /// spool's file, not in memory).
+    /// Tells the uplink whether the intake is behind: a whole batch was taken
+    /// or one more waits, intake is not paused, and the spool is under half
+    /// its budget (results never wait for room that the uplink would make).
+    fn note_backlog(&self, taken: u64, queued: usize) {
+        let behind = (taken >= BATCH as u64 || queued >= BATCH)
+            && !self.pause.active()
+            && self.io.spool.lock().is_ok_and(|s| s.under_half());
+        self.io.backlog.set(behind);
+    }
+
     fn room(&self) -> bool {
         self.waiting.as_ref().is_none_or(|w| w.len() < UNSYNCED)
     }

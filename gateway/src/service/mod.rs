@@ -72,7 +72,7 @@ pub use memory::memory_bound;
 use recovery::{recover, report_spool_damage, Recovered};
 use shutdown::{Shutdown, Stage};
 pub use source::{intake_budget, max_message, source_buffers};
-use source::{IntakeWake, Msg, INTAKE, SOURCE_REQUESTS};
+use source::{Backlog, IntakeWake, Msg, INTAKE, SOURCE_REQUESTS};
 use spool::Spool;
 
 /// glibc gives each thread that allocates its own arena (up to 8 per core),
@@ -260,6 +260,7 @@ async fn run_async(
     let ready = Arc::new(Notify::new());
     let barriers = Arc::new(SharedBarriers::default());
     let intake_wake = Arc::new(IntakeWake::default());
+    let backlog = Arc::new(Backlog::default());
     let marks = Arc::new(uplink::LatencyMarks::new());
     // the engine thread says when it has started (it can write its state) and when it ends
     let (engine_started_tx, engine_started) = tokio::sync::oneshot::channel::<()>();
@@ -287,6 +288,7 @@ async fn run_async(
             marks: marks.clone(),
             drain_for: svc.shutdown,
             discovery: discovery.clone(),
+            backlog: backlog.clone(),
         },
     ));
     // the live clock report's trace: kept where it can be seen
@@ -317,6 +319,7 @@ async fn run_async(
             barriers: barriers.clone(),
             ack_pipe,
             intake_wake: intake_wake.clone(),
+            backlog,
             src: src_client.clone(),
             spool: spool.clone(),
             spool_ready: spool_ready.clone(),

@@ -7,7 +7,7 @@
 //! the messages). The client's UNSUBSCRIBEs and the broker's UNSUBACKs
 //! are the acknowledgement barriers ([`super::acks`]).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,6 +51,31 @@ pub(super) struct IntakeWake {
 impl Default for IntakeWake {
     fn default() -> Self {
         IntakeWake { at: AtomicUsize::new(usize::MAX), notify: Notify::new() }
+    }
+}
+
+/// Whether the intake is behind: the engine thread took a whole batch and
+/// more wait (a backlog after an outage or a restart), while the spool has
+/// room. The uplink holds its sends then, so that the CPU goes to taking the
+/// source broker's backlog — the broker's queue is bounded and in memory,
+/// the spool is on disk — and sends a window at least every
+/// [`super::uplink::HOLD_AT_MOST`] (docs/SERVICE.md, "Backlogs").
+#[derive(Debug, Default)]
+pub(super) struct Backlog {
+    behind: AtomicBool,
+    /// Notified when the intake is no longer behind.
+    pub cleared: Notify,
+}
+
+impl Backlog {
+    pub fn set(&self, behind: bool) {
+        if self.behind.swap(behind, Ordering::Relaxed) && !behind {
+            self.cleared.notify_one();
+        }
+    }
+
+    pub fn behind(&self) -> bool {
+        self.behind.load(Ordering::Relaxed)
     }
 }
 

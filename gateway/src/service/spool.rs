@@ -300,6 +300,11 @@ impl Spool {
         self.next_seq - self.acked()
     }
 
+    /// Whether the spool's files take less than half its budget.
+    pub fn under_half(&self) -> bool {
+        self.disk_bytes() < self.budget / 2
+    }
+
     pub fn disk_bytes(&self) -> u64 {
         self.bytes
     }

@@ -22,6 +22,7 @@ use super::counters::ServiceCounters;
 use super::delivery::Delivery;
 use super::logging;
 use super::shutdown::Stage;
+use super::source::Backlog;
 use super::spool::{SpoolReader, SpoolState};
 use super::uplink_conn::{Conn, ConnError, Target, KEEP_ALIVE, OFFLINE};
 use crate::backoff::Backoff;
@@ -132,7 +133,13 @@ pub(super) struct Links {
     pub drain_for: Duration,
     /// Home Assistant discovery messages to publish (retained), when on.
     pub discovery: Option<Arc<Mutex<Discovery>>>,
+    /// Whether the intake is behind (sends are held then).
+    pub backlog: Arc<Backlog>,
 }
+
+/// While the intake is behind, the uplink sends at most a window of results
+/// this often (results keep moving through a long backlog).
+pub(super) const HOLD_AT_MOST: Duration = Duration::from_secs(1);
 
 /// The state the uplink keeps across connections.
 struct Uplink {
@@ -182,6 +189,7 @@ impl Uplink {
         let mut heard = Instant::now();
         let mut wakeup = Box::pin(tokio::time::sleep(Duration::from_millis(200)));
         self.announced = 0;
+        let mut sent_at = Instant::now();
         loop {
             if self.stop_due() {
                 // the engine's side saves the delivered position once this task is done; a
@@ -195,10 +203,16 @@ impl Uplink {
             if let Err(e) = self.announce(c) {
                 return Ended::Failed(e);
             }
-            if let Err(e) =
-                refill(&mut self.up, c, &self.spool, &self.reader, &self.io.counters, &self.io.marks).await
-            {
-                return Ended::Failed(e);
+            // the intake's backlog first (not at a stop): results wait in the spool, on disk
+            let hold =
+                self.stop_deadline.is_none() && self.io.backlog.behind() && sent_at.elapsed() < HOLD_AT_MOST;
+            if !hold {
+                if let Err(e) =
+                    refill(&mut self.up, c, &self.spool, &self.reader, &self.io.counters, &self.io.marks).await
+                {
+                    return Ended::Failed(e);
+                }
+                sent_at = Instant::now();
             }
             if let Err(e) = c.flush().await {
                 return Ended::Failed(e);
@@ -222,6 +236,8 @@ impl Uplink {
                     Err(e) => return Ended::Failed(e),
                 },
                 _ = self.io.spool_ready.notified() => {}
+                _ = self.io.backlog.cleared.notified(), if hold => {}
+                _ = tokio::time::sleep_until((sent_at + HOLD_AT_MOST).into()), if hold => {}
                 _ = self.io.shutdown.changed() => {}
                 Some((topic, payload)) = self.io.stats_rx.recv() => {
                     // retained: a dashboard that subscribes later sees the last figures at once
