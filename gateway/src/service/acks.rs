@@ -233,6 +233,16 @@ impl AckPipe {
         acks.owed() > 0
     }
 
+    /// Fast mode: the filter queues the acknowledgement of a message it
+    /// passed to the engine thread.
+    pub fn push_id(&self, pkid: u16) {
+        let mut q = self.lock();
+        q.push(pkid);
+        self.queued.store(q.len(), Ordering::Release);
+        drop(q);
+        self.ready.notify_one();
+    }
+
     /// The filter takes every queued acknowledgement (into `out`, emptied first).
     pub fn take(&self, out: &mut Vec<u16>) {
         out.clear();

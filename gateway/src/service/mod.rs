@@ -49,6 +49,7 @@ mod uplink;
 mod uplink_conn;
 pub(crate) mod wal;
 
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 #[cfg(feature = "i2c")]
@@ -72,7 +73,7 @@ pub use memory::memory_bound;
 use recovery::{recover, report_spool_damage, Recovered};
 use shutdown::{Shutdown, Stage};
 pub use source::{intake_budget, max_message, source_buffers};
-use source::{Backlog, IntakeWake, Msg, INTAKE, SOURCE_REQUESTS};
+use source::{Backlog, Intake, IntakeWake, Msg, INTAKE, SOURCE_REQUESTS};
 use spool::Spool;
 
 /// glibc gives each thread that allocates its own arena (up to 8 per core),
@@ -214,13 +215,25 @@ async fn run_async(
     let ack_pipe = Arc::new(AckPipe::default());
     let source_tls =
         d.source.tls.as_ref().map(|files| mqtt::client_tls(&d.source.broker, files)).transpose()?;
+    let (in_tx, in_rx) = tokio::sync::mpsc::channel::<Msg>(INTAKE);
+    let barriers = Arc::new(SharedBarriers::default());
+    let intake_wake = Arc::new(IntakeWake::default());
+    let intake = Arc::new(Intake {
+        tx: in_tx,
+        budget: Arc::new(tokio::sync::Semaphore::new(intake_budget(&c))),
+        wake: intake_wake.clone(),
+        counters: counters.clone(),
+        barriers: barriers.clone(),
+        passed: AtomicU64::new(0),
+        ack_on_pass: svc.delivery == Delivery::Fast,
+    });
     tasks.spawn(source_proxy::serve(
         listener,
         d.source.broker.host.clone(),
         d.source.broker.port,
         source_tls,
-        p.max_payload + 1,
-        counters.clone(),
+        source_proxy::Limits { keep: p.max_payload + 1, max: max_message(&c) },
+        intake.clone(),
         ack_pipe.clone(),
     ));
     let mut src_opts = mqtt::mqtt_options(
@@ -251,15 +264,11 @@ async fn run_async(
     let discovery = d.homeassistant.clone().map(|h| {
         Arc::new(Mutex::new(homeassistant::Discovery::new(h, &d.gateway.id, &d.upstream.topic_prefix)))
     });
-    let (in_tx, in_rx) = tokio::sync::mpsc::channel::<Msg>(INTAKE);
-    let budget = Arc::new(tokio::sync::Semaphore::new(intake_budget(&c)));
     let spool_ready = Arc::new(Notify::new());
     let shutdown = Shutdown::default();
     let (stats_tx, stats_rx) = tokio::sync::mpsc::channel::<(String, Vec<u8>)>(8);
     let snapshot = Arc::new(Mutex::new(metrics::Snapshot::default()));
     let ready = Arc::new(Notify::new());
-    let barriers = Arc::new(SharedBarriers::default());
-    let intake_wake = Arc::new(IntakeWake::default());
     let backlog = Arc::new(Backlog::default());
     let marks = Arc::new(uplink::LatencyMarks::new());
     // the engine thread says when it has started (it can write its state) and when it ends
@@ -270,12 +279,8 @@ async fn run_async(
         src_loop,
         src_client.clone(),
         filters,
-        in_tx.clone(),
-        budget.clone(),
-        counters.clone(),
+        intake.clone(),
         ready.clone(),
-        barriers.clone(),
-        intake_wake.clone(),
     ));
     let uplink = tasks.spawn(uplink::uplink_task(
         up_target,
@@ -349,8 +354,7 @@ async fn run_async(
     #[cfg(feature = "i2c")]
     for src in d.i2c.iter().cloned() {
         {
-            let tx = in_tx.clone();
-            let counters = counters.clone();
+            let intake = intake.clone();
             let name = p.streams[src.stream].name.clone();
             std::thread::Builder::new()
                 .name(format!("i2c-{name}"))
@@ -361,10 +365,15 @@ async fn run_async(
                         |topic, payload| {
                             let m = Publish::new(topic, QoS::AtMostOnce, payload.into_bytes());
                             let msg = Msg { m, recv_ms: now_ms(), at: Instant::now(), permit: None };
-                            tx.blocking_send(msg).is_ok()
+                            let sent = intake.tx.blocking_send(msg).is_ok();
+                            if sent {
+                                // a barrier's mark counts what the engine checks, these too
+                                intake.passed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            }
+                            sent
                         },
                         |n| {
-                            counters.i2c_errors.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                            intake.counters.i2c_errors.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
                         },
                     )
                 })

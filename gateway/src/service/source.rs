@@ -2,12 +2,13 @@
 //! persistent session, manual acknowledgements in durable mode) through the
 //! filter that cuts oversized payloads ([`super::source_proxy`]);
 //! subscriptions from the streams' topic filters; reconnects with jittered
-//! backoff. Messages go to the engine thread over a channel bounded by count
-//! and by bytes (back-pressure: when the engine is behind, the broker holds
-//! the messages). The client's UNSUBSCRIBEs and the broker's UNSUBACKs
-//! are the acknowledgement barriers ([`super::acks`]).
+//! backoff. Messages go from the filter to the engine thread ([`Intake`])
+//! over a channel bounded by count and by bytes (back-pressure: when the
+//! engine is behind, the broker holds the messages); the MQTT client sees
+//! every other packet. The client's UNSUBSCRIBEs and the broker's
+//! UNSUBACKs are the acknowledgement barriers ([`super::acks`]).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -106,9 +107,11 @@ pub fn max_message(c: &Config) -> usize {
     c.plan.max_payload + 1 + 65_535 + 16
 }
 
-/// Bytes of the source path outside the budget: the MQTT client's read
-/// buffer and the up to 10 packets it parses per read, and the filter's two
-/// 64 KiB buffers.
+/// Bytes of the source path outside the budget, at most: the filter's
+/// 64 KiB read buffer and the stream it splits (a packet not yet whole, up to
+/// the largest message, and the read it came with), and the MQTT client's
+/// buffers (sized for the largest message, though it only meets the small
+/// packets now).
 pub fn source_buffers(c: &Config) -> usize {
     11 * max_message(c) + (128 << 10)
 }
@@ -118,28 +121,64 @@ fn intake_cost(m: &Publish) -> u32 {
     (m.payload.len() + m.topic.len() + 64).min(u32::MAX as usize) as u32
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The engine thread's intake as the source filter feeds it: each PUBLISH
+/// goes from the filter straight into the channel to the engine thread (the
+/// MQTT client sees the other packets only), with its share of the byte
+/// budget; back-pressure holds the filter's reads (the broker keeps the rest).
+pub(super) struct Intake {
+    pub tx: tokio::sync::mpsc::Sender<Msg>,
+    pub budget: Arc<tokio::sync::Semaphore>,
+    pub wake: Arc<IntakeWake>,
+    pub counters: Arc<ServiceCounters>,
+    pub barriers: Arc<SharedBarriers>,
+    /// Messages passed to the engine thread: a barrier's answer counts once
+    /// the engine checked as many.
+    pub passed: AtomicU64,
+    /// Fast mode: a QoS 1 message is acknowledged once passed on (durable
+    /// mode: once in the fsynced log, by the engine thread).
+    pub ack_on_pass: bool,
+}
+
+impl Intake {
+    /// Passes a message on, waiting while the engine is behind; whether it
+    /// went. Once the engine stopped taking messages they are left
+    /// unacknowledged (the broker sends them again next time) while the
+    /// connection stays up for the last acknowledgements.
+    pub async fn pass(&self, m: Publish, recv_ms: i64, at: Instant) -> bool {
+        self.counters.received.fetch_add(1, Ordering::Relaxed);
+        let Ok(permit) = self.budget.clone().acquire_many_owned(intake_cost(&m)).await else {
+            return false;
+        };
+        let sent = self.tx.send(Msg { m, recv_ms, at, permit: Some(permit) }).await.is_ok();
+        if sent {
+            self.passed.fetch_add(1, Ordering::SeqCst);
+        }
+        if INTAKE - self.tx.capacity() >= self.wake.at.load(Ordering::Relaxed) {
+            self.wake.notify.notify_one();
+        }
+        sent
+    }
+}
+
+/// Drives the source client: connects, subscribes, counts barriers and their
+/// answers; the messages themselves go through [`Intake`].
 pub(super) async fn source_task(
     mut ev: EventLoop,
     client: AsyncClient,
     filters: Vec<String>,
-    tx: tokio::sync::mpsc::Sender<Msg>,
-    budget: Arc<tokio::sync::Semaphore>,
-    counters: Arc<ServiceCounters>,
+    intake: Arc<Intake>,
     ready: Arc<Notify>,
-    barriers: Arc<SharedBarriers>,
-    wake: Arc<IntakeWake>,
 ) {
+    let (counters, barriers) = (&intake.counters, &intake.barriers);
     let mut backoff = Backoff::jittered(now_ms() as u64);
     let mut announced = false;
     let mut log = logging::Every::new(Duration::from_secs(30));
     let mut down_since: Option<Instant> = None;
-    // messages passed to the engine thread: a barrier's answer counts once it checked as many
-    let mut passed = 0u64;
     loop {
         match ev.poll().await {
             Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
                 backoff.reset();
+                // before any of the connection's messages reach the engine: the filter waits for it
                 barriers.reconnected();
                 counters.source_connects.fetch_add(1, Ordering::Relaxed);
                 match down_since.take() {
@@ -166,29 +205,16 @@ pub(super) async fn source_task(
             // the stop's disconnect went out: the broker closing the connection now is no fault
             // to log (the task is aborted next; on a busy machine it could poll once more first)
             Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
-            Ok(Event::Incoming(Incoming::UnsubAck(_))) => barriers.answered(passed),
+            // the filter passed the messages before the UNSUBACK on before it handed the
+            // UNSUBACK to the client (and maybe some after it: a later mark is only safe)
+            Ok(Event::Incoming(Incoming::UnsubAck(_))) => {
+                barriers.answered(intake.passed.load(Ordering::SeqCst))
+            }
             Ok(Event::Incoming(Incoming::SubAck(_))) => {
                 counters.source_connected.store(1, Ordering::Relaxed);
                 if !announced {
                     announced = true;
                     ready.notify_one();
-                }
-            }
-            Ok(Event::Incoming(Incoming::Publish(publish))) => {
-                counters.received.fetch_add(1, Ordering::Relaxed);
-                // back-pressure by bytes and by count: wait here while the engine is behind (the
-                // broker holds the rest); once the engine stopped taking messages, they are left
-                // unacknowledged (the broker sends them again next time) while the connection
-                // stays up for its last acks
-                let Ok(permit) = budget.clone().acquire_many_owned(intake_cost(&publish)).await else {
-                    continue;
-                };
-                let msg = Msg { m: publish, recv_ms: now_ms(), at: Instant::now(), permit: Some(permit) };
-                if tx.send(msg).await.is_ok() {
-                    passed += 1;
-                }
-                if INTAKE - tx.capacity() >= wake.at.load(Ordering::Relaxed) {
-                    wake.notify.notify_one();
                 }
             }
             Ok(_) => {}

@@ -1,26 +1,36 @@
 //! The source connection's byte filter: every packet the source broker
-//! sends passes through here before the MQTT client reads it, and a PUBLISH
-//! whose payload is larger than the engine can use is cut down to
-//! `max_payload + 1` bytes (its topic, packet id and flags intact). The
-//! client then never meets a packet over its size limit — one oversized
-//! QoS 1 message no longer drops the connection, to be redelivered forever —
-//! and the engine still sees a payload over `max_payload`, so the message is
-//! logged, counted as `payload_too_large` and acknowledged like any other.
-//! Memory per connection is one read buffer and one packet header, whatever
-//! the size of the message.
+//! sends passes through here. A PUBLISH whose payload is larger than the
+//! engine can use is cut down to `max_payload + 1` bytes (its topic, packet
+//! id and flags intact) — one oversized QoS 1 message no longer drops the
+//! connection, to be redelivered for ever, and the engine still sees a
+//! payload over `max_payload`, so the message is logged, counted as
+//! `payload_too_large` and acknowledged like any other. Then each PUBLISH
+//! goes straight to the engine thread's intake ([`super::source::Intake`]),
+//! with one receive time per read; the MQTT client gets every other packet
+//! (CONNACK, SUBACK, UNSUBACK, PINGRESP) and never parses a message. Order
+//! is kept where the barriers need it ([`super::acks`]): the messages of a
+//! connection pass only once its CONNACK is counted, and an UNSUBACK
+//! reaches the client only after the messages before it were passed. In the
+//! other direction the engine's acknowledgements are written between the
+//! client's packets. Memory per connection is one read buffer and one
+//! packet, whatever the size of the message.
 //!
-//! [`PublishLimiter`] is the filter itself (no IO, unit-tested); [`serve`]
-//! runs it between a Unix socket the MQTT client connects to and the real
-//! broker over TCP.
+//! [`PublishLimiter`] (the cut) and [`split`] (packets off the stream) have
+//! no IO and are unit-tested; [`serve`] runs them between a Unix socket the
+//! MQTT client connects to and the real broker over TCP.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::{BufMut, Bytes, BytesMut};
+use rumqttc::{Publish, QoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::acks::AckPipe;
-use super::counters::{Ordering, ServiceCounters};
+use super::clock::now_ms;
+use super::counters::Ordering;
+use super::source::Intake;
 
 /// The MQTT packet type of PUBLISH (upper nibble of the first byte).
 const PUBLISH: u8 = 3;
@@ -34,6 +44,10 @@ pub enum FilterError {
     RemainingLength,
     #[error("malformed PUBLISH from the source broker: its topic is longer than the packet")]
     Topic,
+    #[error("malformed PUBLISH from the source broker: QoS {0} (the gateway subscribes with QoS 1)")]
+    Qos(u8),
+    #[error("a packet of {0} bytes from the source broker is over the client's limit")]
+    TooLarge(usize),
 }
 
 /// A PUBLISH whose payload was cut.
@@ -75,7 +89,7 @@ impl PublishLimiter {
     pub fn feed(
         &mut self,
         mut input: &[u8],
-        out: &mut Vec<u8>,
+        out: &mut impl BufMut,
         mut cut: impl FnMut(Truncated),
     ) -> Result<(), FilterError> {
         while !input.is_empty() {
@@ -102,7 +116,7 @@ impl PublishLimiter {
                         self.head.clear();
                         self.state = State::PublishHead { first, remaining };
                     } else {
-                        out.extend_from_slice(&self.head);
+                        out.put_slice(&self.head);
                         self.head.clear();
                         self.state = State::Pass { left: remaining, skip: 0 };
                     }
@@ -133,15 +147,15 @@ impl PublishLimiter {
                         let topic = String::from_utf8_lossy(&self.head[2..need - id_len]).into_owned();
                         cut(Truncated { topic, payload_bytes: payload });
                     }
-                    out.push(first);
+                    out.put_u8(first);
                     encode_remaining(need + kept, out);
-                    out.extend_from_slice(&self.head);
+                    out.put_slice(&self.head);
                     self.head.clear();
                     self.state = State::Pass { left: kept, skip: payload - kept };
                 }
                 State::Pass { left, skip } => {
                     let n = left.min(input.len());
-                    out.extend_from_slice(&input[..n]);
+                    out.put_slice(&input[..n]);
                     input = &input[n..];
                     self.state = State::Pass { left: left - n, skip };
                 }
@@ -160,6 +174,78 @@ impl PublishLimiter {
         }
         Ok(())
     }
+}
+
+/// A whole packet taken off the front of the filtered stream.
+#[derive(Debug, PartialEq)]
+pub enum Split {
+    /// For the engine thread's intake.
+    Publish(Publish),
+    /// Any other packet, for the MQTT client; `connack` when it is a CONNACK.
+    Other { bytes: Bytes, connack: bool },
+}
+
+/// Takes the first whole packet off `stream` (the filter's output, so a
+/// PUBLISH's payload is at most `keep` bytes), if it holds one; a packet
+/// over `max` bytes is an error before it is buffered.
+pub fn split(stream: &mut BytesMut, max: usize) -> Result<Option<Split>, FilterError> {
+    let mut remaining = 0usize;
+    let mut head = 1;
+    loop {
+        let Some(&b) = stream.get(head) else { return Ok(None) };
+        remaining |= usize::from(b & 0x7f) << (7 * (head - 1));
+        head += 1;
+        if b & 0x80 == 0 {
+            break;
+        }
+        if head == 5 {
+            return Err(FilterError::RemainingLength);
+        }
+    }
+    let total = head + remaining;
+    if total > max {
+        return Err(FilterError::TooLarge(total));
+    }
+    if stream.len() < total {
+        stream.reserve(total - stream.len());
+        return Ok(None);
+    }
+    let first = stream[0];
+    let packet = stream.split_to(total).freeze();
+    if first >> 4 != PUBLISH {
+        return Ok(Some(Split::Other { bytes: packet, connack: first >> 4 == 2 }));
+    }
+    let qos = match (first >> 1) & 3 {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        q => return Err(FilterError::Qos(q)),
+    };
+    let body = &packet[head..];
+    let id_len = if qos == QoS::AtMostOnce { 0 } else { 2 };
+    let topic_len = match body {
+        [hi, lo, ..] => usize::from(u16::from_be_bytes([*hi, *lo])),
+        _ => return Err(FilterError::Topic),
+    };
+    let payload_at = 2 + topic_len + id_len;
+    if payload_at > body.len() {
+        return Err(FilterError::Topic);
+    }
+    let raw = &body[2..2 + topic_len];
+    // the broker checks topics are UTF-8; one that is not still reaches the
+    // engine (as an unmatched topic, counted), not a reconnect for ever
+    let topic = match std::str::from_utf8(raw) {
+        Ok(t) => t.to_owned(),
+        Err(_) => String::from_utf8_lossy(raw).into_owned(),
+    };
+    let pkid = if id_len == 0 { 0 } else { u16::from_be_bytes([body[2 + topic_len], body[3 + topic_len]]) };
+    Ok(Some(Split::Publish(Publish {
+        dup: first & 0x08 != 0,
+        qos,
+        retain: first & 0x01 != 0,
+        topic,
+        pkid,
+        payload: packet.slice(head + payload_at..),
+    })))
 }
 
 /// Where the MQTT client's packets end in the bytes it sends (client →
@@ -243,7 +329,7 @@ async fn write_acks(
     w.write_all(bytes).await
 }
 
-fn encode_remaining(mut n: usize, out: &mut Vec<u8>) {
+fn encode_remaining(mut n: usize, out: &mut impl BufMut) {
     debug_assert!(n <= MAX_REMAINING);
     loop {
         let mut b = (n % 128) as u8;
@@ -251,11 +337,20 @@ fn encode_remaining(mut n: usize, out: &mut Vec<u8>) {
         if n > 0 {
             b |= 0x80;
         }
-        out.push(b);
+        out.put_u8(b);
         if n == 0 {
             return;
         }
     }
+}
+
+/// What the filter lets through.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Payload bytes kept of a PUBLISH (`max_payload + 1`).
+    pub keep: usize,
+    /// The largest packet taken whole.
+    pub max: usize,
 }
 
 /// Where the MQTT client finds the filter: `state_dir/source.sock`, or a
@@ -276,10 +371,11 @@ pub async fn serve(
     host: String,
     port: u16,
     tls: Option<super::mqtt::ClientTls>,
-    keep: usize,
-    counters: Arc<ServiceCounters>,
+    limits: Limits,
+    intake: Arc<Intake>,
     gate: Arc<AckPipe>,
 ) {
+    let counters = intake.counters.clone();
     let mut log = crate::service::logging::Every::new(Duration::from_secs(10));
     // the pipes end with the filter (a reload aborts it, and must find the broker connection closed)
     let mut pipes = tokio::task::JoinSet::new();
@@ -306,13 +402,13 @@ pub async fn serve(
         let _ = broker.set_nodelay(true);
         match &tls {
             None => {
-                pipes.spawn(pipe(client, broker, keep, counters.clone(), gate.clone()));
+                pipes.spawn(pipe(client, broker, limits, intake.clone(), gate.clone()));
             }
             Some((config, name)) => {
                 let connector = tokio_rustls::TlsConnector::from(config.clone());
                 match connector.connect(name.clone(), broker).await {
                     Ok(stream) => {
-                        pipes.spawn(pipe(client, stream, keep, counters.clone(), gate.clone()));
+                        pipes.spawn(pipe(client, stream, limits, intake.clone(), gate.clone()));
                     }
                     Err(e) => {
                         counters.source_errors.fetch_add(1, Ordering::Relaxed);
@@ -334,8 +430,8 @@ pub async fn serve(
 async fn pipe<B>(
     client: tokio::net::UnixStream,
     broker: B,
-    keep: usize,
-    c: Arc<ServiceCounters>,
+    Limits { keep, max }: Limits,
+    intake: Arc<Intake>,
     gate: Arc<AckPipe>,
 ) where
     B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
@@ -378,11 +474,18 @@ async fn pipe<B>(
             }
         }
     };
+    // broker → client: PUBLISHes (cut to `keep` bytes of payload) straight to the
+    // engine thread's intake, in order; the other packets to the client
     let down = async {
+        let c = &intake.counters;
         let mut limiter = PublishLimiter::new(keep);
         let mut buf = vec![0u8; 64 << 10];
-        let mut out = Vec::with_capacity(64 << 10);
+        let mut stream = BytesMut::with_capacity(64 << 10);
+        let mut fwd: Vec<u8> = Vec::with_capacity(1 << 10);
         let mut log = crate::service::logging::Every::new(Duration::from_secs(10));
+        // the connection's CONNACK is counted (the source task) before its messages pass
+        let before = intake.barriers.connections();
+        let mut connected = false;
         loop {
             if gate.closed() {
                 c.intake_held.fetch_add(1, Ordering::Relaxed);
@@ -392,8 +495,10 @@ async fn pipe<B>(
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
-            out.clear();
-            let res = limiter.feed(&buf[..n], &mut out, |t| {
+            // one receive time for what one read brought
+            let (recv_ms, at) = (now_ms(), std::time::Instant::now());
+            stream.reserve(n);
+            let res = limiter.feed(&buf[..n], &mut stream, |t| {
                 c.payload_truncated.fetch_add(1, Ordering::Relaxed);
                 if let Some(more) = log.ready() {
                     tracing::warn!(
@@ -409,11 +514,48 @@ async fn pipe<B>(
                 tracing::error!("{e}; reconnecting");
                 return;
             }
-            if client_wr.write_all(&out).await.is_err() {
-                return;
+            loop {
+                match split(&mut stream, max) {
+                    Ok(None) => break,
+                    Ok(Some(Split::Publish(m))) => {
+                        if !connected {
+                            tracing::error!(
+                                "the source broker sent a PUBLISH before its CONNACK; reconnecting"
+                            );
+                            return;
+                        }
+                        let (ack, pkid) = (m.qos == QoS::AtLeastOnce && intake.ack_on_pass, m.pkid);
+                        if intake.pass(m, recv_ms, at).await && ack {
+                            gate.push_id(pkid);
+                        }
+                    }
+                    Ok(Some(Split::Other { bytes, connack })) => {
+                        fwd.extend_from_slice(&bytes);
+                        if connack {
+                            if client_wr.write_all(&fwd).await.is_err() {
+                                return;
+                            }
+                            fwd.clear();
+                            // a refused connection ends here: the client closes its side
+                            while intake.barriers.connections() == before {
+                                tokio::time::sleep(Duration::from_millis(1)).await;
+                            }
+                            connected = true;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!("{e}; reconnecting");
+                        return;
+                    }
+                }
             }
-            if out.capacity() > 256 << 10 {
-                out = Vec::with_capacity(64 << 10);
+            // after the messages before them (an UNSUBACK's mark counts them)
+            if !fwd.is_empty() {
+                if client_wr.write_all(&fwd).await.is_err() {
+                    return;
+                }
+                fwd.clear();
+                fwd.shrink_to(16 << 10);
             }
         }
     };
@@ -507,6 +649,121 @@ mod tests {
                 }
             }
             proptest::prop_assert!(out.len() <= bytes.len() + 4 * (bytes.len() / 2 + 1));
+        }
+    }
+
+    /// Every packet `split` takes off `stream` fed in chunks of `chunk` bytes.
+    fn split_all(stream: &[u8], chunk: usize, max: usize) -> Result<Vec<Split>, FilterError> {
+        let (mut buf, mut got) = (BytesMut::new(), Vec::new());
+        for c in stream.chunks(chunk.max(1)) {
+            buf.extend_from_slice(c);
+            while let Some(p) = split(&mut buf, max)? {
+                got.push(p);
+            }
+        }
+        assert!(buf.is_empty(), "a whole stream leaves nothing behind");
+        Ok(got)
+    }
+
+    #[test]
+    fn publishes_are_split_off_for_the_intake_and_the_rest_goes_to_the_client() {
+        let connack = [0x20, 0x02, 0x00, 0x00];
+        let suback = [0x90, 0x03, 0x00, 0x01, 0x01];
+        let mut stream = connack.to_vec();
+        stream.extend_from_slice(&suback);
+        stream.extend_from_slice(&publish(1, 7, "s/a", b"{\"ts\":1}"));
+        stream.extend_from_slice(&publish(0, 0, "s/b", &[b'x'; 300]));
+        stream.extend_from_slice(&[0xd0, 0x00]); // PINGRESP
+        stream.extend_from_slice(&publish(1, 9, "s/c", b""));
+        let mut retained = publish(1, 65535, "s/d", b"r");
+        retained[0] |= 0x01;
+        stream.extend_from_slice(&retained);
+        for chunk in [1, 2, 3, 7, 64, 10_000] {
+            let got = split_all(&stream, chunk, 1 << 20).unwrap();
+            let want = vec![
+                Split::Other { bytes: Bytes::copy_from_slice(&connack), connack: true },
+                Split::Other { bytes: Bytes::copy_from_slice(&suback), connack: false },
+                Split::Publish(Publish {
+                    dup: true,
+                    qos: QoS::AtLeastOnce,
+                    retain: false,
+                    topic: "s/a".into(),
+                    pkid: 7,
+                    payload: Bytes::from_static(b"{\"ts\":1}"),
+                }),
+                Split::Publish(Publish {
+                    dup: true,
+                    qos: QoS::AtMostOnce,
+                    retain: false,
+                    topic: "s/b".into(),
+                    pkid: 0,
+                    payload: Bytes::from(vec![b'x'; 300]),
+                }),
+                Split::Other { bytes: Bytes::from_static(&[0xd0, 0x00]), connack: false },
+                Split::Publish(Publish {
+                    dup: true,
+                    qos: QoS::AtLeastOnce,
+                    retain: false,
+                    topic: "s/c".into(),
+                    pkid: 9,
+                    payload: Bytes::new(),
+                }),
+                Split::Publish(Publish {
+                    dup: true,
+                    qos: QoS::AtLeastOnce,
+                    retain: true,
+                    topic: "s/d".into(),
+                    pkid: 65535,
+                    payload: Bytes::from_static(b"r"),
+                }),
+            ];
+            assert_eq!(got, want, "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn a_bad_packet_is_an_error_not_a_panic_nor_a_buffer_without_bound() {
+        // over the client's limit: refused from its header, before its body is buffered
+        let mut buf = BytesMut::from(&[0x90, 0xff, 0xff, 0x03][..]);
+        assert_eq!(split(&mut buf, 1 << 16), Err(FilterError::TooLarge(65_535 + 4)));
+        assert_eq!(split_all(&publish(1, 1, "t", &[0; 100]), 3, 50), Err(FilterError::TooLarge(107)));
+        // QoS 2 (never subscribed) and the reserved QoS 3
+        let mut q2 = publish(1, 1, "t", b"x");
+        q2[0] = (q2[0] & !0x06) | 0x04;
+        assert_eq!(split_all(&q2, 100, 1 << 10), Err(FilterError::Qos(2)));
+        q2[0] |= 0x06;
+        assert_eq!(split_all(&q2, 100, 1 << 10), Err(FilterError::Qos(3)));
+        // a topic (or packet id) longer than the packet
+        assert_eq!(split_all(&[0x32, 0x03, 0x00, 0x01, 0x61], 100, 1 << 10), Err(FilterError::Topic));
+        assert_eq!(split_all(&[0x30, 0x01, 0x00], 100, 1 << 10), Err(FilterError::Topic));
+        assert_eq!(
+            split_all(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x01], 100, usize::MAX),
+            Err(FilterError::RemainingLength)
+        );
+        // a topic that is not UTF-8 still passes (the engine counts it unmatched)
+        let mut bad = publish(0, 0, "ab", b"1");
+        bad[5] = 0xff;
+        match split_all(&bad, 1, 1 << 10).unwrap().as_slice() {
+            [Split::Publish(p)] => assert_eq!((p.topic.as_str(), &p.payload[..]), ("a\u{fffd}", &b"1"[..])),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_byte_stream_is_split_without_panicking(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..400), chunk in 1usize..40) {
+            let mut buf = BytesMut::new();
+            'feed: for c in bytes.chunks(chunk) {
+                buf.extend_from_slice(c);
+                loop {
+                    match split(&mut buf, 200) {
+                        Ok(Some(_)) => {}
+                        Ok(None) => break,
+                        Err(_) => break 'feed,
+                    }
+                }
+            }
+            proptest::prop_assert!(buf.len() <= bytes.len());
         }
     }
 

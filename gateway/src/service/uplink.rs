@@ -208,7 +208,8 @@ impl Uplink {
                 self.stop_deadline.is_none() && self.io.backlog.behind() && sent_at.elapsed() < HOLD_AT_MOST;
             if !hold {
                 if let Err(e) =
-                    refill(&mut self.up, c, &self.spool, &self.reader, &self.io.counters, &self.io.marks).await
+                    refill(&mut self.up, c, &self.spool, &self.reader, &self.io.counters, &self.io.marks)
+                        .await
                 {
                     return Ended::Failed(e);
                 }
