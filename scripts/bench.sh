@@ -134,26 +134,38 @@ round() {
     done
     [ "$p" -ge $((before + N)) ] || say "gateway took $((p - before)) of $N ($mode, QoS $q)"
     local g_last=$(metric edgejoin_last_processed_timestamp_seconds | awk '{printf "%.0f", $1 * 1000}')
-    echo "$c_ms $(( g_last - s2 / 1000 ))"
+    # a drain's results wait in the spool while the intake is behind (docs/SERVICE.md,
+    # "Backlogs"): when the last went upstream, as the spool-depth gauge says it (rendered at
+    # each stats interval, 1 s here: that coarse), also so the next round starts clean
+    local u_ms=-
+    if [ "$mode" = drain ]; then
+        for _ in $(seq 1 600); do
+            [ "$(metric edgejoin_spool_depth)" = 0 ] && { u_ms=$(( ($(now_us) - s2) / 1000 )); break; }
+            sleep 0.1
+        done
+    fi
+    echo "$c_ms $(( g_last - s2 / 1000 )) $u_ms"
 }
 median() { python3 -c "import sys,statistics; print(statistics.median(float(x) for x in sys.argv[1:]))" "$@"; }
 
-declare -A C G
+declare -A C G U
 for mode in ${MODES:-live drain}; do
     for q in ${QOS:-0 1}; do
-        cs=(); gs=()
+        cs=(); gs=(); us=()
         for r in $(seq 1 "$ROUNDS"); do
-            read c g < <(round "$mode" "$q")
-            say "$mode QoS $q round $r: counter $c ms, edgejoin $g ms"
+            read c g u < <(round "$mode" "$q")
+            say "$mode QoS $q round $r: counter $c ms, edgejoin $g ms$([ "$u" = - ] || echo ", its results all upstream at $u ms")"
             [ "$c" = - ] || cs+=("$c")
             gs+=("$g")
+            [ "$u" = - ] || us+=("$u")
         done
         [ ${#cs[@]} -gt 0 ] || { say "no round of $mode QoS $q had a whole counter"; exit 1; }
         C[$mode$q]=$(median "${cs[@]}"); G[$mode$q]=$(median "${gs[@]}")
+        U[$mode$q]=-; [ ${#us[@]} -eq 0 ] || U[$mode$q]=$(median "${us[@]}")
     done
 done
 if [ -n "${INTAKE_ONLY:-}" ]; then   # a quick look at intake alone (e.g. MODES=drain INTAKE_ONLY=1)
-    for k in "${!C[@]}"; do echo "$k: counter ${C[$k]} ms, edgejoin ${G[$k]} ms, ratio $(python3 -c "print(round(${C[$k]} / ${G[$k]}, 3))")"; done
+    for k in "${!C[@]}"; do echo "$k: counter ${C[$k]} ms, edgejoin ${G[$k]} ms, ratio $(python3 -c "print(round(${C[$k]} / ${G[$k]}, 3))"), results all upstream at ${U[$k]} ms"; done
     exit 0
 fi
 drain_rate=$(python3 -c "print(int($N / (${G[drain1]} / 1000)))")
@@ -282,6 +294,7 @@ cat <<EOT
 | live QoS 1 | ${C[live1]} / ${G[live1]} → ratio $(ratio "${C[live1]}" "${G[live1]}") |
 | drain QoS 0: counting subscriber / edgejoin, ms to take the backlog | ${C[drain0]} / ${G[drain0]} → ratio $(ratio "${C[drain0]}" "${G[drain0]}") |
 | drain QoS 1 | ${C[drain1]} / ${G[drain1]} → ratio $(ratio "${C[drain1]}" "${G[drain1]}") |
+| drain: the backlog's results all upstream (spool-depth gauge at 0; 1 s resolution), ms after edgejoin resumed, QoS 0 / 1 | ${U[drain0]} / ${U[drain1]} |
 | edgejoin QoS 1 rates: live (publisher-bound) / drain | $live_rate / $drain_rate msg/s |
 | result latency at $lat_rate msg/s (half the live rate), $lat_n results | p50 $p50 µs, p90 $p90 µs, p99 $p99 µs |
 | the same without the two windows (join results only), $jn_n results | p50 $jn50 µs, p90 $jn90 µs, p99 $jn99 µs |
