@@ -12,7 +12,7 @@
 //! owed and in which order, what was handed to the MQTT client, and up to
 //! which log position a barrier confirmed them. [`Barriers`] counts barriers
 //! and their answers across reconnects. Both take events and answer
-//! questions; the engine loop and the source task perform the IO
+//! questions; the engine loop, the source task and the source filter perform the IO
 //! (`try_ack`, `try_unsubscribe`) and report back. docs/SEMANTICS.md §9.1
 //! states the promise this keeps.
 
@@ -56,11 +56,12 @@ pub enum BarrierState {
 ///
 /// An UNSUBACK comes after every message the broker sent before it, but the
 /// source task sees it first: those messages are still on their way to the
-/// engine thread. After a reconnect they include the broker's redeliveries
+/// engine thread (the source filter passed them to the intake before it
+/// handed the UNSUBACK to the MQTT client). After a reconnect they include the broker's redeliveries
 /// of messages whose acknowledgement the barrier "proves"; confirmed before
 /// the engine checked them, they were taken for new messages and counted
 /// twice (found by `faults.rs::a_source_outage_with_a_backlog_loses_nothing`).
-/// So an answer also records how many messages the source task had passed
+/// So an answer also records how many messages the source filter had passed
 /// on, and counts only once the engine has checked as many.
 #[derive(Debug, Default)]
 pub struct Barriers {
@@ -153,8 +154,8 @@ impl SharedBarriers {
         self.lock().written();
     }
 
-    /// The source task saw an UNSUBACK after passing `passed` messages to
-    /// the engine: wakes whoever waits for an answer.
+    /// The source task saw an UNSUBACK after the filter passed `passed`
+    /// messages to the engine: wakes whoever waits for an answer.
     pub fn answered(&self, passed: u64) {
         self.lock().answered(passed);
         self.changed.notify_one();

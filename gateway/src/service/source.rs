@@ -55,9 +55,9 @@ impl Default for IntakeWake {
     }
 }
 
-/// Whether the intake is behind: the engine thread took a whole batch and
-/// more wait (a backlog after an outage or a restart), while the spool has
-/// room. The uplink holds its sends then, so that the CPU goes to taking the
+/// Whether the intake is behind: a whole batch still waits after the engine
+/// thread took its own (a backlog after an outage or a restart), while the
+/// spool has room. The uplink holds its sends then, so that the CPU goes to taking the
 /// source broker's backlog — the broker's queue is bounded and in memory,
 /// the spool is on disk — and sends a window at least every
 /// [`super::uplink::HOLD_AT_MOST`] (docs/SERVICE.md, "Backlogs").
