@@ -456,9 +456,6 @@ impl EngineLoop {
         }
     }
 
-    /// Whether intake may take more before the next fsync: the messages
-    /// processed for it are bounded ([`UNSYNCED`]; their results wait in the
-    /// spool's file, not in memory).
     /// Tells the uplink whether the intake is behind: a whole batch still
     /// waits after this turn's take (a backlog: at a steady rate, however
     /// high, a turn takes what waits), intake is not paused, and the spool is
@@ -472,6 +469,9 @@ impl EngineLoop {
         self.io.backlog.set(behind);
     }
 
+    /// Whether intake may take more before the next fsync: the messages
+    /// processed for it are bounded ([`UNSYNCED`]; their results wait in the
+    /// spool's file, not in memory).
     fn room(&self) -> bool {
         self.waiting.as_ref().is_none_or(|w| w.len() < UNSYNCED)
     }
