@@ -23,7 +23,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use rumqttc::{Publish, QoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -210,10 +210,15 @@ pub fn split(stream: &mut BytesMut, max: usize) -> Result<Option<Split>, FilterE
         stream.reserve(total - stream.len());
         return Ok(None);
     }
+    // copied out, and the stream's buffer kept for the next read: a message that
+    // held a slice of it would hold the whole read (64 KiB) while it waits in the
+    // intake, outside the intake's byte budget
     let first = stream[0];
-    let packet = stream.split_to(total).freeze();
+    let packet = &stream[..total];
     if first >> 4 != PUBLISH {
-        return Ok(Some(Split::Other { bytes: packet, connack: first >> 4 == 2 }));
+        let bytes = Bytes::copy_from_slice(packet);
+        stream.advance(total);
+        return Ok(Some(Split::Other { bytes, connack: first >> 4 == 2 }));
     }
     let qos = match (first >> 1) & 3 {
         0 => QoS::AtMostOnce,
@@ -238,13 +243,15 @@ pub fn split(stream: &mut BytesMut, max: usize) -> Result<Option<Split>, FilterE
         Err(_) => String::from_utf8_lossy(raw).into_owned(),
     };
     let pkid = if id_len == 0 { 0 } else { u16::from_be_bytes([body[2 + topic_len], body[3 + topic_len]]) };
+    let payload = Bytes::copy_from_slice(&body[payload_at..]);
+    stream.advance(total);
     Ok(Some(Split::Publish(Publish {
         dup: first & 0x08 != 0,
         qos,
         retain: first & 0x01 != 0,
         topic,
         pkid,
-        payload: packet.slice(head + payload_at..),
+        payload,
     })))
 }
 
@@ -747,6 +754,23 @@ mod tests {
             [Split::Publish(p)] => assert_eq!((p.topic.as_str(), &p.payload[..]), ("a\u{fffd}", &b"1"[..])),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_waiting_message_holds_no_part_of_the_read_buffer() {
+        // the next read reuses the buffer while the messages split off it still wait in the
+        // intake: they hold copies, not slices of it (which would pin 64 KiB per read)
+        let mut stream = BytesMut::with_capacity(64 << 10);
+        let mut waiting = Vec::new();
+        for i in 0..1_000u16 {
+            stream.extend_from_slice(&publish(1, i, "s/a", b"{\"ts\":1}"));
+            stream.extend_from_slice(&[0xd0, 0x00]);
+            while let Some(p) = split(&mut stream, 1 << 10).unwrap() {
+                waiting.push(p);
+            }
+            assert!(stream.try_reclaim(64 << 10), "read {i}: the buffer is the stream's alone");
+        }
+        assert_eq!(waiting.len(), 2_000);
     }
 
     proptest::proptest! {
