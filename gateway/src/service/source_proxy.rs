@@ -19,6 +19,7 @@
 //! no IO and are unit-tested; [`serve`] runs them between a Unix socket the
 //! MQTT client connects to and the real broker over TCP.
 
+use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -185,10 +186,15 @@ pub enum Split {
     Other { bytes: Bytes, connack: bool },
 }
 
-/// Takes the first whole packet off `stream` (the filter's output, so a
-/// PUBLISH's payload is at most `keep` bytes), if it holds one; a packet
-/// over `max` bytes is an error before it is buffered.
-pub fn split(stream: &mut BytesMut, max: usize) -> Result<Option<Split>, FilterError> {
+/// A whole packet at the front of a stream, found without copying it.
+enum Found {
+    Other { total: usize, connack: bool },
+    Publish { total: usize, first: u8, qos: QoS, topic: Range<usize>, pkid: u16, payload: Range<usize> },
+}
+
+/// The first whole packet of `stream`, if it holds one; a packet over `max`
+/// bytes is an error as soon as its header is there.
+fn find(stream: &[u8], max: usize) -> Result<Option<Found>, FilterError> {
     let mut remaining = 0usize;
     let mut head = 1;
     loop {
@@ -207,52 +213,90 @@ pub fn split(stream: &mut BytesMut, max: usize) -> Result<Option<Split>, FilterE
         return Err(FilterError::TooLarge(total));
     }
     if stream.len() < total {
-        stream.reserve(total - stream.len());
         return Ok(None);
     }
-    // copied out, and the stream's buffer kept for the next read: a message that
-    // held a slice of it would hold the whole read (64 KiB) while it waits in the
-    // intake, outside the intake's byte budget
     let first = stream[0];
-    let packet = &stream[..total];
     if first >> 4 != PUBLISH {
-        let bytes = Bytes::copy_from_slice(packet);
-        stream.advance(total);
-        return Ok(Some(Split::Other { bytes, connack: first >> 4 == 2 }));
+        return Ok(Some(Found::Other { total, connack: first >> 4 == 2 }));
     }
     let qos = match (first >> 1) & 3 {
         0 => QoS::AtMostOnce,
         1 => QoS::AtLeastOnce,
         q => return Err(FilterError::Qos(q)),
     };
-    let body = &packet[head..];
     let id_len = if qos == QoS::AtMostOnce { 0 } else { 2 };
-    let topic_len = match body {
+    let topic_len = match &stream[head..total] {
         [hi, lo, ..] => usize::from(u16::from_be_bytes([*hi, *lo])),
         _ => return Err(FilterError::Topic),
     };
-    let payload_at = 2 + topic_len + id_len;
-    if payload_at > body.len() {
+    let topic = head + 2..head + 2 + topic_len;
+    let payload_at = topic.end + id_len;
+    if payload_at > total {
         return Err(FilterError::Topic);
     }
-    let raw = &body[2..2 + topic_len];
-    // the broker checks topics are UTF-8; one that is not still reaches the
-    // engine (as an unmatched topic, counted), not a reconnect for ever
-    let topic = match std::str::from_utf8(raw) {
-        Ok(t) => t.to_owned(),
-        Err(_) => String::from_utf8_lossy(raw).into_owned(),
-    };
-    let pkid = if id_len == 0 { 0 } else { u16::from_be_bytes([body[2 + topic_len], body[3 + topic_len]]) };
-    let payload = Bytes::copy_from_slice(&body[payload_at..]);
-    stream.advance(total);
-    Ok(Some(Split::Publish(Publish {
-        dup: first & 0x08 != 0,
-        qos,
-        retain: first & 0x01 != 0,
-        topic,
-        pkid,
-        payload,
-    })))
+    let pkid = if id_len == 0 { 0 } else { u16::from_be_bytes([stream[topic.end], stream[topic.end + 1]]) };
+    Ok(Some(Found::Publish { total, first, qos, topic, pkid, payload: payload_at..total }))
+}
+
+/// Takes every whole packet off the front of `stream` (the filter's output,
+/// so a PUBLISH's payload is at most `keep` bytes) into `out`, in order, up to
+/// the first malformed one (its error comes after them). The payloads of one
+/// call share one buffer of exactly their size: a message waiting in the
+/// intake holds its own read's payloads, never the read buffer (a slice of
+/// that would hold 64 KiB per read, outside the intake's byte budget), and a
+/// read costs one allocation for its messages' payloads, not one each.
+pub fn split(stream: &mut BytesMut, max: usize, out: &mut Vec<Split>) -> Result<(), FilterError> {
+    // first the payloads' size, then the packets
+    let (mut at, mut size, mut error) = (0, 0, None);
+    loop {
+        match find(&stream[at..], max) {
+            Ok(Some(Found::Other { total, .. })) => at += total,
+            Ok(Some(Found::Publish { total, payload, .. })) => {
+                size += payload.len();
+                at += total;
+            }
+            Ok(None) => break,
+            Err(e) => {
+                error = Some(e);
+                break;
+            }
+        }
+    }
+    let (end, mut payloads) = (at, BytesMut::with_capacity(size));
+    at = 0;
+    while at < end {
+        let rest = &stream[at..end];
+        // the first pass found whole packets up to `end`
+        let Ok(Some(found)) = find(rest, max) else { break };
+        match found {
+            Found::Other { total, connack } => {
+                out.push(Split::Other { bytes: Bytes::copy_from_slice(&rest[..total]), connack });
+                at += total;
+            }
+            Found::Publish { total, first, qos, topic, pkid, payload } => {
+                let raw = &rest[topic];
+                // the broker checks topics are UTF-8; one that is not still reaches the
+                // engine (as an unmatched topic, counted), not a reconnect for ever
+                let topic = match std::str::from_utf8(raw) {
+                    Ok(t) => t.to_owned(),
+                    Err(_) => String::from_utf8_lossy(raw).into_owned(),
+                };
+                payloads.extend_from_slice(&rest[payload]);
+                let payload = payloads.split().freeze();
+                out.push(Split::Publish(Publish {
+                    dup: first & 0x08 != 0,
+                    qos,
+                    retain: first & 0x01 != 0,
+                    topic,
+                    pkid,
+                    payload,
+                }));
+                at += total;
+            }
+        }
+    }
+    stream.advance(end);
+    error.map_or(Ok(()), Err)
 }
 
 /// Where the MQTT client's packets end in the bytes it sends (client →
@@ -489,6 +533,7 @@ async fn pipe<B>(
         let mut buf = vec![0u8; 64 << 10];
         let mut stream = BytesMut::with_capacity(64 << 10);
         let mut fwd: Vec<u8> = Vec::with_capacity(1 << 10);
+        let mut packets = Vec::new();
         let mut log = crate::service::logging::Every::new(Duration::from_secs(10));
         // the connection's CONNACK is counted (the source task) before its messages pass
         let before = intake.barriers.connections();
@@ -521,10 +566,10 @@ async fn pipe<B>(
                 tracing::error!("{e}; reconnecting");
                 return;
             }
-            loop {
-                match split(&mut stream, max) {
-                    Ok(None) => break,
-                    Ok(Some(Split::Publish(m))) => {
+            let res = split(&mut stream, max, &mut packets);
+            for p in packets.drain(..) {
+                match p {
+                    Split::Publish(m) => {
                         if !connected {
                             tracing::error!(
                                 "the source broker sent a PUBLISH before its CONNACK; reconnecting"
@@ -536,7 +581,7 @@ async fn pipe<B>(
                             gate.push_id(pkid);
                         }
                     }
-                    Ok(Some(Split::Other { bytes, connack })) => {
+                    Split::Other { bytes, connack } => {
                         fwd.extend_from_slice(&bytes);
                         if connack {
                             if client_wr.write_all(&fwd).await.is_err() {
@@ -550,11 +595,11 @@ async fn pipe<B>(
                             connected = true;
                         }
                     }
-                    Err(e) => {
-                        tracing::error!("{e}; reconnecting");
-                        return;
-                    }
                 }
+            }
+            if let Err(e) = res {
+                tracing::error!("{e}; reconnecting");
+                return;
             }
             // after the messages before them (an UNSUBACK's mark counts them)
             if !fwd.is_empty() {
@@ -664,9 +709,7 @@ mod tests {
         let (mut buf, mut got) = (BytesMut::new(), Vec::new());
         for c in stream.chunks(chunk.max(1)) {
             buf.extend_from_slice(c);
-            while let Some(p) = split(&mut buf, max)? {
-                got.push(p);
-            }
+            split(&mut buf, max, &mut got)?;
         }
         assert!(buf.is_empty(), "a whole stream leaves nothing behind");
         Ok(got)
@@ -732,7 +775,13 @@ mod tests {
     fn a_bad_packet_is_an_error_not_a_panic_nor_a_buffer_without_bound() {
         // over the client's limit: refused from its header, before its body is buffered
         let mut buf = BytesMut::from(&[0x90, 0xff, 0xff, 0x03][..]);
-        assert_eq!(split(&mut buf, 1 << 16), Err(FilterError::TooLarge(65_535 + 4)));
+        assert_eq!(split(&mut buf, 1 << 16, &mut Vec::new()), Err(FilterError::TooLarge(65_535 + 4)));
+        // the packets before a bad one still come out, then its error
+        let mut buf = BytesMut::from(&publish(0, 0, "t", b"1")[..]);
+        buf.extend_from_slice(&[0x36, 0x00]);
+        let mut got = Vec::new();
+        assert_eq!(split(&mut buf, 1 << 10, &mut got), Err(FilterError::Qos(3)));
+        assert!(matches!(got.as_slice(), [Split::Publish(p)] if p.topic == "t"));
         assert_eq!(split_all(&publish(1, 1, "t", &[0; 100]), 3, 50), Err(FilterError::TooLarge(107)));
         // QoS 2 (never subscribed) and the reserved QoS 3
         let mut q2 = publish(1, 1, "t", b"x");
@@ -765,9 +814,7 @@ mod tests {
         for i in 0..1_000u16 {
             stream.extend_from_slice(&publish(1, i, "s/a", b"{\"ts\":1}"));
             stream.extend_from_slice(&[0xd0, 0x00]);
-            while let Some(p) = split(&mut stream, 1 << 10).unwrap() {
-                waiting.push(p);
-            }
+            split(&mut stream, 1 << 10, &mut waiting).unwrap();
             assert!(stream.try_reclaim(64 << 10), "read {i}: the buffer is the stream's alone");
         }
         assert_eq!(waiting.len(), 2_000);
@@ -779,12 +826,8 @@ mod tests {
             let mut buf = BytesMut::new();
             'feed: for c in bytes.chunks(chunk) {
                 buf.extend_from_slice(c);
-                loop {
-                    match split(&mut buf, 200) {
-                        Ok(Some(_)) => {}
-                        Ok(None) => break,
-                        Err(_) => break 'feed,
-                    }
+                if split(&mut buf, 200, &mut Vec::new()).is_err() {
+                    break 'feed;
                 }
             }
             proptest::prop_assert!(buf.len() <= bytes.len());
