@@ -138,7 +138,8 @@ round() {
     # "Backlogs"): when the last went upstream, as the spool-depth gauge says it (rendered at
     # each stats interval, 1 s here: that coarse), also so the next round starts clean
     local u_ms=-
-    if [ "$mode" = drain ]; then
+    # (not after a short round: its time would be the wait for the missing messages)
+    if [ "$mode" = drain ] && [ "$p" -ge $((before + N)) ]; then
         for _ in $(seq 1 600); do
             [ "$(metric edgejoin_spool_depth)" = 0 ] && { u_ms=$(( ($(now_us) - s2) / 1000 )); break; }
             sleep 0.1
