@@ -365,12 +365,7 @@ async fn run_async(
                         |topic, payload| {
                             let m = Publish::new(topic, QoS::AtMostOnce, payload.into_bytes());
                             let msg = Msg { m, recv_ms: now_ms(), at: Instant::now(), permit: None };
-                            let sent = intake.tx.blocking_send(msg).is_ok();
-                            if sent {
-                                // a barrier's mark counts what the engine checks, these too
-                                intake.passed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                            }
-                            sent
+                            intake.pass_blocking(msg)
                         },
                         |n| {
                             intake.counters.i2c_errors.fetch_add(n, std::sync::atomic::Ordering::Relaxed);

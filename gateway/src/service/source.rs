@@ -149,12 +149,24 @@ impl Intake {
         let Ok(permit) = self.budget.clone().acquire_many_owned(intake_cost(&m)).await else {
             return false;
         };
-        let sent = self.tx.send(Msg { m, recv_ms, at, permit: Some(permit) }).await.is_ok();
-        if sent {
-            self.passed.fetch_add(1, Ordering::SeqCst);
-        }
+        let sent = self.counted(self.tx.send(Msg { m, recv_ms, at, permit: Some(permit) }).await.is_ok());
         if INTAKE - self.tx.capacity() >= self.wake.at.load(Ordering::Relaxed) {
             self.wake.notify.notify_one();
+        }
+        sent
+    }
+
+    /// Passes a reading of a local sensor from its own thread (outside the
+    /// runtime), waiting for room; whether it went.
+    #[cfg(feature = "i2c")]
+    pub fn pass_blocking(&self, msg: Msg) -> bool {
+        self.counted(self.tx.blocking_send(msg).is_ok())
+    }
+
+    /// Counts a message passed: a barrier's mark counts what the engine checks, whatever its source.
+    fn counted(&self, sent: bool) -> bool {
+        if sent {
+            self.passed.fetch_add(1, Ordering::SeqCst);
         }
         sent
     }
