@@ -32,16 +32,36 @@ impl core::fmt::Write for Bytes<'_> {
     }
 }
 
+/// A finite number as Rust's `Display` writes it (the shortest digits that
+/// read back to the same `f64`, never an exponent); `null` otherwise.
+///
+/// ryu finds the shortest digits several times faster than `core::fmt`, but
+/// it breaks an exact tie between two shortest candidates to even where
+/// `core::fmt` rounds up (`-16203748939416.062` / `…063`), writes `1.0` for
+/// `1`, and an exponent outside 1e-5..1e16. A tie needs two candidates within
+/// one ulp of the value, so at least 16 significant digits (at 15 digits
+/// candidates lie 1e-15 apart, relatively, an ulp at most 2.2e-16): ryu's
+/// text is kept when it has at most 15 digits and no exponent (a sensor's
+/// reading, mostly), with a trailing `.0` cut; anything else goes to `Display`.
 fn write_num(out: &mut Vec<u8>, v: f64) {
-    if v.is_finite() {
-        let _ = write!(Bytes(out), "{v}");
-    } else {
+    if !v.is_finite() {
         out.extend_from_slice(b"null");
+        return;
+    }
+    let mut buf = ryu::Buffer::new();
+    let s = buf.format_finite(v).as_bytes();
+    let s = s.strip_suffix(b".0").unwrap_or(s);
+    let significant =
+        s.iter().skip_while(|&&c| !matches!(c, b'1'..=b'9')).filter(|c| c.is_ascii_digit()).count();
+    if significant <= 15 && !s.contains(&b'e') {
+        out.extend_from_slice(s);
+    } else {
+        let _ = write!(Bytes(out), "{v}");
     }
 }
 
 fn write_int(out: &mut Vec<u8>, v: i64) {
-    let _ = write!(Bytes(out), "{v}");
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
 }
 
 fn write_values<'a>(
@@ -101,7 +121,10 @@ fn write_side(b: &mut Vec<u8>, p: &Plan, s: &SideRecord) {
 
 /// Appends `,"id":"<16 hex>"}` closing the object.
 fn write_id(out: &mut Vec<u8>, h: u64) {
-    let _ = write!(Bytes(out), ",\"id\":\"{h:016x}\"}}");
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.extend_from_slice(b",\"id\":\"");
+    out.extend((0..16).rev().map(|i| HEX[(h >> (4 * i)) as usize & 15]));
+    out.extend_from_slice(b"\"}");
 }
 
 impl JsonEncoder {
@@ -178,5 +201,100 @@ impl JsonEncoder {
         b.extend_from_slice(b",\"watermark\":");
         write_int(b, r.watermark);
         write_id(b, h);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::format;
+    use proptest::prelude::*;
+
+    fn num(v: f64) -> String {
+        let mut out = Vec::new();
+        write_num(&mut out, v);
+        String::from_utf8(out).unwrap()
+    }
+
+    /// Results must not change by a byte: numbers print as `Display` does.
+    #[test]
+    fn numbers_print_as_display_does() {
+        let edges = [
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            0.1,
+            0.2 + 0.1,
+            27.656,
+            1e15,
+            9_999_999_999_999_998.0,
+            1e16,
+            1.5e16,
+            1e21,
+            1e22,
+            1e-5,
+            0.00001234,
+            1e-6,
+            1e-7,
+            1.5e-7,
+            123_456_789_012_345_680.0,
+            f64::MAX,
+            f64::MIN,
+            f64::MIN_POSITIVE,
+            f64::EPSILON,
+            5e-324,
+            -5e-324,
+            (1u64 << 53) as f64,
+            ((1u64 << 53) + 2) as f64,
+        ];
+        for v in edges {
+            assert_eq!(num(v), format!("{v}"), "{v:e}");
+        }
+        assert_eq!(num(f64::NAN), "null");
+        assert_eq!(num(f64::INFINITY), "null");
+        for e in -330..310 {
+            for m in [1.0, 1.5, 2.5, 9.999_999_999_999_999, 3.141_592_653_589_793] {
+                let v = m * 10f64.powi(e);
+                if v.is_finite() {
+                    assert_eq!(num(v), format!("{v}"), "{v:e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn integers_and_ids_print_as_display_does() {
+        for v in [0, 1, -1, 9, 10, -10, 1_767_600_000_007, i64::MAX, i64::MIN] {
+            let mut out = Vec::new();
+            write_int(&mut out, v);
+            assert_eq!(out, format!("{v}").into_bytes());
+        }
+        for h in [0, 1, 0xabc, u64::MAX, 0x0123_4567_89ab_cdef] {
+            let mut out = Vec::new();
+            write_id(&mut out, h);
+            assert_eq!(out, format!(",\"id\":\"{h:016x}\"}}").into_bytes());
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(20_000))]
+        #[test]
+        fn any_number_prints_as_display_does(
+            bits in any::<u64>(),
+            millis in -10_000_000i64..10_000_000,
+            (m, e) in (100_000_000_000_000u64..1_000_000_000_000_000, -40i32..40),
+        ) {
+            let v = f64::from_bits(bits);
+            if v.is_finite() {
+                prop_assert_eq!(num(v), format!("{}", v));
+            }
+            // the values sensors send: a few decimals
+            let v = millis as f64 / 1000.0;
+            prop_assert_eq!(num(v), format!("{}", v));
+            // 15 digits, at the edge of the fast path
+            let v = m as f64 * 10f64.powi(e);
+            prop_assert_eq!(num(v), format!("{}", v));
+        }
     }
 }

@@ -25,6 +25,11 @@ pub struct TopicPattern {
     filter: String,
     segs: Vec<Seg>,
     names: Vec<String>,
+    /// `/` and the last level, when that is a literal after another level:
+    /// how every matching topic ends. Most topics a stream's pattern sees
+    /// belong to another stream, and most differ from it in the last level
+    /// (`plant/{line}/temp`, `plant/{line}/power`): rejected at a glance.
+    tail: String,
 }
 
 /// Byte ranges of a match's captures in the topic, by capture index.
@@ -90,7 +95,11 @@ impl TopicPattern {
         if text.len() > u16::MAX as usize {
             return Err("topic pattern too long".into());
         }
-        Ok(TopicPattern { text: text.to_string(), filter: filter.join("/"), segs, names })
+        let tail = match segs.last() {
+            Some(Seg::Literal(l)) if segs.len() > 1 => format!("/{l}"),
+            _ => String::new(),
+        };
+        Ok(TopicPattern { text: text.to_string(), filter: filter.join("/"), segs, names, tail })
     }
 
     /// The pattern as written.
@@ -175,7 +184,7 @@ impl TopicPattern {
     /// every message for every stream's patterns, so it walks the bytes once:
     /// a literal level is compared in place, a wildcard level scanned to its `/`.
     pub fn matches(&self, topic: &str) -> Option<Captures> {
-        if topic.len() > u16::MAX as usize {
+        if topic.len() > u16::MAX as usize || !topic.ends_with(self.tail.as_str()) {
             return None;
         }
         let b = topic.as_bytes();

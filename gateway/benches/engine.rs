@@ -1,6 +1,9 @@
 //! Engine throughput (criterion): events through tumbling-window
-//! aggregation, a tolerance join at ~4 matches per left, and the same with
-//! JSON decoding in front. `cargo bench -p edgejoin`; figures in
+//! aggregation, a tolerance join at ~4 matches per left, the same with
+//! JSON decoding in front, and the end-to-end bench's gateway
+//! (`config/scenarios/bench-gateway.toml`) from MQTT payloads to encoded JSON
+//! results — the engine thread's work per message in a backlog drain, less
+//! its log and spool writes. `cargo bench -p edgejoin`; figures in
 //! docs/BENCHMARKS.md.
 
 use std::path::Path;
@@ -9,6 +12,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use edgejoin::config;
 use edgejoin_engine::engine::{Engine, Output};
 use edgejoin_engine::event::{Event, Key, Values};
+use edgejoin_engine::output::JsonEncoder;
 use edgejoin_engine::Plan;
 
 const N: usize = 200_000;
@@ -146,6 +150,51 @@ fn bench(c: &mut Criterion) {
                     e.ingest(T0 + i as i64, topic, payload, &mut sink);
                 }
                 n
+            },
+            BatchSize::LargeInput,
+        )
+    });
+
+    // the end-to-end bench's gateway and scenario: 4 streams × 1000 devices, a
+    // reading each every 10 s ± 10 %, values with 3 decimals; every result encoded
+    let gw = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/scenarios/bench-gateway.toml"),
+    )
+    .unwrap();
+    let mut rng = 21u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut scenario: Vec<(i64, String, Vec<u8>)> = Vec::with_capacity(N);
+    for round in 0..(N / 4000) as i64 {
+        for d in 0..1000 {
+            for s in ["a", "b", "c", "d"] {
+                let ts = T0 + round * 10_000 + (next() % 2000) as i64 - 1000;
+                let v = (next() % 100_000) as f64 / 1000.0;
+                scenario.push((
+                    ts + 5,
+                    format!("bench/d{d}/{s}"),
+                    format!(r#"{{"ts":{ts},"v":{v}}}"#).into_bytes(),
+                ));
+            }
+        }
+    }
+    scenario.sort_by_key(|m| m.0);
+    g.bench_function("bench_gateway_json_in_and_out", |b| {
+        b.iter_batched_ref(
+            || engine(&gw),
+            |e| {
+                let mut enc = JsonEncoder::new();
+                let mut bytes = 0usize;
+                let mut sink = |p: &Plan, o: Output<'_>| bytes += enc.encode(p, o).len();
+                for (recv_ms, topic, payload) in &scenario {
+                    e.ingest(*recv_ms, topic, payload, &mut sink);
+                }
+                assert!(bytes > N * 50);
+                bytes
             },
             BatchSize::LargeInput,
         )
