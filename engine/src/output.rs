@@ -254,7 +254,7 @@ mod tests {
         assert_eq!(num(f64::NAN), "null");
         assert_eq!(num(f64::INFINITY), "null");
         for e in -330..310 {
-            for m in [1.0, 1.5, 2.5, 9.999_999_999_999_999, 3.141_592_653_589_793] {
+            for m in [1.0, 1.5, 2.5, 9.999_999_999_999_999, core::f64::consts::PI] {
                 let v = m * 10f64.powi(e);
                 if v.is_finite() {
                     assert_eq!(num(v), format!("{v}"), "{v:e}");
