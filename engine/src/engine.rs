@@ -10,6 +10,7 @@ use crate::event::{Event, Key, Values, MAX_VALUES};
 use crate::join::{root_stream, JoinCounters, JoinCtx, JoinOp, JoinRecord, SideRecord};
 use crate::manifest::{carry, Carry, Fate, Kind, Manifest};
 use crate::plan::{Clock, Input, LatePolicy, Plan, WatermarkMode, WindowKind};
+use crate::route::{route, Decoded};
 use crate::skew::{SkewReport, SkewTable};
 use crate::topic::TopicTemplate;
 use crate::watermark::{is_idle, Arrival, DeviceWatermarks, Watermark, NO_WM};
@@ -515,12 +516,7 @@ impl Engine {
         let mut skipped = None;
         st.set_now(recv_ms);
         let mut routed = false;
-        for (s, def) in p.streams.iter().enumerate() {
-            let Some((pattern, caps)) =
-                def.topics.iter().enumerate().find_map(|(i, t)| t.matches(topic).map(|c| (i, c)))
-            else {
-                continue;
-            };
+        for (s, pattern, caps) in route(&p.streams, topic) {
             routed = true;
             st.streams[s].counters.received += 1;
             if payload.len() > p.max_payload {
@@ -552,6 +548,26 @@ impl Engine {
         st.advance_device_streams(p, sink);
         st.advance_joins(p, sink);
         skipped
+    }
+
+    /// A message decoded by a [`Router`](crate::route::Router) off this
+    /// thread: the same as [`ingest`](Self::ingest) of that message (which
+    /// returns `None` for it: it decoded without error).
+    pub fn apply(&mut self, recv_ms: i64, d: &Decoded, sink: &mut impl Sink) {
+        let recv_ms = clamp_clock(recv_ms);
+        let Engine { p, st } = self;
+        st.set_now(recv_ms);
+        let c = &mut st.streams[d.stream as usize].counters;
+        c.received += 1;
+        c.missing_value += u64::from(d.missing_values);
+        c.non_numeric_value += u64::from(d.non_numeric_values);
+        let mut ev = core::mem::replace(&mut st.scratch, Event::blank());
+        d.fill(&mut ev);
+        ev.recv_ms = recv_ms;
+        st.process(p, &mut ev, sink);
+        st.scratch = ev;
+        st.advance_device_streams(p, sink);
+        st.advance_joins(p, sink);
     }
 
     /// One decoded event (its `ts` is the device's timestamp; the stream's

@@ -28,6 +28,7 @@ mod math;
 pub mod output;
 pub mod plan;
 mod prelude;
+pub mod route;
 pub mod skew;
 pub mod topic;
 pub mod watermark;

@@ -184,10 +184,14 @@ impl TopicPattern {
     /// every message for every stream's patterns, so it walks the bytes once:
     /// a literal level is compared in place, a wildcard level scanned to its `/`.
     pub fn matches(&self, topic: &str) -> Option<Captures> {
-        if topic.len() > u16::MAX as usize || !topic.ends_with(self.tail.as_str()) {
+        let (b, tail) = (topic.as_bytes(), self.tail.as_bytes());
+        // the last byte first: a comparison of a few bytes is mostly a call's cost
+        if topic.len() > u16::MAX as usize
+            || tail.last().is_some_and(|c| b.last() != Some(c))
+            || !b.ends_with(tail)
+        {
             return None;
         }
-        let b = topic.as_bytes();
         let mut caps = Captures::default();
         // `pos`: where the next level starts; `rest`: whether one does (an
         // empty topic, or one ending in `/`, has an empty level there)

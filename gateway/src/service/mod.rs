@@ -55,6 +55,7 @@ use std::time::Duration;
 #[cfg(feature = "i2c")]
 use std::time::Instant;
 
+use edgejoin_engine::route::Router;
 use rumqttc::AsyncClient;
 #[cfg(feature = "i2c")]
 use rumqttc::{Publish, QoS};
@@ -218,6 +219,7 @@ async fn run_async(
     let (in_tx, in_rx) = tokio::sync::mpsc::channel::<Msg>(INTAKE);
     let barriers = Arc::new(SharedBarriers::default());
     let intake_wake = Arc::new(IntakeWake::default());
+    let backlog = Arc::new(Backlog::default());
     let intake = Arc::new(Intake {
         tx: in_tx,
         budget: Arc::new(tokio::sync::Semaphore::new(intake_budget(&c))),
@@ -226,6 +228,8 @@ async fn run_async(
         barriers: barriers.clone(),
         passed: AtomicU64::new(0),
         ack_on_pass: svc.delivery == Delivery::Fast,
+        router: Router::new(p),
+        backlog: backlog.clone(),
     });
     tasks.spawn(source_proxy::serve(
         listener,
@@ -269,7 +273,6 @@ async fn run_async(
     let (stats_tx, stats_rx) = tokio::sync::mpsc::channel::<(String, Vec<u8>)>(8);
     let snapshot = Arc::new(Mutex::new(metrics::Snapshot::default()));
     let ready = Arc::new(Notify::new());
-    let backlog = Arc::new(Backlog::default());
     let marks = Arc::new(uplink::LatencyMarks::new());
     // the engine thread says when it has started (it can write its state) and when it ends
     let (engine_started_tx, engine_started) = tokio::sync::oneshot::channel::<()>();
@@ -364,7 +367,8 @@ async fn run_async(
                         src,
                         |topic, payload| {
                             let m = Publish::new(topic, QoS::AtMostOnce, payload.into_bytes());
-                            let msg = Msg { m, recv_ms: now_ms(), at: Instant::now(), permit: None };
+                            let msg =
+                                Msg { m, decoded: None, recv_ms: now_ms(), at: Instant::now(), permit: None };
                             intake.pass_blocking(msg)
                         },
                         |n| {

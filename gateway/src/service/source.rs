@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use edgejoin_engine::route::{Decoded, Router};
 use rumqttc::{AsyncClient, Event, EventLoop, Incoming, Outgoing, Publish, QoS};
 use tokio::sync::Notify;
 
@@ -23,7 +24,7 @@ use crate::backoff::Backoff;
 use crate::config::Config;
 
 /// Most messages the engine thread takes from the intake at a time (logs
-/// and processes at once; one fsync carries up to 8 batches,
+/// and processes at once; one fsync carries up to 16 batches,
 /// `engine_loop::UNSYNCED`). Its slots (~100 bytes each) are the batch's
 /// memory; 1,024 drains the bench's backlog as fast as 2,048 did.
 pub(super) const BATCH: usize = 1024;
@@ -55,37 +56,65 @@ impl Default for IntakeWake {
     }
 }
 
-/// Whether the intake is behind: a whole batch still waits after the engine
-/// thread took its own (a backlog after an outage or a restart), while the
-/// spool has room. The uplink holds its sends then, so that the CPU goes to taking the
-/// source broker's backlog — the broker's queue is bounded and in memory,
-/// the spool is on disk — and sends a window at least every
-/// [`super::uplink::HOLD_AT_MOST`] (docs/SERVICE.md, "Backlogs").
+/// Whether the intake is behind — a backlog after an outage or a restart:
+/// either a whole batch still waits after the engine thread took its own
+/// (the engine is what is slow), or the source filter's last read filled its
+/// buffer with many messages (the broker has more waiting for it) — while intake is not paused
+/// and the spool is under half its budget. The uplink holds its sends then,
+/// so that the CPU goes to taking the source broker's backlog — the broker's
+/// queue is bounded and in memory, the spool is on disk — and sends a window
+/// at least every [`super::uplink::HOLD_AT_MOST`] (docs/SERVICE.md, "Backlogs").
 #[derive(Debug, Default)]
 pub(super) struct Backlog {
-    behind: AtomicBool,
+    /// The engine thread: a whole batch waits after its take.
+    queued: AtomicBool,
+    /// The source filter: its last read filled its buffer with many messages.
+    streaming: AtomicBool,
+    /// The engine thread: intake is not paused, the spool is under half its budget.
+    room: AtomicBool,
     /// Notified when the intake is no longer behind.
     pub cleared: Notify,
 }
 
 impl Backlog {
-    pub fn set(&self, behind: bool) {
-        if self.behind.swap(behind, Ordering::Relaxed) && !behind {
+    /// The engine thread's turn: whether a whole batch still waits, and whether there is room.
+    pub fn engine(&self, queued: bool, room: bool) {
+        self.update(|b| {
+            b.queued.store(queued, Ordering::Relaxed);
+            b.room.store(room, Ordering::Relaxed);
+        });
+    }
+
+    /// A read of the source filter: whether it filled the buffer with many messages.
+    pub fn read(&self, full: bool) {
+        if self.streaming.load(Ordering::Relaxed) != full {
+            self.update(|b| b.streaming.store(full, Ordering::Relaxed));
+        }
+    }
+
+    fn update(&self, set: impl FnOnce(&Self)) {
+        let was = self.behind();
+        set(self);
+        if was && !self.behind() {
             self.cleared.notify_one();
         }
     }
 
     pub fn behind(&self) -> bool {
-        self.behind.load(Ordering::Relaxed)
+        self.room.load(Ordering::Relaxed)
+            && (self.queued.load(Ordering::Relaxed) || self.streaming.load(Ordering::Relaxed))
     }
 }
 
-/// A message on its way to the engine thread: the message, its wall-clock
-/// receive time (the event clock of `clock = "receive"` streams), the instant
-/// the broker delivered it (for the result latency histogram), and its share
-/// of the intake's byte budget, held until the engine is done with it.
+/// A message on its way to the engine thread: the message, its event when
+/// the source filter could decode it (the engine then does not: see
+/// `edgejoin_engine::route`), its wall-clock receive time (the event clock of
+/// `clock = "receive"` streams), the instant the broker delivered it (for the
+/// result latency histogram), and its share of the intake's byte budget, held
+/// until the engine is done with it.
 pub(super) struct Msg {
     pub m: Publish,
+    pub decoded: Option<Decoded>,
     pub recv_ms: i64,
     pub at: Instant,
     /// Its share of the intake budget (the engine merges a batch's shares into one).
@@ -137,19 +166,42 @@ pub(super) struct Intake {
     /// Fast mode: a QoS 1 message is acknowledged once passed on (durable
     /// mode: once in the fsynced log, by the engine thread).
     pub ack_on_pass: bool,
+    /// The streams' patterns and decoders: the filter decodes what it passes.
+    pub router: Router,
+    /// The filter says whether its reads fill its buffer.
+    pub backlog: Arc<Backlog>,
 }
 
 impl Intake {
     /// Passes a message on, waiting while the engine is behind; whether it
     /// went. Once the engine stopped taking messages they are left
     /// unacknowledged (the broker sends them again next time) while the
-    /// connection stays up for the last acknowledgements.
-    pub async fn pass(&self, m: Publish, recv_ms: i64, at: Instant) -> bool {
+    /// connection stays up for the last acknowledgements. Decodes it first,
+    /// on this thread, when it can (`scratch`: working space).
+    pub async fn pass(
+        &self,
+        m: Publish,
+        recv_ms: i64,
+        at: Instant,
+        scratch: &mut edgejoin_engine::event::Event,
+    ) -> bool {
         self.counters.received.fetch_add(1, Ordering::Relaxed);
-        let Ok(permit) = self.budget.clone().acquire_many_owned(intake_cost(&m)).await else {
-            return false;
+        let decoded = self.router.decode(&m.topic, &m.payload, scratch);
+        let cost = intake_cost(&m);
+        let permit = match self.budget.clone().try_acquire_many_owned(cost) {
+            Ok(p) => p,
+            Err(tokio::sync::TryAcquireError::Closed) => return false,
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                // the byte budget is spent (large messages): a waiting engine takes what there is
+                if self.wake.at.load(Ordering::Relaxed) != usize::MAX {
+                    self.wake.notify.notify_one();
+                }
+                let Ok(p) = self.budget.clone().acquire_many_owned(cost).await else { return false };
+                p
+            }
         };
-        let sent = self.counted(self.tx.send(Msg { m, recv_ms, at, permit: Some(permit) }).await.is_ok());
+        let sent =
+            self.counted(self.tx.send(Msg { m, decoded, recv_ms, at, permit: Some(permit) }).await.is_ok());
         if INTAKE - self.tx.capacity() >= self.wake.at.load(Ordering::Relaxed) {
             self.wake.notify.notify_one();
         }

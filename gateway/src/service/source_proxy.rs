@@ -31,7 +31,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::acks::AckPipe;
 use super::clock::now_ms;
 use super::counters::Ordering;
-use super::source::Intake;
+use super::source::{Backlog, Intake};
 
 /// The MQTT packet type of PUBLISH (upper nibble of the first byte).
 const PUBLISH: u8 = 3;
@@ -538,6 +538,16 @@ async fn pipe<B>(
         // the connection's CONNACK is counted (the source task) before its messages pass
         let before = intake.barriers.connections();
         let mut connected = false;
+        // the decoder's working space (an event)
+        let mut scratch = edgejoin_engine::event::Event::blank();
+        // however the connection ends, its backlog is no longer being read
+        struct Streaming<'a>(&'a Backlog);
+        impl Drop for Streaming<'_> {
+            fn drop(&mut self) {
+                self.0.read(false);
+            }
+        }
+        let _streaming = Streaming(&intake.backlog);
         loop {
             if gate.closed() {
                 c.intake_held.fetch_add(1, Ordering::Relaxed);
@@ -567,6 +577,10 @@ async fn pipe<B>(
                 return;
             }
             let res = split(&mut stream, max, &mut packets);
+            // a full read of many messages: the broker has more for us (a backlog), the uplink
+            // may wait (a full read of a few large ones is no backlog)
+            let publishes = packets.iter().filter(|p| matches!(p, Split::Publish(_))).count();
+            intake.backlog.read(n == buf.len() && publishes >= 16);
             for p in packets.drain(..) {
                 match p {
                     Split::Publish(m) => {
@@ -577,7 +591,7 @@ async fn pipe<B>(
                             return;
                         }
                         let (ack, pkid) = (m.qos == QoS::AtLeastOnce && intake.ack_on_pass, m.pkid);
-                        if intake.pass(m, recv_ms, at).await && ack {
+                        if intake.pass(m, recv_ms, at, &mut scratch).await && ack {
                             gate.push_id(pkid);
                         }
                     }
