@@ -167,6 +167,7 @@ for mode in ${MODES:-live drain}; do
 done
 if [ -n "${INTAKE_ONLY:-}" ]; then   # a quick look at intake alone (e.g. MODES=drain INTAKE_ONLY=1)
     for k in "${!C[@]}"; do echo "$k: counter ${C[$k]} ms, edgejoin ${G[$k]} ms, ratio $(python3 -c "print(round(${C[$k]} / ${G[$k]}, 3))"), results all upstream at ${U[$k]} ms"; done
+    echo "edgejoin peak RSS so far: $(awk '/VmHWM/ {print $2}' /proc/$GW/status) kB"
     exit 0
 fi
 drain_rate=$(python3 -c "print(int($N / (${G[drain1]} / 1000)))")

@@ -557,10 +557,11 @@ impl Engine {
         let recv_ms = clamp_clock(recv_ms);
         let Engine { p, st } = self;
         st.set_now(recv_ms);
-        let c = &mut st.streams[d.stream as usize].counters;
+        let (missing, non_numeric) = d.notes();
+        let c = &mut st.streams[d.stream()].counters;
         c.received += 1;
-        c.missing_value += u64::from(d.missing_values);
-        c.non_numeric_value += u64::from(d.non_numeric_values);
+        c.missing_value += u64::from(missing);
+        c.non_numeric_value += u64::from(non_numeric);
         let mut ev = core::mem::replace(&mut st.scratch, Event::blank());
         d.fill(&mut ev);
         ev.recv_ms = recv_ms;

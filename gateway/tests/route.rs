@@ -203,6 +203,12 @@ fn the_router_takes_the_common_case_and_leaves_the_rest() {
     assert!(!decoded("z/site/d1", &format!(r#"{{"ts":1700000000000,"pad":"{}"}}"#, "p".repeat(70_000))));
 }
 
+/// One per message in a backlog's intake: its size is the gateway's memory.
+#[test]
+fn a_decoded_event_is_64_bytes() {
+    assert_eq!(std::mem::size_of::<Option<edgejoin_engine::route::Decoded>>(), 64);
+}
+
 /// The property above is not vacuous: most of its messages take the new path.
 #[test]
 fn most_generated_messages_are_decoded_off_thread() {
