@@ -47,8 +47,8 @@ pub fn route<'a>(
 /// batch being processed), so every byte here is 3 KiB of the gateway's RSS.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Decoded {
-    pub(crate) ts: i64,
-    pub(crate) values: [f64; FEW_VALUES],
+    ts: i64,
+    values: [f64; FEW_VALUES],
     /// The stream's index + 1 (the zero lets `Option<Decoded>` cost nothing).
     stream: core::num::NonZeroU16,
     missing_values: u8,
@@ -123,7 +123,7 @@ impl Router {
         let (key, device) = (scratch.key.as_str().as_bytes(), scratch.device.as_str().as_bytes());
         let device_len = if scratch.device == scratch.key { SAME } else { device.len() as u8 };
         let stored = key.len() + if device_len == SAME { 0 } else { device.len() };
-        if stored > SHORT_KEY || s >= usize::from(u16::MAX) {
+        if stored > SHORT_KEY {
             return None;
         }
         let mut text = [0u8; SHORT_KEY];
@@ -136,7 +136,7 @@ impl Router {
         Some(Decoded {
             ts: scratch.ts,
             values,
-            stream: core::num::NonZeroU16::new(s as u16 + 1)?,
+            stream: u16::try_from(s + 1).ok().and_then(core::num::NonZeroU16::new)?,
             missing_values: u8::try_from(notes.missing_values).ok()?,
             non_numeric_values: u8::try_from(notes.non_numeric_values).ok()?,
             key_len: key.len() as u8,

@@ -104,10 +104,9 @@ fn drop_redeliveries(
     skipped
 }
 
-/// Most messages processed between two fsyncs of the log (their
-/// acknowledgements wait in a ledger, 16 bytes each — as many as the
-/// broker's in-flight window, whatever this bound): with at most 100 fsyncs a
-/// second, a drain is bounded at 1,638,400 messages a second. At 8,192 the
+/// Most messages processed between two fsyncs of the log (the QoS 1 ones
+/// among them bounded by [`UNACKED`]): with at most 100 fsyncs a second, a
+/// drain is bounded at 1,638,400 messages a second. At 8,192 the
 /// bench's drain was held at that bound (~820,000 msg/s) once the engine
 /// got faster than 1.2 µs a message.
 const UNSYNCED: usize = 16 * BATCH;
@@ -404,9 +403,10 @@ impl EngineLoop {
                         let wake = &self.io.intake_wake;
                         // no more than a batch: the intake may not hold `more` (its slots, its
                         // byte budget); the source would wait for room, the engine for the deadline
-                        wake.at.store(more.min(BATCH), Ordering::Relaxed);
+                        let more = more.min(BATCH);
+                        wake.at.store(more, Ordering::Relaxed);
                         // what arrived before `at` was set wakes it through the length check
-                        if rx.len() < more.min(BATCH) {
+                        if rx.len() < more {
                             stop = self.io.rt.block_on(async {
                                 tokio::select! {
                                     _ = tokio::time::timeout_at(until.into(), wake.notify.notified()) => false,

@@ -33,6 +33,10 @@ use super::clock::now_ms;
 use super::counters::Ordering;
 use super::source::{Backlog, Intake};
 
+/// PUBLISHes in a full read that tell a backlog (the broker has more waiting;
+/// a read filled by a few large messages does not).
+const BACKLOG_READ: usize = 16;
+
 /// The MQTT packet type of PUBLISH (upper nibble of the first byte).
 const PUBLISH: u8 = 3;
 
@@ -580,7 +584,7 @@ async fn pipe<B>(
             // a full read of many messages: the broker has more for us (a backlog), the uplink
             // may wait (a full read of a few large ones is no backlog)
             let publishes = packets.iter().filter(|p| matches!(p, Split::Publish(_))).count();
-            intake.backlog.read(n == buf.len() && publishes >= 16);
+            intake.backlog.read(n == buf.len() && publishes >= BACKLOG_READ);
             for p in packets.drain(..) {
                 match p {
                     Split::Publish(m) => {
