@@ -20,7 +20,8 @@
 #        MODES=drain INTAKE_ONLY=1: the intake rounds of those modes only, then stop
 #        (QOS=1: of that QoS only);
 #        GATEWAY_EXTRA='commit_delay = "0s"': more lines for the gateway's [gateway] table;
-#        EDGEJOIN_LOG=edgejoin=debug KEEP_LOG=FILE: the gateway's log, kept as FILE)
+#        EDGEJOIN_LOG=edgejoin=debug KEEP_LOG=FILE: the gateway's log, kept as FILE;
+#        SMAPS=FILE: the gateway's /proc/PID/smaps after the intake rounds, as FILE)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEADY=${1:-600}
@@ -29,6 +30,8 @@ cargo build --release --locked -q -p edgejoin -p sensors-sim
 EJ=${EDGEJOIN_BIN:-$PWD/target/release/edgejoin}
 SIM=$PWD/target/release/sensors-sim
 MOSQ=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+[ -x "$MOSQ" ] || { echo "bench: mosquitto not found (apt-get install mosquitto)" >&2; exit 1; }
+for t in curl python3 strace; do command -v "$t" >/dev/null || { echo "bench: $t not found" >&2; exit 1; }; done
 work=$(mktemp -d)
 chmod 777 "$work"
 pids=()
@@ -155,7 +158,7 @@ for mode in ${MODES:-live drain}; do
         cs=(); gs=(); us=()
         for r in $(seq 1 "$ROUNDS"); do
             read c g u < <(round "$mode" "$q")
-            say "$mode QoS $q round $r: counter $c ms, edgejoin $g ms$([ "$u" = - ] || echo ", its results all upstream at $u ms")"
+            say "$mode QoS $q round $r: counter $c ms, edgejoin $g ms$([ "$u" = - ] || echo ", its results all upstream at $u ms"), peak RSS $(awk '/VmHWM/ {print $2}' /proc/$GW/status) kB"
             [ "$c" = - ] || cs+=("$c")
             gs+=("$g")
             [ "$u" = - ] || us+=("$u")
@@ -168,6 +171,7 @@ done
 if [ -n "${INTAKE_ONLY:-}" ]; then   # a quick look at intake alone (e.g. MODES=drain INTAKE_ONLY=1)
     for k in "${!C[@]}"; do echo "$k: counter ${C[$k]} ms, edgejoin ${G[$k]} ms, ratio $(python3 -c "print(round(${C[$k]} / ${G[$k]}, 3))"), results all upstream at ${U[$k]} ms"; done
     echo "edgejoin peak RSS so far: $(awk '/VmHWM/ {print $2}' /proc/$GW/status) kB"
+    [ -z "${SMAPS:-}" ] || cat /proc/$GW/smaps > "$SMAPS"
     exit 0
 fi
 drain_rate=$(python3 -c "print(int($N / (${G[drain1]} / 1000)))")

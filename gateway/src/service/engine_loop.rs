@@ -83,7 +83,7 @@ fn drop_redeliveries(
     durable: bool,
 ) -> u64 {
     let (mut kept, mut skipped) = (0u64, 0u64);
-    batch.retain(|b| match recent.original(b.m.dup, b.m.pkid, &b.m.topic, &b.m.payload) {
+    batch.retain(|b| match recent.original(b.m.dup, b.m.pkid, b.m.topic(), b.m.payload()) {
         Some(pos) => {
             skipped += 1;
             if durable && b.m.qos != QoS::AtMostOnce && pos <= last_seq {
@@ -97,7 +97,7 @@ fn drop_redeliveries(
         }
         None => {
             kept += 1;
-            recent.logged(b.m.pkid, last_seq + kept, &b.m.topic, &b.m.payload);
+            recent.logged(b.m.pkid, last_seq + kept, b.m.topic(), b.m.payload());
             true
         }
     });
@@ -510,7 +510,7 @@ impl EngineLoop {
         let first = self.seq + 1;
         if let Some(w) = self.wal.as_mut() {
             for (i, b) in self.batch.iter().enumerate() {
-                w.append_message(first + i as u64, b.recv_ms, b.m.pkid, &b.m.topic, &b.m.payload)
+                w.append_message(first + i as u64, b.recv_ms, b.m.pkid, b.m.topic(), b.m.payload())
                     .map_err(io_err("write-ahead log"))?;
                 if w.pending_bytes() >= WRITE_AT {
                     // a failure (a full disk) leaves them pending: the commit retries and pauses
@@ -535,14 +535,14 @@ impl EngineLoop {
                     self.engine.apply(b.recv_ms, d, &mut sink);
                     None
                 }
-                None => self.engine.ingest(b.recv_ms, &b.m.topic, &b.m.payload, &mut sink),
+                None => self.engine.ingest(b.recv_ms, b.m.topic(), b.m.payload(), &mut sink),
             };
             if let Some((first, end)) = sink.appended {
                 self.io.marks.mark(first, end, b.at);
             }
             if let Some(s) = skipped {
                 let name = &self.engine.pipeline().streams[s.stream].name;
-                if let Some(line) = self.skips.note(s, name, &b.m.topic, &b.m.payload) {
+                if let Some(line) = self.skips.note(s, name, b.m.topic(), b.m.payload()) {
                     tracing::warn!("{line}");
                 }
             }
@@ -916,11 +916,10 @@ impl Pause {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rumqttc::Publish;
+    use crate::service::message::Message;
 
     fn msg(pkid: u16, dup: bool, payload: &str) -> Msg {
-        let mut m = Publish::new("s/a", QoS::AtLeastOnce, payload.as_bytes().to_vec());
-        (m.pkid, m.dup) = (pkid, dup);
+        let m = Message::new("s/a", payload.as_bytes(), QoS::AtLeastOnce, pkid, dup);
         Msg { m, decoded: None, recv_ms: 0, at: Instant::now(), permit: None }
     }
 

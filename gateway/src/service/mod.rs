@@ -31,6 +31,7 @@ pub(crate) mod homeassistant;
 mod http;
 mod logging;
 mod memory;
+mod message;
 pub(crate) mod metrics;
 mod mqtt;
 pub mod preflight;
@@ -58,7 +59,7 @@ use std::time::Instant;
 use edgejoin_engine::route::Router;
 use rumqttc::AsyncClient;
 #[cfg(feature = "i2c")]
-use rumqttc::{Publish, QoS};
+use rumqttc::QoS;
 use tokio::sync::Notify;
 
 use crate::clock_report::ClockTrace;
@@ -366,7 +367,8 @@ async fn run_async(
                         name,
                         src,
                         |topic, payload| {
-                            let m = Publish::new(topic, QoS::AtMostOnce, payload.into_bytes());
+                            let m =
+                                message::Message::new(&topic, payload.as_bytes(), QoS::AtMostOnce, 0, false);
                             let msg =
                                 Msg { m, decoded: None, recv_ms: now_ms(), at: Instant::now(), permit: None };
                             intake.pass_blocking(msg)

@@ -13,25 +13,26 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use edgejoin_engine::route::{Decoded, Router};
-use rumqttc::{AsyncClient, Event, EventLoop, Incoming, Outgoing, Publish, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, Incoming, Outgoing, QoS};
 use tokio::sync::Notify;
 
 use super::acks::SharedBarriers;
 use super::clock::now_ms;
 use super::counters::ServiceCounters;
 use super::logging;
+use super::message::Message;
 use crate::backoff::Backoff;
 use crate::config::Config;
 
 /// Most messages the engine thread takes from the intake at a time (logs
 /// and processes at once; one fsync carries up to 16 batches,
-/// `engine_loop::UNSYNCED`). Its slots (~100 bytes each) are the batch's
+/// `engine_loop::UNSYNCED`). Its slots ([`Msg`], 144 bytes each) are the batch's
 /// memory; 1,024 drains the bench's backlog as fast as 2,048 did.
 pub(super) const BATCH: usize = 1024;
 
 /// Messages waiting for the engine thread, at most (two batches: the source
 /// fills the channel while the engine processes one — a smaller channel
-/// slows a drain; the broker holds the rest). Each slot costs ~100 bytes
+/// slows a drain; the broker holds the rest). Each slot costs 144 bytes
 /// once a backlog filled it.
 pub(super) const INTAKE: usize = 2048;
 
@@ -113,7 +114,7 @@ impl Backlog {
 /// result latency histogram), and its share of the intake's byte budget, held
 /// until the engine is done with it.
 pub(super) struct Msg {
-    pub m: Publish,
+    pub m: Message,
     pub decoded: Option<Decoded>,
     pub recv_ms: i64,
     pub at: Instant,
@@ -146,8 +147,8 @@ pub fn source_buffers(c: &Config) -> usize {
 }
 
 /// The intake's share of the budget a message takes.
-fn intake_cost(m: &Publish) -> u32 {
-    (m.payload.len() + m.topic.len() + 64).min(u32::MAX as usize) as u32
+fn intake_cost(m: &Message) -> u32 {
+    (m.payload().len() + m.topic().len() + 64).min(u32::MAX as usize) as u32
 }
 
 /// The engine thread's intake as the source filter feeds it: each PUBLISH
@@ -180,13 +181,13 @@ impl Intake {
     /// on this thread, when it can (`scratch`: working space).
     pub async fn pass(
         &self,
-        m: Publish,
+        m: Message,
         recv_ms: i64,
         at: Instant,
         scratch: &mut edgejoin_engine::event::Event,
     ) -> bool {
         self.counters.received.fetch_add(1, Ordering::Relaxed);
-        let decoded = self.router.decode(&m.topic, &m.payload, scratch);
+        let decoded = self.router.decode(m.topic(), m.payload(), scratch);
         let cost = intake_cost(&m);
         let permit = match self.budget.clone().try_acquire_many_owned(cost) {
             Ok(p) => p,
@@ -297,5 +298,14 @@ pub(super) async fn source_task(
                 tokio::time::sleep(wait).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_intake_slot_is_144_bytes() {
+        // 3,072 of them (the intake and a batch) are resident in a backlog
+        assert_eq!(std::mem::size_of::<super::Msg>(), 144);
     }
 }
