@@ -69,10 +69,10 @@ pub fn path(state_dir: &Path) -> PathBuf {
 }
 
 /// Most recently logged messages a checkpoint remembers.
-pub const MAX_RECENT: usize = crate::service::redelivery::MAX_ORDER;
+pub const MAX_RECENT: usize = crate::service::redelivery::MAX_LIVE;
 
 /// Saves `engine`'s state as covering inputs up to `input_seq`, with the
-/// most recently logged messages (packet id, content hash), oldest first.
+/// messages the broker may still send again (packet id, content hash, log position).
 pub fn save(
     state_dir: &Path,
     engine: &Engine,
@@ -119,7 +119,7 @@ pub struct Loaded {
     pub carry: Carry,
     /// The input sequence number it covers.
     pub input_seq: u64,
-    /// Messages the broker may still send again (packet id, content hash, log position), oldest first.
+    /// Messages the broker may still send again (packet id, content hash, log position).
     pub recent: Vec<(u16, u64, u64)>,
 }
 

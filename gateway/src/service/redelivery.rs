@@ -11,47 +11,40 @@
 //! for a redelivery. A message without DUP is always new.
 //!
 //! Acknowledgements go out in log order, so confirmation is a position in
-//! the log: every entry at or before it goes. At most 65,535 messages can be
-//! unacknowledged at once (one per packet id), so the table is bounded and
-//! compact, 512 KiB allocated zeroed (pages appear as ids are used): per
-//! packet id a 32-bit content hash and the low 32 bits of its log position
-//! (a live entry is never 2^32 messages old); and the live entries in log
-//! order (64 KiB, more only if the broker keeps more unconfirmed) as packet
-//! id and log position packed in 64 bits (a gateway logs
-//! fewer than 2^48 messages in its life: 8,900 years at 1,000,000 a second).
+//! the log: every entry at or before it goes. A packet id has at most one
+//! live entry (a new message under it ends the one before: the broker reuses
+//! an id only once it has the acknowledgement), so the table is one slot per
+//! id, 512 KiB allocated zeroed (pages appear as ids are used): a 32-bit
+//! content hash and the low 32 bits of the log position (a live entry is
+//! never 2^32 messages old), and one bit for entries pinned by a reconnect.
+//! A confirmation walks the table (~65,536 slots, tens of microseconds, at
+//! most once per barrier answer, not per message): a list of the live entries
+//! in log order, kept before, held 512 KiB more at the peak of a QoS 1 drain
+//! (Mosquitto answers a barrier only after the whole backlog it had queued,
+//! so every id of the drain was live at once).
 //! The hash only tells a redelivery from a *different* message that a
 //! non-conforming broker flags DUP under a live packet id; 32 bits make that
 //! mistake once in 4 billion such messages, and halve the table a drain
 //! touches in full (a 64-bit hash cost 256 KiB more of resident memory).
 
-use std::collections::VecDeque;
-
-/// Most entries live at once (one per packet id a broker can have in flight).
-pub const MAX_ORDER: usize = 1 << 16;
-
-/// Room for live entries at start: those of the last barrier interval, as
-/// the acknowledgement gate bounds them; `order` grows (to `MAX_ORDER`) only
-/// under a broker that keeps more unconfirmed.
-const ORDER_START: usize = 8192;
-
-/// Log positions an entry of `order` can hold.
-const SEQ_BITS: u32 = 48;
-const SEQ_MASK: u64 = (1 << SEQ_BITS) - 1;
+/// Most entries live at once (one per packet id).
+pub const MAX_LIVE: usize = 1 << 16;
 
 pub struct Redeliveries {
     /// Content hash ([`short`]) of the live entry of each packet id; 0 = none.
     hash: Box<[u32]>,
     /// Low 32 bits of the log position of the live entry of each packet id.
     seq_lo: Box<[u32]>,
-    /// Live entries in log order: packet id << 48 | log position.
-    order: VecDeque<u64>,
-    /// Live entries whose acknowledgement went out on an earlier connection
-    /// (or an earlier run) and was not proven processed there: no barrier of
-    /// a later connection proves it, so they are not confirmed by position.
-    /// One goes when its packet id carries a new message, when the broker
-    /// sends it again (it moves to `order`, acknowledged again) or, oldest
-    /// first, when the table is full.
-    pinned: VecDeque<u64>,
+    /// One bit per packet id: its live entry's acknowledgement went out on an
+    /// earlier connection (or an earlier run) and was not proven processed
+    /// there; no barrier of a later connection proves it, so it is not
+    /// confirmed by position. It goes when its packet id carries a new
+    /// message, or when the broker sends it again (acknowledged again, it is
+    /// confirmed by position once more).
+    pinned: Box<[u64]>,
+    /// Live entries, and those of them not pinned.
+    live: usize,
+    unpinned: usize,
     /// The latest log position noted: live positions are rebuilt from their low bits below it.
     last: u64,
 }
@@ -59,10 +52,11 @@ pub struct Redeliveries {
 impl Default for Redeliveries {
     fn default() -> Self {
         Redeliveries {
-            hash: vec![0u32; 1 << 16].into_boxed_slice(),
-            seq_lo: vec![0u32; 1 << 16].into_boxed_slice(),
-            order: VecDeque::with_capacity(ORDER_START),
-            pinned: VecDeque::new(),
+            hash: vec![0u32; MAX_LIVE].into_boxed_slice(),
+            seq_lo: vec![0u32; MAX_LIVE].into_boxed_slice(),
+            pinned: vec![0u64; MAX_LIVE / 64].into_boxed_slice(),
+            live: 0,
+            unpinned: 0,
             last: 0,
         }
     }
@@ -83,22 +77,27 @@ impl Redeliveries {
     /// Notes a message logged at position `seq`. Packet id 0 is a QoS 0 message: never redelivered.
     pub fn logged(&mut self, pkid: u16, seq: u64, topic: &str, payload: &[u8]) {
         if pkid != 0 {
-            self.logged_hash(pkid, seq, message_hash(topic, payload));
+            self.set(pkid, seq, short(message_hash(topic, payload)));
         }
     }
 
-    fn logged_hash(&mut self, pkid: u16, seq: u64, hash: u64) {
-        let seq = seq & SEQ_MASK;
-        if self.order.len() + self.pinned.len() >= MAX_ORDER {
-            // cannot happen with a conforming broker (65,535 ids); the oldest is the safest to forget
-            if let Some(e) = self.pinned.pop_front().or_else(|| self.order.pop_front()) {
-                self.forget(e);
-            }
+    /// Makes `(hash, seq)` the live, unpinned entry of `pkid` (ending any before it).
+    fn set(&mut self, pkid: u16, seq: u64, hash: u32) {
+        let p = pkid as usize;
+        if self.hash[p] == 0 {
+            self.live += 1;
+            self.unpinned += 1;
+        } else if self.is_pinned(p) {
+            self.unpinned += 1;
         }
-        self.hash[pkid as usize] = short(hash);
-        self.seq_lo[pkid as usize] = seq as u32;
+        self.pinned[p / 64] &= !(1 << (p % 64));
+        self.hash[p] = hash;
+        self.seq_lo[p] = seq as u32;
         self.last = self.last.max(seq);
-        self.order.push_back(u64::from(pkid) << SEQ_BITS | seq);
+    }
+
+    fn is_pinned(&self, p: usize) -> bool {
+        self.pinned[p / 64] & (1 << (p % 64)) != 0
     }
 
     /// The log position of packet id `pkid`'s live entry.
@@ -107,29 +106,21 @@ impl Redeliveries {
         self.last - u64::from(back)
     }
 
-    /// Clears the entry `e` of `order` unless its packet id carries a later message now.
-    fn forget(&mut self, e: u64) {
-        if self.is_live(e) {
-            self.hash[(e >> SEQ_BITS) as usize] = 0;
-        }
-    }
-
-    /// Whether entry `e` is its packet id's live one.
-    fn is_live(&self, e: u64) -> bool {
-        let (pkid, seq) = ((e >> SEQ_BITS) as u16, e & SEQ_MASK);
-        self.hash[pkid as usize] != 0 && self.seq_of(pkid) == seq
-    }
-
     /// The source connection changed: every entry not confirmed so far had its
     /// acknowledgement written (if at all) on a connection that is gone, and
     /// the barriers of the new one do not prove it. The broker may still send
     /// those messages again — Mosquitto, restarted, sends the redeliveries
     /// beyond its in-flight window only after answering the first barriers.
     pub fn pin(&mut self) {
-        let (mut pinned, mut order) = (std::mem::take(&mut self.pinned), std::mem::take(&mut self.order));
-        pinned.retain(|&e| self.is_live(e));
-        pinned.extend(order.drain(..).filter(|&e| self.is_live(e)));
-        (self.pinned, self.order) = (pinned, order);
+        if self.unpinned == 0 {
+            return;
+        }
+        for (p, &h) in self.hash.iter().enumerate() {
+            if h != 0 {
+                self.pinned[p / 64] |= 1 << (p % 64);
+            }
+        }
+        self.unpinned = 0;
     }
 
     /// The live entry of `pkid` was redelivered and is acknowledged again at
@@ -137,18 +128,21 @@ impl Redeliveries {
     pub fn again(&mut self, pkid: u16, seq: u64) {
         let hash = self.hash[pkid as usize];
         if hash != 0 && seq >= self.seq_of(pkid) {
-            self.logged_hash(pkid, seq, u64::from(hash));
+            self.set(pkid, seq, hash);
         }
     }
 
     /// The broker processed the acknowledgements of every message logged up to `through`.
     pub fn confirmed(&mut self, through: u64) {
-        while let Some(&e) = self.order.front() {
-            if e & SEQ_MASK > through {
-                break;
+        if self.unpinned == 0 {
+            return;
+        }
+        for p in 0..MAX_LIVE {
+            if self.hash[p] != 0 && !self.is_pinned(p) && self.seq_of(p as u16) <= through {
+                self.hash[p] = 0;
+                self.live -= 1;
+                self.unpinned -= 1;
             }
-            self.order.pop_front();
-            self.forget(e);
         }
     }
 
@@ -160,14 +154,15 @@ impl Redeliveries {
             .then(|| self.seq_of(pkid))
     }
 
-    /// Live entries (packet id, content hash, log position), oldest first: what a checkpoint keeps.
+    /// Live entries (packet id, content hash, log position) in packet id order: what a checkpoint keeps.
     pub fn live(&self) -> Live<'_> {
-        Live { entries: self.pinned.iter().chain(self.order.iter()), left: self.len(), table: self }
+        Live { next: 0, left: self.live, table: self }
     }
 
-    /// Live entries (with any whose packet id carries a later message now).
+    /// Live entries.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.order.len() + self.pinned.len()
+        self.live
     }
 
     /// Restores the entries a checkpoint kept: pinned, as their
@@ -175,19 +170,16 @@ impl Redeliveries {
     pub fn restore(&mut self, entries: impl IntoIterator<Item = (u16, u64, u64)>) {
         for (pkid, hash, seq) in entries {
             if pkid != 0 && hash != 0 {
-                self.logged_hash(pkid, seq, hash);
+                self.set(pkid, seq, short(hash));
             }
         }
         self.pin();
     }
 }
 
-/// [`Redeliveries::live`]: pinned entries, then the others, oldest first.
+/// [`Redeliveries::live`]: the live entries in packet id order.
 pub struct Live<'a> {
-    entries: std::iter::Chain<
-        std::collections::vec_deque::Iter<'a, u64>,
-        std::collections::vec_deque::Iter<'a, u64>,
-    >,
+    next: usize,
     left: usize,
     table: &'a Redeliveries,
 }
@@ -196,14 +188,14 @@ impl Iterator for Live<'_> {
     type Item = (u16, u64, u64);
 
     fn next(&mut self) -> Option<Self::Item> {
-        let &e = self.entries.next()?;
-        self.left -= 1;
-        let pkid = (e >> SEQ_BITS) as u16;
-        let seq = e & SEQ_MASK;
-        // an entry whose id carries a later message now: its hash is gone with it
+        if self.left == 0 {
+            return None;
+        }
         let t = self.table;
-        let hash = if t.seq_of(pkid) == seq { u64::from(t.hash[pkid as usize]) } else { 0 };
-        Some((pkid, hash, seq))
+        let p = self.next + t.hash[self.next..].iter().position(|&h| h != 0)?;
+        self.next = p + 1;
+        self.left -= 1;
+        Some((p as u16, u64::from(t.hash[p]), t.seq_of(p as u16)))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -332,7 +324,7 @@ mod tests {
         r.logged(7, 1, "t", b"old");
         r.logged(7, 2, "t", b"new");
         let kept: Vec<_> = r.live().collect();
-        assert_eq!(kept, [(7, 0, 1), (7, u64::from(short(message_hash("t", b"new"))), 2)]);
+        assert_eq!(kept, [(7, u64::from(short(message_hash("t", b"new"))), 2)]);
         let mut s = Redeliveries::default();
         s.restore(kept);
         assert_eq!(s.original(true, 7, "t", b"new"), Some(2));
@@ -340,5 +332,103 @@ mod tests {
         // confirming the older entry leaves the later message under the same id
         r.confirmed(1);
         assert_eq!(r.original(true, 7, "t", b"new"), Some(2));
+    }
+
+    #[test]
+    fn a_drain_that_cycles_every_id_keeps_one_entry_per_id() {
+        // Mosquitto answers the barrier only after the backlog: 200,000 messages, ids cycling
+        let mut r = Redeliveries::default();
+        for seq in 1..=200_000u64 {
+            r.logged((seq % 65_535) as u16 + 1, seq, "t", &seq.to_le_bytes());
+        }
+        assert_eq!(r.len(), 65_535);
+        let last = 200_000u64;
+        assert_eq!(r.original(true, (last % 65_535) as u16 + 1, "t", &last.to_le_bytes()), Some(last));
+        let older = last - 65_535;
+        assert_eq!(r.original(true, (older % 65_535) as u16 + 1, "t", &older.to_le_bytes()), None);
+        r.confirmed(last - 10);
+        assert_eq!(r.len(), 10);
+        assert_eq!(r.live().count(), 10);
+    }
+
+    /// One operation on the table, for the model test.
+    #[derive(Debug, Clone)]
+    enum Op {
+        Logged(u16, u8),
+        Again(u16),
+        Confirmed(u8),
+        Pin,
+        Checkpoint,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (0u16..6, 0u8..3).prop_map(|(p, c)| Op::Logged(p, c)),
+            1 => (1u16..6).prop_map(Op::Again),
+            2 => (0u8..8).prop_map(Op::Confirmed),
+            1 => Just(Op::Pin),
+            1 => Just(Op::Checkpoint),
+        ]
+    }
+
+    proptest::proptest! {
+        /// The table against a brute-force model: per packet id its live entry
+        /// (content, position, pinned); a confirmation through a position ends
+        /// every unpinned entry at or before it; a new message or a redelivery
+        /// acknowledged again makes the id's entry unpinned at its position.
+        #[test]
+        fn the_table_is_a_map_from_id_to_its_last_unconfirmed_message(ops in proptest::collection::vec(op(), 1..80)) {
+            use std::collections::HashMap;
+            let mut r = Redeliveries::default();
+            let mut model: HashMap<u16, (u8, u64, bool)> = HashMap::new();
+            let mut seq = 0u64;
+            for o in ops {
+                match o {
+                    Op::Logged(p, c) => {
+                        seq += 1;
+                        r.logged(p, seq, "t", &[c]);
+                        if p != 0 {
+                            model.insert(p, (c, seq, false));
+                        }
+                    }
+                    Op::Again(p) => {
+                        seq += 1;
+                        r.again(p, seq);
+                        if let Some(e) = model.get_mut(&p) {
+                            (e.1, e.2) = (seq, false);
+                        }
+                    }
+                    Op::Confirmed(back) => {
+                        let through = seq.saturating_sub(u64::from(back));
+                        r.confirmed(through);
+                        model.retain(|_, &mut (_, s, pinned)| pinned || s > through);
+                    }
+                    Op::Pin => {
+                        r.pin();
+                        model.values_mut().for_each(|e| e.2 = true);
+                    }
+                    Op::Checkpoint => {
+                        let kept: Vec<_> = r.live().collect();
+                        r = Redeliveries::default();
+                        r.restore(kept);
+                        model.values_mut().for_each(|e| e.2 = true);
+                    }
+                }
+                proptest::prop_assert_eq!(r.len(), model.len());
+                proptest::prop_assert_eq!(r.live().len(), model.len());
+                for p in 0..6u16 {
+                    for c in 0..3u8 {
+                        let want = model.get(&p).filter(|e| e.0 == c).map(|e| e.1);
+                        proptest::prop_assert_eq!(r.original(true, p, "t", &[c]), want, "id {} content {}", p, c);
+                    }
+                }
+                let mut live: Vec<_> = r.live().collect();
+                let mut want: Vec<_> = model.iter().map(|(&p, &(c, s, _))| (p, u64::from(short(message_hash("t", &[c]))), s)).collect();
+                live.sort_unstable();
+                want.sort_unstable();
+                proptest::prop_assert_eq!(live, want);
+            }
+        }
     }
 }
