@@ -26,13 +26,12 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use rumqttc::QoS;
-
-use super::message::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::acks::AckPipe;
 use super::clock::now_ms;
 use super::counters::Ordering;
+use super::message::Message;
 use super::source::{Backlog, Intake};
 
 /// PUBLISHes in a full read that tell a backlog (the broker has more waiting;
@@ -255,13 +254,13 @@ fn find(stream: &[u8], max: usize) -> Result<Option<Found>, FilterError> {
 
 /// Takes every whole packet off the front of `stream` (the filter's output,
 /// so a PUBLISH's payload is at most `keep` bytes) into `out`, in order, up to
-/// the first malformed one (its error comes after them). The payloads of one
-/// call share one buffer of exactly their size: a message waiting in the
-/// intake holds its own read's payloads, never the read buffer (a slice of
-/// that would hold 64 KiB per read, outside the intake's byte budget), and a
-/// read costs one allocation for its messages' payloads, not one each.
+/// the first malformed one (its error comes after them). The topics and
+/// payloads of one call share one buffer of exactly their size: a message
+/// waiting in the intake holds its own read's bytes, never the read buffer (a
+/// slice of that would hold 64 KiB per read, outside the intake's byte
+/// budget), and a read costs one allocation for its messages, not one or two each.
 pub fn split(stream: &mut Vec<u8>, max: usize, out: &mut Vec<Split>) -> Result<(), FilterError> {
-    // first the payloads' size, then the packets
+    // first the topics' and payloads' size, then the packets
     let (mut at, mut size, mut error) = (0, 0, None);
     loop {
         match find(&stream[at..], max) {
@@ -313,6 +312,13 @@ pub fn split(stream: &mut Vec<u8>, max: usize, out: &mut Vec<Split>) -> Result<(
     // what is left is a packet not yet whole: to the front, so the stream keeps its size
     stream.drain(..end);
     error.map_or(Ok(()), Err)
+}
+
+/// After a large packet has gone through the split stream, back to its usual size.
+fn refit(stream: &mut Vec<u8>) {
+    if stream.capacity() > 2 * STREAM_START && stream.len() < READ {
+        stream.shrink_to(STREAM_START);
+    }
 }
 
 /// Where the MQTT client's packets end in the bytes it sends (client →
@@ -576,8 +582,8 @@ async fn pipe<B>(
             };
             // one receive time for what one read brought
             let (recv_ms, at) = (now_ms(), std::time::Instant::now());
-            // exactly: doubling would leave the stream at twice its need for good
-            stream.reserve_exact(n);
+            // grows only for a large packet's part (a small one's part sits at the front)
+            stream.reserve(n);
             let res = limiter.feed(&buf[..n], &mut stream, |t| {
                 c.payload_truncated.fetch_add(1, Ordering::Relaxed);
                 if let Some(more) = log.ready() {
@@ -595,6 +601,7 @@ async fn pipe<B>(
                 return;
             }
             let res = split(&mut stream, max, &mut packets);
+            refit(&mut stream);
             // a full read of many messages: the broker has more for us (a backlog), the uplink
             // may wait (a full read of a few large ones is no backlog)
             let publishes = packets.iter().filter(|p| matches!(p, Split::Publish(_))).count();
@@ -833,7 +840,7 @@ mod tests {
             (0..20_000u16).flat_map(|i| publish(1, i, "s/a", b"{\"ts\":1,\"v\":2.5}")).collect();
         let (mut waiting, mut n) = (Vec::new(), 0);
         for read in packets.chunks(READ - 7) {
-            stream.reserve_exact(read.len());
+            stream.reserve(read.len());
             stream.extend_from_slice(read);
             split(&mut stream, 1 << 10, &mut waiting).unwrap();
             assert!(!stream.is_empty() || read.len() < READ - 7, "each read ends inside a packet");
@@ -842,6 +849,21 @@ mod tests {
             assert_eq!(stream.capacity(), STREAM_START, "the stream keeps its size");
         }
         assert_eq!(n, 20_000);
+        // a packet of 1 MiB grows it (by doubling: its reads are not copied over and over),
+        // and once it is through the stream is back to its size
+        let large = publish(0, 0, "s/large", &vec![b'x'; 1 << 20]);
+        let mut reallocations = 0;
+        for read in large.chunks(READ) {
+            let before = stream.capacity();
+            stream.reserve(read.len());
+            reallocations += usize::from(stream.capacity() != before);
+            stream.extend_from_slice(read);
+            split(&mut stream, 2 << 20, &mut waiting).unwrap();
+            refit(&mut stream);
+        }
+        assert!(reallocations <= 6, "{reallocations} reallocations for 17 reads");
+        assert_eq!(waiting.len(), 1);
+        assert_eq!(stream.capacity(), STREAM_START);
     }
 
     proptest::proptest! {
