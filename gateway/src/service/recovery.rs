@@ -63,9 +63,17 @@ pub(super) fn recover(
     let skip = spool.lock().expect("spool lock").last_input();
     let mut out = ResultWriter::new(d, spool.clone(), counters.clone());
     let mut replayed = 0u64;
+    // confirmations are applied at the next reconnect or at the end, not at each record (each
+    // walks the redelivery table): what is logged after an `Acked` record lies past its position
+    let mut confirmed = None;
     let (wal, last, damage) = Wal::open(&dir.join("wal"), ckpt_seq, |rec| match rec {
-        WalRecord::Acked { through } => recent.confirmed(through),
-        WalRecord::Reconnected => recent.pin(),
+        WalRecord::Acked { through } => confirmed = confirmed.max(Some(through)),
+        WalRecord::Reconnected => {
+            if let Some(through) = confirmed.take() {
+                recent.confirmed(through);
+            }
+            recent.pin();
+        }
         WalRecord::Message { seq, recv_ms, pkid, topic: t, payload } => {
             replayed += 1;
             recent.logged(pkid, seq, &t, &payload);
@@ -77,6 +85,9 @@ pub(super) fn recover(
         }
     })
     .map_err(io_err("write-ahead log"))?;
+    if let Some(through) = confirmed {
+        recent.confirmed(through);
+    }
     if !damage.kept.is_empty() {
         counters.wal_lost_inputs.fetch_add(damage.lost_inputs, Ordering::Relaxed);
         let kept: Vec<String> = damage.kept.iter().map(|k| k.display().to_string()).collect();

@@ -431,4 +431,41 @@ mod tests {
             }
         }
     }
+
+    proptest::proptest! {
+        /// What recovery relies on: confirmations applied at the next pin (or
+        /// at the end) leave the table as applying each one does, for a log
+        /// in order (each confirmed position at most the last logged one).
+        #[test]
+        fn confirmations_held_until_the_next_pin_change_nothing(ops in proptest::collection::vec((0u8..4, 0u16..6, 0u8..4), 1..80)) {
+            let (mut each, mut held) = (Redeliveries::default(), Redeliveries::default());
+            let (mut seq, mut pending) = (0u64, None);
+            for (kind, p, back) in ops {
+                match kind {
+                    0 | 1 => {
+                        seq += 1;
+                        each.logged(p, seq, "t", &[back]);
+                        held.logged(p, seq, "t", &[back]);
+                    }
+                    2 => {
+                        let through = seq.saturating_sub(u64::from(back));
+                        each.confirmed(through);
+                        pending = pending.max(Some(through));
+                    }
+                    _ => {
+                        each.pin();
+                        if let Some(t) = pending.take() {
+                            held.confirmed(t);
+                        }
+                        held.pin();
+                    }
+                }
+            }
+            if let Some(t) = pending {
+                held.confirmed(t);
+            }
+            proptest::prop_assert_eq!(each.live().collect::<Vec<_>>(), held.live().collect::<Vec<_>>());
+            proptest::prop_assert_eq!((each.live, each.unpinned), (held.live, held.unpinned));
+        }
+    }
 }
