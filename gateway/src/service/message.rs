@@ -60,6 +60,11 @@ impl Message {
     pub fn payload(&self) -> &[u8] {
         &self.bytes[self.topic_len as usize..]
     }
+
+    /// Bytes of topic and payload.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
 }
 
 impl std::fmt::Debug for Message {

@@ -148,7 +148,7 @@ pub fn source_buffers(c: &Config) -> usize {
 
 /// The intake's share of the budget a message takes.
 fn intake_cost(m: &Message) -> u32 {
-    (m.payload().len() + m.topic().len() + 64).min(u32::MAX as usize) as u32
+    (m.len() + 64).min(u32::MAX as usize) as u32
 }
 
 /// The engine thread's intake as the source filter feeds it: each PUBLISH

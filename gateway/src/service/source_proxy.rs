@@ -291,11 +291,8 @@ pub fn split(stream: &mut Vec<u8>, max: usize, out: &mut Vec<Split>) -> Result<(
                 let raw = &rest[topic];
                 // the broker checks topics are UTF-8; one that is not still reaches the
                 // engine (as an unmatched topic, counted), not a reconnect for ever
+                // (replacement characters longer than the bytes they replace grow `shared`)
                 let topic = String::from_utf8_lossy(raw);
-                if topic.len() > raw.len() {
-                    // the replacement characters are longer than what they replace
-                    shared.reserve(topic.len() - raw.len());
-                }
                 let dup = first & 0x08 != 0;
                 out.push(Split::Publish(Message::in_buffer(
                     &mut shared,
