@@ -302,6 +302,17 @@ pub struct SkewReport {
     pub uncertainty_ms: f64,
 }
 
+/// An estimator's hulls, for diagnostics: vertices `(x, y)` relative to the
+/// segment's first sample, and the slope and its uncertainty.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct HullView {
+    pub older: Vec<(i64, i64)>,
+    pub younger: Vec<(i64, i64)>,
+    pub slope_ppm: f64,
+    pub uncertainty_ppm: f64,
+}
+
 /// A sample off the line, kept while it may be the start of a clock step.
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 struct RunSample {
@@ -641,6 +652,19 @@ impl Estimator {
         let (_, u) = self.slope().unwrap_or((0.0, 0.0));
         let span = (self.old.max_x - self.old.min_x).max(0) as f64;
         1.0 + self.spread / f64::from(self.old.count.max(1)) + u * span / 2.0
+    }
+
+    /// For diagnostics (`tests/tests/clocks.rs`, `EDGEJOIN_FLEET_HULL=1`).
+    #[doc(hidden)]
+    pub fn hulls(&self) -> HullView {
+        let (b, u) = self.slope().unwrap_or((0.0, 0.0));
+        let verts = |h: &Hull| h.verts().iter().map(|p| (p.x, p.y)).collect();
+        HullView {
+            older: verts(&self.old),
+            younger: verts(&self.young),
+            slope_ppm: b * 1e6,
+            uncertainty_ppm: u * 1e6,
+        }
     }
 
     pub fn report(&self) -> SkewReport {
