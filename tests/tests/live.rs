@@ -610,6 +610,18 @@ fn record_and_tail_as_a_user_runs_them() {
     gw.stop();
 }
 
+/// A gateway on the `skewed` example (two `corrected` devices) with its
+/// metrics address and `extra` lines in `[gateway]`: (gateway, metrics
+/// port).
+fn skewed_gateway(broker: &Broker, work: &Path, extra: &str) -> (Gateway, u16) {
+    let (cfg, _) = example("skewed");
+    let mport = free_port();
+    let cfg =
+        cfg.replace("[gateway]\n", &format!("[gateway]\nmetrics_addr = \"127.0.0.1:{mport}\"\n{extra}"));
+    let (path, _) = live_config(&cfg, broker, broker, &work.join("state"));
+    (Gateway::start(&path), mport)
+}
+
 /// The live service draws the clock of each device it corrects at
 /// `/clocks/` (docs/CLOCKS.md): an index, one SVG per device from the last
 /// `clock_trace` samples, nothing for names it has not drawn.
@@ -618,14 +630,8 @@ fn the_live_clock_report_draws_each_corrected_device() {
     need_mosquitto!();
     let broker = Broker::start();
     let work = tempfile::tempdir().unwrap();
-    let (cfg, msgs) = example("skewed");
-    let mport = free_port();
-    let cfg = cfg.replace(
-        "[gateway]\n",
-        &format!("[gateway]\nmetrics_addr = \"127.0.0.1:{mport}\"\nclock_trace = 8\n"),
-    );
-    let (path, _) = live_config(&cfg, &broker, &broker, &work.path().join("state"));
-    let gw = Gateway::start(&path);
+    let (gw, mport) = skewed_gateway(&broker, work.path(), "clock_trace = 8\n");
+    let msgs = example("skewed").1;
     publish(broker.port, &to_publish(&msgs));
     let devices = ["door", "fridge"];
     let drawn = wait_until(30, || {
@@ -659,6 +665,78 @@ fn the_live_clock_report_draws_each_corrected_device() {
     }
     let (status, _, _) = http(mport, "POST /clocks/");
     assert!(status.contains("405"), "{status}");
+    gw.stop();
+}
+
+/// Each corrected device's clock estimate, live (issue #15, docs/CLOCKS.md
+/// "Seeing it"): in the stats topic under `devices.<device>` and on
+/// `/metrics` as `edgejoin_device_clock_*{device=…}`, the same figures. Two
+/// devices publish in real time: one a day behind, one on a boot-relative
+/// clock that reboots halfway.
+#[test]
+fn each_device_clock_estimate_is_in_the_stats_and_the_metrics() {
+    need_mosquitto!();
+    let broker = Broker::start();
+    let work = tempfile::tempdir().unwrap();
+    let (gw, mport) = skewed_gateway(&broker, work.path(), "");
+    let mut o = MqttOptions::new("clocks", "127.0.0.1", broker.port);
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut conn) = Client::new(o, 100);
+    std::thread::spawn(move || for _ in conn.iter() {});
+    let now =
+        || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    const DAY: i64 = 86_400_000;
+    let (n, booted, rebooted) = (40, now() - 263_444_369, now() + 1_000);
+    for i in 0..n {
+        let t = now();
+        let door = if i < n / 2 { t - booted } else { t - rebooted + 5_000 };
+        for (device, ts) in [("fridge", t - DAY), ("door", door)] {
+            let payload = format!("{{\"ts\": {ts}, \"celsius\": 4.0}}");
+            client.publish(format!("home/{device}/temperature"), QoS::AtLeastOnce, false, payload).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut stats = serde_json::Value::Null;
+    let seen = wait_until(15, || {
+        stats = retained(broker.port, "gw/test/stats")
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or(serde_json::Value::Null);
+        ["fridge", "door"].iter().all(|d| stats["devices"][d]["samples"] == n)
+    });
+    assert!(seen, "every sample of both devices in the stats: {stats}");
+    let fridge = &stats["devices"]["fridge"];
+    let offset = fridge["offset_ms"].as_f64().unwrap();
+    // a day, plus the path's delay here (well under a second)
+    assert!((DAY as f64..DAY as f64 + 1_000.0).contains(&offset), "{fridge}");
+    assert_eq!(fridge["steps"], 0, "{fridge}");
+    let door = &stats["devices"]["door"];
+    assert_eq!(door["steps"], 1, "the door rebooted once: {door}");
+    for d in [fridge, door] {
+        assert!(d["drift_ppm"].as_f64().unwrap().abs() <= 600.0, "{d}");
+        let u = d["uncertainty_ms"].as_f64().unwrap();
+        assert!(u.is_finite() && u >= 1.0, "at least the 1 ms of rounding: {d}");
+    }
+    // /metrics says the same, in seconds and as a ratio
+    let (_, _, body) = http(mport, "GET /metrics");
+    let metric = |name: &str, device: &str| -> f64 {
+        let prefix = format!("edgejoin_device_clock_{name}{{device=\"{device}\"}} ");
+        body.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("{prefix} in {body}"))
+            .parse()
+            .unwrap()
+    };
+    for (device, d) in [("fridge", fridge), ("door", door)] {
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-3 * b.abs().max(1.0);
+        assert!(close(metric("offset_seconds", device) * 1e3, d["offset_ms"].as_f64().unwrap()), "{device}");
+        assert!(close(metric("drift_ratio", device) * 1e6, d["drift_ppm"].as_f64().unwrap()), "{device}");
+        assert!(
+            close(metric("uncertainty_seconds", device) * 1e3, d["uncertainty_ms"].as_f64().unwrap()),
+            "{device}"
+        );
+        assert_eq!(metric("samples_total", device), n as f64, "{device}");
+        assert_eq!(metric("steps_total", device), d["steps"].as_f64().unwrap(), "{device}");
+    }
     gw.stop();
 }
 
