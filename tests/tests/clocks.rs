@@ -9,6 +9,9 @@
 //! samples came out early / late beyond the target and what an oracle that
 //! knows the clock exactly (not the path) would have reached: where it is
 //! within target and the estimator is not, the estimator lost the margin.
+//! The issue's own simple estimator ([`Baseline`]) runs beside ours on the
+//! issue's fleet (ours must do better) and, with `EDGEJOIN_FLEET_BASELINE=1`,
+//! on the random fleets (docs/CLOCKS.md has the comparison).
 
 use std::collections::BTreeMap;
 use std::path::Path;
