@@ -234,6 +234,9 @@ impl EngineLoop {
         mut rx: mpsc::Receiver<Msg>,
         started: tokio::sync::oneshot::Sender<()>,
     ) -> Result<(), ServiceError> {
+        // `/metrics` and `/status` have every series from the first scrape (the service is
+        // ready after this), not from the first stats interval
+        self.render_metrics(0.0, None);
         let _ = started.send(());
         let mut stop = false;
         // `/healthz` reads the beat; the end is said however the loop ends
@@ -832,9 +835,10 @@ impl EngineLoop {
         }
         let samples = metrics::samples(&self.engine, c, rate, self.started_at.elapsed());
         let snap = metrics::stats_json(&samples);
-        let _ = self.io.stats_tx.try_send((self.stats_topic.clone(), snap.into_bytes()));
         let results = c.results.load(Ordering::Relaxed);
+        // `/metrics` first: whoever has read a stats message finds it there at least as fresh
         self.render_metrics(secs, Some(samples));
+        let _ = self.io.stats_tx.try_send((self.stats_topic.clone(), snap.into_bytes()));
         systemd::status(&format!("{rate:.0} msg/s, {results} results, spool depth {depth}"));
     }
 

@@ -51,29 +51,38 @@ impl Broker {
     }
 
     pub fn up(&mut self) {
+        // a port free when picked can be taken before mosquitto binds it (another test's
+        // connection draws its local port from the same range): a first start moves to
+        // another port, a restart (which must keep its port) tries it again
         let conf = self.dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 100000\n{}",
-                self.port,
-                self.dir.path().display(),
-                self.extra
-            ),
-        )
-        .unwrap();
-        let child = Command::new(mosquitto().unwrap())
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
+        let first = !conf.exists();
+        let mut tries = 0;
+        loop {
+            std::fs::write(
+                &conf,
+                format!(
+                    "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 100000\n{}",
+                    self.port,
+                    self.dir.path().display(),
+                    self.extra
+                ),
+            )
             .unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "mosquitto did not start");
-            std::thread::sleep(Duration::from_millis(20));
+            match start_mosquitto(&conf, &[self.port]) {
+                Ok(child) => {
+                    self.child = Some(child);
+                    return;
+                }
+                Err(e) if tries < 3 && e.contains("in use") => {
+                    tries += 1;
+                    if first {
+                        self.port = free_port();
+                    } else {
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                }
+                Err(e) => panic!("mosquitto did not start on port {}: {e}", self.port),
+            }
         }
     }
 
@@ -87,6 +96,35 @@ impl Broker {
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
+}
+
+/// Starts mosquitto with `conf` and waits (5 s at most) until each of
+/// `ports` takes a connection; else why not: its exit status and its log.
+pub fn start_mosquitto(conf: &Path, ports: &[u16]) -> Result<Child, String> {
+    let log_path = conf.with_extension("log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = Command::new(mosquitto().unwrap())
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for &port in ports {
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            let exited = child.try_wait().unwrap();
+            if exited.is_some() || Instant::now() > deadline {
+                let _ = child.kill();
+                let status = child.wait().unwrap();
+                let said = std::fs::read_to_string(&log_path).unwrap_or_default();
+                let how = if exited.is_some() { "exited" } else { "not listening after 5 s" };
+                return Err(format!("{how} ({status}), port {port}; its log: {said}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(child)
 }
 
 impl Drop for Broker {
