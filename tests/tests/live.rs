@@ -609,10 +609,8 @@ fn record_and_tail_as_a_user_runs_them() {
 /// metrics address and `extra` lines in `[gateway]`: (gateway, metrics
 /// port).
 fn skewed_gateway(broker: &Broker, work: &Path, extra: &str) -> (Gateway, u16) {
-    let (cfg, _) = example("skewed");
-    let mport = free_port();
-    let cfg =
-        cfg.replace("[gateway]\n", &format!("[gateway]\nmetrics_addr = \"127.0.0.1:{mport}\"\n{extra}"));
+    let (cfg, mport) =
+        with_metrics_addr(&example("skewed").0.replace("[gateway]\n", &format!("[gateway]\n{extra}")));
     let (path, _) = live_config(&cfg, broker, broker, &work.join("state"));
     (Gateway::start(&path), mport)
 }
@@ -712,25 +710,20 @@ fn each_device_clock_estimate_is_in_the_stats_and_the_metrics() {
         assert!(u.is_finite() && u >= 1.0, "at least the 1 ms of rounding: {d}");
     }
     // /metrics says the same, in seconds and as a ratio
-    let (_, _, body) = http(mport, "GET /metrics");
-    let metric = |name: &str, device: &str| -> f64 {
-        let prefix = format!("edgejoin_device_clock_{name}{{device=\"{device}\"}} ");
-        body.lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .unwrap_or_else(|| panic!("{prefix} in {body}"))
-            .parse()
-            .unwrap()
-    };
     for (device, d) in [("fridge", fridge), ("door", door)] {
+        let served = |name: &str| {
+            let series = format!("edgejoin_device_clock_{name}{{device=\"{device}\"}}");
+            metric(mport, &series).unwrap_or_else(|| panic!("{series} on /metrics"))
+        };
         let close = |a: f64, b: f64| (a - b).abs() <= 1e-3 * b.abs().max(1.0);
-        assert!(close(metric("offset_seconds", device) * 1e3, d["offset_ms"].as_f64().unwrap()), "{device}");
-        assert!(close(metric("drift_ratio", device) * 1e6, d["drift_ppm"].as_f64().unwrap()), "{device}");
+        assert!(close(served("offset_seconds") * 1e3, d["offset_ms"].as_f64().unwrap()), "{device}");
+        assert!(close(served("drift_ratio") * 1e6, d["drift_ppm"].as_f64().unwrap()), "{device}");
         assert!(
-            close(metric("uncertainty_seconds", device) * 1e3, d["uncertainty_ms"].as_f64().unwrap()),
+            close(served("uncertainty_seconds") * 1e3, d["uncertainty_ms"].as_f64().unwrap()),
             "{device}"
         );
-        assert_eq!(metric("samples_total", device), n as f64, "{device}");
-        assert_eq!(metric("steps_total", device), d["steps"].as_f64().unwrap(), "{device}");
+        assert_eq!(served("samples_total"), n as f64, "{device}");
+        assert_eq!(served("steps_total"), d["steps"].as_f64().unwrap(), "{device}");
     }
     gw.stop();
 }
